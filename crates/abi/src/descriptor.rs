@@ -459,7 +459,7 @@ pub enum DescriptorError {
 
 /// Checks the address a guest wrote to the registration doorbell.
 pub fn check_registration_gpa(gpa: u64) -> Result<(), DescriptorError> {
-    if gpa % crate::PAGE_SIZE != 0 || gpa >= MAX_PHYS_ADDR || gpa == 0 {
+    if !gpa.is_multiple_of(crate::PAGE_SIZE) || gpa >= MAX_PHYS_ADDR || gpa == 0 {
         return Err(DescriptorError::BadAddress { gpa });
     }
     Ok(())
@@ -979,7 +979,7 @@ mod owned {
     }
 
     fn check_phys(field: &'static str, addr: u64, align: u64) -> Result<(), DescriptorError> {
-        if addr % align != 0 || addr >= MAX_PHYS_ADDR {
+        if !addr.is_multiple_of(align) || addr >= MAX_PHYS_ADDR {
             return Err(DescriptorError::BadPhysicalAddress { field, addr, align });
         }
         Ok(())
@@ -998,7 +998,7 @@ mod owned {
         let len = count as u64 * entry as u64;
         let end = offset as u64 + len;
         let in_bounds = len == 0 || (offset as usize >= HEADER_SIZE && end <= b.len() as u64);
-        if !in_bounds || offset % align != 0 {
+        if !in_bounds || !offset.is_multiple_of(align) {
             return Err(DescriptorError::OutOfBounds {
                 what,
                 offset,

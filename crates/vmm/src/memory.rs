@@ -1,0 +1,186 @@
+//! Guest RAM: one sealed memfd per guest generation, mapped into the VMM and into KVM, and
+//! exported read-only for diagnosis.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::Ordering;
+
+use ambulance_abi::boot::ram_layout;
+use memfd::{FileSeal, MemfdOptions};
+use serde::{Deserialize, Serialize};
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+
+use crate::error::{Error, Result};
+
+/// One range of guest RAM and where it lives in the memory file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RamRegion {
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// Offset of `gpa` in the memory file.
+    pub file_offset: u64,
+}
+
+/// A read-only view of a guest's RAM for diagnosis: a file descriptor opened `O_RDONLY`
+/// (so it can only be mapped `PROT_READ`) and the layout of RAM inside it.
+///
+/// The file is the guest's memfd reopened through `/proc/self/fd`; it is sealed against
+/// growing and shrinking, so a mapping of it never faults with `SIGBUS`. It keeps the
+/// memory alive after the guest is destroyed or restarted (it then shows the RAM of the
+/// generation it was exported from).
+#[derive(Debug)]
+pub struct ReadOnlyMemory {
+    /// The read-only file.
+    pub file: File,
+    /// Guest RAM ranges, ascending.
+    pub regions: Vec<RamRegion>,
+}
+
+impl ReadOnlyMemory {
+    /// Total RAM in bytes.
+    pub fn size(&self) -> u64 {
+        self.regions.iter().map(|r| r.size).sum()
+    }
+
+    /// Where guest-physical `gpa` lives in the file, with the bytes left in its region.
+    pub fn file_offset_of(&self, gpa: u64) -> Option<(u64, u64)> {
+        self.regions
+            .iter()
+            .find(|r| gpa >= r.gpa && gpa - r.gpa < r.size)
+            .map(|r| (r.file_offset + (gpa - r.gpa), r.size - (gpa - r.gpa)))
+    }
+}
+
+/// The RAM of one guest generation.
+pub(crate) struct Ram {
+    memfd: memfd::Memfd,
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) regions: Vec<RamRegion>,
+}
+
+impl Ram {
+    /// Creates and maps `size` bytes of zeroed RAM laid out as `abi::boot::ram_layout` says.
+    pub(crate) fn new(guest: &str, size: u64) -> Result<Ram> {
+        let fail = |detail: String| Error::Memory {
+            guest: guest.to_string(),
+            size,
+            detail,
+        };
+        let memfd = MemfdOptions::new()
+            .allow_sealing(true)
+            .close_on_exec(true)
+            .create(format!("ambulance-ram-{guest}"))
+            .map_err(|e| fail(format!("memfd_create: {e}")))?;
+        memfd
+            .as_file()
+            .set_len(size)
+            .map_err(|e| fail(format!("sizing the memfd: {e}")))?;
+        memfd
+            .add_seals(&[FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal])
+            .map_err(|e| fail(format!("sealing the memfd: {e}")))?;
+
+        let (layout, count) = ram_layout(size);
+        let mut regions = Vec::with_capacity(count as usize);
+        let mut ranges = Vec::with_capacity(count as usize);
+        let mut offset = 0u64;
+        for r in &layout[..count as usize] {
+            regions.push(RamRegion {
+                gpa: r.gpa,
+                size: r.size,
+                file_offset: offset,
+            });
+            let file = memfd
+                .as_file()
+                .try_clone()
+                .map_err(|e| fail(format!("duplicating the memfd: {e}")))?;
+            ranges.push((
+                GuestAddress(r.gpa),
+                r.size as usize,
+                Some(FileOffset::new(file, offset)),
+            ));
+            offset += r.size;
+        }
+        let mem = GuestMemoryMmap::<()>::from_ranges_with_files(ranges)
+            .map_err(|e| fail(format!("mapping guest RAM: {e}")))?;
+        Ok(Ram {
+            memfd,
+            mem,
+            regions,
+        })
+    }
+
+    /// Total size in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        self.regions.iter().map(|r| r.size).sum()
+    }
+
+    /// Host addresses of the regions for KVM: `(slot, gpa, size, host address)`.
+    pub(crate) fn kvm_slots(&self) -> Vec<(u32, u64, u64, u64)> {
+        self.mem
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let host = r
+                    .get_host_address(vm_memory::MemoryRegionAddress(0))
+                    .expect("offset 0 is inside every region") as u64;
+                (i as u32, r.start_addr().0, r.len(), host)
+            })
+            .collect()
+    }
+
+    /// Whether `[gpa, gpa + len)` lies entirely inside one RAM region.
+    pub(crate) fn contains(&self, gpa: u64, len: u64) -> bool {
+        self.regions
+            .iter()
+            .any(|r| gpa >= r.gpa && gpa - r.gpa <= r.size && len <= r.size - (gpa - r.gpa))
+    }
+
+    /// Copies guest RAM into `buf`; `None` when the range is not entirely RAM.
+    pub(crate) fn read(&self, gpa: u64, buf: &mut [u8]) -> Option<()> {
+        if !self.contains(gpa, buf.len() as u64) {
+            return None;
+        }
+        self.mem.read_slice(buf, GuestAddress(gpa)).ok()
+    }
+
+    /// Writes guest RAM (boot-time setup only).
+    pub(crate) fn write(&self, gpa: u64, bytes: &[u8]) -> Option<()> {
+        if !self.contains(gpa, bytes.len() as u64) {
+            return None;
+        }
+        self.mem.write_slice(bytes, GuestAddress(gpa)).ok()
+    }
+
+    /// An atomic load of the naturally aligned `u64` at `gpa`.
+    pub(crate) fn load_u64(&self, gpa: u64) -> Option<u64> {
+        if gpa % 8 != 0 || !self.contains(gpa, 8) {
+            return None;
+        }
+        self.mem
+            .load::<u64>(GuestAddress(gpa), Ordering::Relaxed)
+            .ok()
+    }
+
+    /// A new `O_RDONLY` descriptor of the memfd and the layout.
+    pub(crate) fn export(&self, guest: &str) -> Result<ReadOnlyMemory> {
+        let path = format!("/proc/self/fd/{}", self.memfd.as_file().as_raw_fd());
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                guest: guest.to_string(),
+                op: "reopening guest RAM read-only",
+                source,
+            })?;
+        Ok(ReadOnlyMemory {
+            file,
+            regions: self.regions.clone(),
+        })
+    }
+}

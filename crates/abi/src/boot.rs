@@ -149,7 +149,13 @@ mod tests {
     fn layout_splits_around_the_mmio_hole() {
         let (r, n) = ram_layout(1 << 30);
         assert_eq!(n, 1);
-        assert_eq!(r[0], MemRegion { gpa: 0, size: 1 << 30 });
+        assert_eq!(
+            r[0],
+            MemRegion {
+                gpa: 0,
+                size: 1 << 30
+            }
+        );
         let (r, n) = ram_layout(4 << 30);
         assert_eq!(n, 2);
         assert_eq!(r[0].size + r[1].size, 4 << 30);

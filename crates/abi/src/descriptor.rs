@@ -292,7 +292,9 @@ pub enum DescriptorError {
         size: u32,
     },
     /// The CRC32C does not match.
-    #[error("descriptor checksum mismatch: header says {stored:#010x}, the bytes give {computed:#010x}")]
+    #[error(
+        "descriptor checksum mismatch: header says {stored:#010x}, the bytes give {computed:#010x}"
+    )]
     ChecksumMismatch {
         /// The checksum in the header.
         stored: u32,
@@ -588,7 +590,11 @@ impl<'a> DescriptorWriter<'a> {
         buf.fill(0);
         put(buf, layout::MAGIC, &MAGIC.to_le_bytes());
         put(buf, layout::VERSION, &crate::ABI_VERSION.to_le_bytes());
-        put(buf, layout::HEADER_SIZE_FIELD, &(HEADER_SIZE as u16).to_le_bytes());
+        put(
+            buf,
+            layout::HEADER_SIZE_FIELD,
+            &(HEADER_SIZE as u16).to_le_bytes(),
+        );
         Ok(DescriptorWriter {
             buf,
             max_roots,
@@ -650,22 +656,56 @@ impl<'a> DescriptorWriter<'a> {
         let at = self.roots_offset() + self.roots * ROOT_ENTRY_SIZE;
         write_name(self.buf, at + layout::root::NAME, root.name)?;
         write_name(self.buf, at + layout::root::TYPE_NAME, root.type_name)?;
-        put(self.buf, at + layout::root::KIND, &(root.kind as u16).to_le_bytes());
-        put(self.buf, at + layout::root::FLAGS, &root.flags.to_le_bytes());
-        put(self.buf, at + layout::root::ELEMENT_SIZE, &root.element_size.to_le_bytes());
-        put(self.buf, at + layout::root::ADDRESS, &root.address.to_le_bytes());
-        put(self.buf, at + layout::root::LINK_OFFSET, &root.link_offset.to_le_bytes());
-        put(self.buf, at + layout::root::MAX_COUNT, &root.max_count.to_le_bytes());
-        put(self.buf, at + layout::root::HINT_FIRST, &(self.hints as u32).to_le_bytes());
-        put(self.buf, at + layout::root::HINT_COUNT, &(hints.len() as u32).to_le_bytes());
+        put(
+            self.buf,
+            at + layout::root::KIND,
+            &(root.kind as u16).to_le_bytes(),
+        );
+        put(
+            self.buf,
+            at + layout::root::FLAGS,
+            &root.flags.to_le_bytes(),
+        );
+        put(
+            self.buf,
+            at + layout::root::ELEMENT_SIZE,
+            &root.element_size.to_le_bytes(),
+        );
+        put(
+            self.buf,
+            at + layout::root::ADDRESS,
+            &root.address.to_le_bytes(),
+        );
+        put(
+            self.buf,
+            at + layout::root::LINK_OFFSET,
+            &root.link_offset.to_le_bytes(),
+        );
+        put(
+            self.buf,
+            at + layout::root::MAX_COUNT,
+            &root.max_count.to_le_bytes(),
+        );
+        put(
+            self.buf,
+            at + layout::root::HINT_FIRST,
+            &(self.hints as u32).to_le_bytes(),
+        );
+        put(
+            self.buf,
+            at + layout::root::HINT_COUNT,
+            &(hints.len() as u32).to_le_bytes(),
+        );
         put(self.buf, at + layout::root::AUX, &root.aux.to_le_bytes());
         put(self.buf, at + layout::root::LOCK, &root.lock.to_le_bytes());
         for hint in hints {
             let h = self.hints_offset() + self.hints * HINT_ENTRY_SIZE;
             let (kind, flags, size, offset, a, b) = match *hint {
-                Hint::Magic { offset, size, value } => {
-                    (HINT_MAGIC, 0, size as u32, offset, value, 0)
-                }
+                Hint::Magic {
+                    offset,
+                    size,
+                    value,
+                } => (HINT_MAGIC, 0, size as u32, offset, value, 0),
                 Hint::Checksum { start, len, crc32c } => {
                     (HINT_CHECKSUM, 0, len, 0, start, crc32c as u64)
                 }
@@ -698,9 +738,7 @@ impl<'a> DescriptorWriter<'a> {
     /// Appends VMCOREINFO text (`KEY=value` lines). Use it through `core::fmt::Write`.
     pub fn push_vmcoreinfo(&mut self, text: &str) -> Result<(), WriteError> {
         let at = self.vmcoreinfo_offset() + self.vmcoreinfo_len;
-        if at + text.len() > self.buf.len()
-            || self.vmcoreinfo_len + text.len() > MAX_VMCOREINFO
-        {
+        if at + text.len() > self.buf.len() || self.vmcoreinfo_len + text.len() > MAX_VMCOREINFO {
             return Err(WriteError::Full("VMCOREINFO byte"));
         }
         put(self.buf, at, text.as_bytes());
@@ -850,8 +888,10 @@ mod owned {
         pub fn encode(&self) -> Result<Vec<u8>, WriteError> {
             let hints: usize = self.roots.iter().map(|r| r.hints.len()).sum();
             let vmcoreinfo = self.vmcoreinfo.as_deref().unwrap_or("");
-            let size =
-                HEADER_SIZE + self.roots.len() * ROOT_ENTRY_SIZE + hints * HINT_ENTRY_SIZE + vmcoreinfo.len();
+            let size = HEADER_SIZE
+                + self.roots.len() * ROOT_ENTRY_SIZE
+                + hints * HINT_ENTRY_SIZE
+                + vmcoreinfo.len();
             let mut buf = vec![0u8; size];
             let mut w = DescriptorWriter::new(&mut buf, self.roots.len(), hints)?;
             w.set_flags(self.flags);
@@ -933,8 +973,22 @@ mod owned {
                 max: MAX_HINTS as u64,
             });
         }
-        let roots_at = table(b, "root table", layout::ROOTS_OFFSET, root_count, ROOT_ENTRY_SIZE, 8)?;
-        let hints_at = table(b, "hint table", layout::HINTS_OFFSET, hint_count, HINT_ENTRY_SIZE, 8)?;
+        let roots_at = table(
+            b,
+            "root table",
+            layout::ROOTS_OFFSET,
+            root_count,
+            ROOT_ENTRY_SIZE,
+            8,
+        )?;
+        let hints_at = table(
+            b,
+            "hint table",
+            layout::HINTS_OFFSET,
+            hint_count,
+            HINT_ENTRY_SIZE,
+            8,
+        )?;
         let vmcoreinfo_len = u32_at(b, layout::VMCOREINFO_LEN);
         if vmcoreinfo_len as usize > MAX_VMCOREINFO {
             return Err(DescriptorError::TooMany {
@@ -946,12 +1000,20 @@ mod owned {
         let vmcoreinfo = if vmcoreinfo_len == 0 {
             None
         } else {
-            let at = table(b, "VMCOREINFO text", layout::VMCOREINFO_OFFSET, vmcoreinfo_len, 1, 1)?;
+            let at = table(
+                b,
+                "VMCOREINFO text",
+                layout::VMCOREINFO_OFFSET,
+                vmcoreinfo_len,
+                1,
+                1,
+            )?;
             let text = &b[at..at + vmcoreinfo_len as usize];
-            let text = core::str::from_utf8(text).map_err(|e| DescriptorError::VmcoreinfoNotText {
-                valid_up_to: e.valid_up_to(),
-                len: text.len(),
-            })?;
+            let text =
+                core::str::from_utf8(text).map_err(|e| DescriptorError::VmcoreinfoNotText {
+                    valid_up_to: e.valid_up_to(),
+                    len: text.len(),
+                })?;
             Some(text.to_string())
         };
 
@@ -1024,13 +1086,14 @@ mod owned {
                 problem,
             }
         })?;
-        let type_name = read_name(&e[layout::root::TYPE_NAME..][..NAME_LEN]).map_err(|problem| {
-            DescriptorError::BadName {
-                root: i,
-                field: "type_name",
-                problem,
-            }
-        })?;
+        let type_name =
+            read_name(&e[layout::root::TYPE_NAME..][..NAME_LEN]).map_err(|problem| {
+                DescriptorError::BadName {
+                    root: i,
+                    field: "type_name",
+                    problem,
+                }
+            })?;
         let kind_raw = u16_at(e, layout::root::KIND);
         let kind = RootKind::from_u16(kind_raw).ok_or(DescriptorError::UnknownKind {
             root: i,
@@ -1291,14 +1354,21 @@ mod tests {
         put(&mut bytes, layout::ROOT_COUNT, &100_000u32.to_le_bytes());
         reseal(&mut bytes);
         let err = parse(&bytes).unwrap_err();
-        assert!(matches!(err, DescriptorError::TooMany { what: "roots", .. }), "{err}");
+        assert!(
+            matches!(err, DescriptorError::TooMany { what: "roots", .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("100000"));
     }
 
     #[test]
     fn non_canonical_root_address_is_refused() {
         let mut bytes = sample().encode().unwrap();
-        put(&mut bytes, HEADER_SIZE + layout::root::ADDRESS, &0x0000_8000_0000_0000u64.to_le_bytes());
+        put(
+            &mut bytes,
+            HEADER_SIZE + layout::root::ADDRESS,
+            &0x0000_8000_0000_0000u64.to_le_bytes(),
+        );
         reseal(&mut bytes);
         let err = parse(&bytes).unwrap_err();
         assert_eq!(
@@ -1324,7 +1394,10 @@ mod tests {
         ));
         let mut foreign = bytes.clone();
         foreign[0] = b'X';
-        assert!(matches!(parse(&foreign), Err(DescriptorError::BadMagic { .. })));
+        assert!(matches!(
+            parse(&foreign),
+            Err(DescriptorError::BadMagic { .. })
+        ));
     }
 
     #[test]
@@ -1334,7 +1407,11 @@ mod tests {
         reseal(&mut bytes);
         assert!(matches!(
             parse(&bytes),
-            Err(DescriptorError::BadName { root: 0, field: "name", .. })
+            Err(DescriptorError::BadName {
+                root: 0,
+                field: "name",
+                ..
+            })
         ));
     }
 
@@ -1356,19 +1433,34 @@ mod tests {
 
     fn hint(element_size: u32) -> impl Strategy<Value = Hint> {
         prop_oneof![
-            (0..element_size, prop_oneof![Just(1u8), Just(2), Just(4), Just(8)], any::<u64>())
+            (
+                0..element_size,
+                prop_oneof![Just(1u8), Just(2), Just(4), Just(8)],
+                any::<u64>()
+            )
                 .prop_filter("fits", move |(o, s, _)| o + *s as u32 <= element_size)
                 .prop_map(|(offset, size, v)| Hint::Magic {
                     offset,
                     size,
-                    value: if size == 8 { v } else { v & ((1u64 << (size * 8)) - 1) },
+                    value: if size == 8 {
+                        v
+                    } else {
+                        v & ((1u64 << (size * 8)) - 1)
+                    },
                 }),
             (canonical_addr(), 1u32..4096, any::<u32>())
                 .prop_filter("stays canonical", |(start, len, _)| {
-                    start.checked_add(*len as u64 - 1).is_some_and(crate::is_canonical_48)
+                    start
+                        .checked_add(*len as u64 - 1)
+                        .is_some_and(crate::is_canonical_48)
                 })
                 .prop_map(|(start, len, crc32c)| Hint::Checksum { start, len, crc32c }),
-            (0..element_size.saturating_sub(7).max(1), canonical_addr(), 1u64..(1 << 20), any::<bool>())
+            (
+                0..element_size.saturating_sub(7).max(1),
+                canonical_addr(),
+                1u64..(1 << 20),
+                any::<bool>()
+            )
                 .prop_filter("fits", move |(o, ..)| o + 8 <= element_size)
                 .prop_filter("stays canonical", |(_, lo, len, _)| {
                     lo.checked_add(len - 1).is_some_and(crate::is_canonical_48)
@@ -1400,22 +1492,38 @@ mod tests {
             1u32..10_000,
             any::<bool>(),
         )
-            .prop_flat_map(|(name, type_name, kind, element_size, address, aux, lock, count, flag)| {
-                let flags = match kind {
-                    RootKind::List if flag => root_flags::SINGLY_LINKED,
-                    RootKind::Array if flag => root_flags::POINTER_ELEMENTS,
-                    _ => 0,
-                };
-                let max_count = if kind == RootKind::Object { 1 } else { count };
-                let aux = if kind == RootKind::Ring { aux } else { 0 };
-                (
-                    Just((name, type_name, kind, flags, element_size, address, aux, lock, max_count)),
-                    0..element_size - 15,
-                    proptest::collection::vec(hint(element_size), 0..4),
-                )
-            })
+            .prop_flat_map(
+                |(name, type_name, kind, element_size, address, aux, lock, count, flag)| {
+                    let flags = match kind {
+                        RootKind::List if flag => root_flags::SINGLY_LINKED,
+                        RootKind::Array if flag => root_flags::POINTER_ELEMENTS,
+                        _ => 0,
+                    };
+                    let max_count = if kind == RootKind::Object { 1 } else { count };
+                    let aux = if kind == RootKind::Ring { aux } else { 0 };
+                    (
+                        Just((
+                            name,
+                            type_name,
+                            kind,
+                            flags,
+                            element_size,
+                            address,
+                            aux,
+                            lock,
+                            max_count,
+                        )),
+                        0..element_size - 15,
+                        proptest::collection::vec(hint(element_size), 0..4),
+                    )
+                },
+            )
             .prop_map(
-                |((name, type_name, kind, flags, element_size, address, aux, lock, max_count), link_offset, hints)| {
+                |(
+                    (name, type_name, kind, flags, element_size, address, aux, lock, max_count),
+                    link_offset,
+                    hints,
+                )| {
                     Root {
                         name,
                         type_name,
@@ -1442,23 +1550,25 @@ mod tests {
             proptest::option::of("[A-Z_()a-z.=0-9\n]{1,200}"),
             proptest::collection::vec(root(), 0..8),
         )
-            .prop_map(|(build_id, load_offset, page_table_root, heartbeat_gpa, vmcoreinfo, mut roots)| {
-                let mut seen = Vec::new();
-                roots.retain(|r| {
-                    let fresh = !seen.contains(&r.name);
-                    seen.push(r.name.clone());
-                    fresh
-                });
-                Descriptor {
-                    flags: 0,
-                    build_id,
-                    load_offset,
-                    page_table_root,
-                    heartbeat_gpa,
-                    vmcoreinfo,
-                    roots,
-                }
-            })
+            .prop_map(
+                |(build_id, load_offset, page_table_root, heartbeat_gpa, vmcoreinfo, mut roots)| {
+                    let mut seen = Vec::new();
+                    roots.retain(|r| {
+                        let fresh = !seen.contains(&r.name);
+                        seen.push(r.name.clone());
+                        fresh
+                    });
+                    Descriptor {
+                        flags: 0,
+                        build_id,
+                        load_offset,
+                        page_table_root,
+                        heartbeat_gpa,
+                        vmcoreinfo,
+                        roots,
+                    }
+                },
+            )
     }
 
     proptest! {

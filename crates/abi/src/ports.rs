@@ -95,16 +95,14 @@ pub mod panic_reason {
             TEXT_CHECKSUM => "read-only memory checksum mismatch",
             SLAB_CORRUPTION => "slab corruption",
             RUST_PANIC => "kernel panic",
-            c if (EXCEPTION_BASE..EXCEPTION_BASE + 32).contains(&c) => {
-                match c - EXCEPTION_BASE {
-                    0 => "divide error",
-                    6 => "invalid opcode",
-                    8 => "double fault",
-                    13 => "general protection fault",
-                    14 => "page fault",
-                    _ => "cpu exception",
-                }
-            }
+            c if (EXCEPTION_BASE..EXCEPTION_BASE + 32).contains(&c) => match c - EXCEPTION_BASE {
+                0 => "divide error",
+                6 => "invalid opcode",
+                8 => "double fault",
+                13 => "general protection fault",
+                14 => "page fault",
+                _ => "cpu exception",
+            },
             _ => "unknown",
         }
     }

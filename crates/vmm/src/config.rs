@@ -83,7 +83,7 @@ impl GuestConfig {
                 MAX_MEMORY >> 30
             ));
         }
-        if self.memory_bytes % PAGE_SIZE != 0 {
+        if !self.memory_bytes.is_multiple_of(PAGE_SIZE) {
             return bad(format!(
                 "memory_bytes {} is not a multiple of the 4 KiB page size",
                 self.memory_bytes

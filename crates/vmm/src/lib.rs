@@ -85,7 +85,7 @@ impl VmmShared {
             Ok(()) => {}
             Err(TrySendError::Full(e)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed);
-                if n % 1024 == 0 {
+                if n.is_multiple_of(1024) {
                     tracing::warn!(
                         guest = e.guest_name,
                         dropped = n + 1,

@@ -158,7 +158,7 @@ impl Ram {
 
     /// An atomic load of the naturally aligned `u64` at `gpa`.
     pub(crate) fn load_u64(&self, gpa: u64) -> Option<u64> {
-        if gpa % 8 != 0 || !self.contains(gpa, 8) {
+        if !gpa.is_multiple_of(8) || !self.contains(gpa, 8) {
             return None;
         }
         self.mem

@@ -55,7 +55,7 @@ impl Asm {
         self.emit(b)
     }
     pub fn align(&mut self, n: usize) -> &mut Self {
-        while self.code.len() % n != 0 {
+        while !self.code.len().is_multiple_of(n) {
             self.code.push(0x90);
         }
         self
@@ -208,7 +208,7 @@ pub fn elf(entry: u64, segments: &[Segment<'_>]) -> Vec<u8> {
     let mut out = vec![0u8; EHDR + PHDR * segments.len()];
     let mut offsets = Vec::new();
     for s in segments {
-        while out.len() % 4096 != 0 {
+        while !out.len().is_multiple_of(4096) {
             out.push(0);
         }
         offsets.push(out.len() as u64);

@@ -38,8 +38,16 @@ fn main() {
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy();
         let inherited = key.starts_with("CARGO_")
-            && !matches!(key.as_ref(), "CARGO_HOME" | "CARGO_MAKEFLAGS" | "CARGO_NET_OFFLINE");
-        if inherited || matches!(key.as_ref(), "RUSTFLAGS" | "RUSTDOCFLAGS" | "RUSTC_WORKSPACE_WRAPPER") {
+            && !matches!(
+                key.as_ref(),
+                "CARGO_HOME" | "CARGO_MAKEFLAGS" | "CARGO_NET_OFFLINE"
+            );
+        if inherited
+            || matches!(
+                key.as_ref(),
+                "RUSTFLAGS" | "RUSTDOCFLAGS" | "RUSTC_WORKSPACE_WRAPPER"
+            )
+        {
             cmd.env_remove(key.as_ref());
         }
     }
@@ -51,11 +59,17 @@ fn main() {
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo to build the test kernel: {e}"));
     if !status.success() {
-        panic!("building the test kernel in {} failed ({status})", kernel_dir.display());
+        panic!(
+            "building the test kernel in {} failed ({status})",
+            kernel_dir.display()
+        );
     }
     let elf = target_dir.join(TARGET).join("release/test-kernel");
     let dest = out.join("test-kernel.elf");
     std::fs::copy(&elf, &dest)
         .unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", elf.display(), dest.display()));
-    println!("cargo:rustc-env=AMBULANCE_TEST_KERNEL_ELF={}", dest.display());
+    println!(
+        "cargo:rustc-env=AMBULANCE_TEST_KERNEL_ELF={}",
+        dest.display()
+    );
 }

@@ -38,6 +38,9 @@ mod tests {
         assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 62, "EM_X86_64");
         let has = |needle: &[u8]| elf.windows(needle.len()).any(|w| w == needle);
         assert!(has(b".debug_info"), "DWARF must be kept");
-        assert!(has(b"AMBULANCE-FAULT"), "the fault catalogue is compiled in");
+        assert!(
+            has(b"AMBULANCE-FAULT"),
+            "the fault catalogue is compiled in"
+        );
     }
 }

@@ -1,0 +1,143 @@
+//! `ambulance run`: boot one guest and print its events as they happen, until its first
+//! failure has been captured or, for a healthy guest, until `--duration` ends.
+
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime};
+
+use ambulance_vmm::{EventKind, GuestConfig, Vmm};
+use clap::Args;
+use crossbeam_channel::RecvTimeoutError;
+use serde_json::json;
+
+use crate::output::{event_human, event_json};
+use crate::{check_fault, load_kernel, parse_size, CliError};
+
+/// Options of `ambulance run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kernel: `test` for the built-in test kernel, or the path of an ELF kernel.
+    #[arg(long, default_value = "test")]
+    pub kernel: String,
+    /// Guest RAM, e.g. 64M or 1G.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 2)]
+    pub vcpus: u32,
+    /// Fault the test kernel injects (see the test kernel's catalogue).
+    #[arg(long, default_value = "none")]
+    pub fault: String,
+    /// When the fault is injected, in ms after registration.
+    #[arg(long, default_value_t = 500)]
+    pub fault_after_ms: u64,
+    /// Seed choosing which structure the fault hits.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Heartbeat stall that counts as a failure, in ms (0 disables the watchdog).
+    #[arg(long, default_value_t = 1000)]
+    pub watchdog_ms: u64,
+    /// Heartbeat rate (per second) below which the guest counts as degraded (0 disables).
+    #[arg(long, default_value_t = 500.0)]
+    pub degraded_below_hz: f64,
+    /// How long to run a healthy guest, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Extra kernel command-line options, appended after the fault options.
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Guest name in events.
+    #[arg(long, default_value = "guest")]
+    pub name: String,
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RunArgs {
+    /// The guest configuration these options describe.
+    pub fn guest_config(&self) -> Result<GuestConfig, CliError> {
+        if self.kernel == "test" {
+            check_fault(&self.fault)?;
+        }
+        let mut cfg = GuestConfig::new(self.name.clone(), load_kernel(&self.kernel)?);
+        cfg.memory_bytes = self.memory;
+        cfg.vcpus = self.vcpus;
+        cfg.cmdline = format!(
+            "fault={} fault_after_ms={} seed={} {}",
+            self.fault, self.fault_after_ms, self.seed, self.cmdline
+        )
+        .trim()
+        .to_string();
+        cfg.watchdog = (self.watchdog_ms > 0).then(|| Duration::from_millis(self.watchdog_ms));
+        cfg.degraded_below_hz = (self.degraded_below_hz > 0.0).then_some(self.degraded_below_hz);
+        Ok(cfg)
+    }
+}
+
+/// Runs `ambulance run`.
+pub fn run(args: RunArgs) -> Result<(), CliError> {
+    if !(args.duration.is_finite() && args.duration > 0.0) {
+        return Err(CliError::Usage(format!(
+            "--duration must be a positive number of seconds, not {}",
+            args.duration
+        )));
+    }
+    let cfg = args.guest_config()?;
+    let vmm = Vmm::new()?;
+    let events = vmm.events();
+    let start = SystemTime::now();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.duration);
+    let guest = vmm.start(cfg)?;
+    let mut out = std::io::stdout().lock();
+    let mut failure = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = match events.recv_timeout(left) {
+            Ok(e) => e,
+            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(CliError::Failed("the VMM stopped sending events".into()))
+            }
+        };
+        if args.json {
+            let _ = writeln!(out, "{}", event_json(&event, start));
+        } else {
+            let _ = writeln!(out, "{}", event_human(&event, start));
+        }
+        let _ = out.flush();
+        if let EventKind::Failure { cause, .. } = &event.kind {
+            failure = Some(cause.name());
+            break;
+        }
+    }
+    let heartbeat = guest.heartbeat();
+    let reason = if failure.is_some() {
+        "failure"
+    } else {
+        "duration"
+    };
+    if args.json {
+        let end = json!({
+            "event": "end",
+            "guest": guest.name(),
+            "reason": reason,
+            "cause": failure,
+            "heartbeat": heartbeat,
+            "elapsed_ms": started.elapsed().as_millis() as u64,
+        });
+        let _ = writeln!(out, "{end}");
+    } else {
+        let _ = writeln!(
+            out,
+            "end: {reason} after {:.3} s{}; heartbeat {}",
+            started.elapsed().as_secs_f64(),
+            failure.map(|c| format!(" ({c})")).unwrap_or_default(),
+            heartbeat
+                .map(|h| h.to_string())
+                .unwrap_or_else(|| "unregistered".into())
+        );
+    }
+    guest.destroy();
+    Ok(())
+}

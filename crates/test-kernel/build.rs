@@ -53,7 +53,17 @@ fn main() {
     }
     cmd.env(
         "CARGO_ENCODED_RUSTFLAGS",
-        ["-Crelocation-model=static", "-Ccode-model=kernel"].join("\x1f"),
+        [
+            "-Crelocation-model=static",
+            "-Ccode-model=kernel",
+            // No SIMD at all: where guest code runs under KVM's instruction emulator
+            // (nested hosts such as kvm-pvm), SSE instructions stop the guest. Rust
+            // warns that disabling SSE2 changes the float ABI; the kernel has no floats,
+            // and it formats numbers itself so that it never runs the prebuilt,
+            // SSE-using integer formatting of `core` (see its kfmt module).
+            "-Ctarget-feature=-sse,-sse2,-sse3,-ssse3,-sse4.1,-sse4.2,-avx,-avx2",
+        ]
+        .join("\x1f"),
     );
     let status = cmd
         .status()
@@ -66,10 +76,61 @@ fn main() {
     }
     let elf = target_dir.join(TARGET).join("release/test-kernel");
     let dest = out.join("test-kernel.elf");
-    std::fs::copy(&elf, &dest)
-        .unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", elf.display(), dest.display()));
+    let mut image = std::fs::read(&elf)
+        .unwrap_or_else(|e| panic!("cannot read the built kernel {}: {e}", elf.display()));
+    patch_ro_checksum(&mut image);
+    std::fs::write(&dest, &image)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", dest.display()));
     println!(
         "cargo:rustc-env=AMBULANCE_TEST_KERNEL_ELF={}",
         dest.display()
     );
+}
+
+/// Computes the CRC32C of the kernel's read-only region `[__ro_start, __ro_end)` exactly
+/// as it will lie in guest memory (the PT_LOAD segments' file bytes, zero elsewhere) and
+/// stores it in the kernel's `RO_CRC32C` variable, so the kernel need not compute it at
+/// boot.
+fn patch_ro_checksum(image: &mut [u8]) {
+    use goblin::elf::{program_header::PT_LOAD, Elf};
+
+    let (start, end, var, loads) = {
+        let elf = Elf::parse(image).expect("the built kernel is not a valid ELF file");
+        let symbol = |name: &str| {
+            elf.syms
+                .iter()
+                .find(|s| elf.strtab.get_at(s.st_name) == Some(name))
+                .map(|s| s.st_value)
+                .unwrap_or_else(|| panic!("the built kernel has no symbol {name}"))
+        };
+        let loads: Vec<(u64, u64, u64)> = elf
+            .program_headers
+            .iter()
+            .filter(|p| p.p_type == PT_LOAD)
+            .map(|p| (p.p_vaddr, p.p_offset, p.p_filesz))
+            .collect();
+        (
+            symbol("__ro_start"),
+            symbol("__ro_end"),
+            symbol("RO_CRC32C"),
+            loads,
+        )
+    };
+    let mut region = vec![0u8; (end - start) as usize];
+    for &(vaddr, offset, filesz) in &loads {
+        let lo = vaddr.max(start);
+        let hi = (vaddr + filesz).min(end);
+        if lo < hi {
+            let from = (offset + lo - vaddr) as usize;
+            region[(lo - start) as usize..(hi - start) as usize]
+                .copy_from_slice(&image[from..from + (hi - lo) as usize]);
+        }
+    }
+    let crc = ambulance_abi::crc32c::crc32c(&region) as u64;
+    let &(vaddr, offset, _) = loads
+        .iter()
+        .find(|&&(vaddr, _, filesz)| var >= vaddr && var + 8 <= vaddr + filesz)
+        .expect("RO_CRC32C is not in a loaded, file-backed segment");
+    let at = (offset + var - vaddr) as usize;
+    image[at..at + 8].copy_from_slice(&crc.to_le_bytes());
 }

@@ -25,14 +25,18 @@ pub mod io {
     pub fn outb(port: u16, value: u8) {
         // SAFETY: `out` has no memory effects visible to Rust; in an Ambulance guest the
         // port is handled by the VMM (ring 0 is assumed, as documented on the crate).
-        unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+        unsafe {
+            asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+        }
     }
 
     /// Writes a 32-bit value to an I/O port.
     #[inline]
     pub fn outl(port: u16, value: u32) {
         // SAFETY: as for `outb`.
-        unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
+        unsafe {
+            asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+        }
     }
 
     /// Reads a byte from an I/O port.
@@ -40,7 +44,9 @@ pub mod io {
     pub fn inb(port: u16) -> u8 {
         let v: u8;
         // SAFETY: as for `outb`; `in` only writes the named register.
-        unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) }
+        unsafe {
+            asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+        }
         v
     }
 
@@ -49,7 +55,9 @@ pub mod io {
     pub fn inl(port: u16) -> u32 {
         let v: u32;
         // SAFETY: as for `inb`.
-        unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)) }
+        unsafe {
+            asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
+        }
         v
     }
 }

@@ -14,7 +14,9 @@
 //!   identity and at [`KERNEL_VIRT_BASE`] (2 MiB pages, writable, executable). A kernel is
 //!   expected to build its own tables and switch to them early.
 //!
-//! Guest RAM starts at physical 0. Up to [`LOW_RAM_MAX`] it is contiguous; the rest sits
+//! Guest RAM is zero-filled when the kernel starts, except for what the VMM placed
+//! there (the kernel's segments, the GDT, the boot page tables, [`BootInfo`] and the
+//! command line). Guest RAM starts at physical 0. Up to [`LOW_RAM_MAX`] it is contiguous; the rest sits
 //! above the 32-bit MMIO hole at [`HIGH_RAM_START`]. [`BootInfo::regions`] lists the
 //! ranges.
 

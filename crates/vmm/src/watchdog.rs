@@ -3,7 +3,7 @@
 //! Once the guest has registered, the watchdog polls its heartbeat counter every
 //! [`POLL`]. It reports `watchdog_stall` when the counter has not changed for the
 //! configured time, and `degraded` when the rate over the last [`WINDOW`] falls below the
-//! configured threshold. It measures only while the guest runs; registrations and resumes
+//! configured threshold while the counter still moves (a counter that stopped is a stall). It measures only while the guest runs; registrations and resumes
 //! restart the measurements.
 
 use std::collections::VecDeque;
@@ -108,7 +108,13 @@ pub(crate) fn run(inst: Arc<Instance>) {
             let span = now - t0;
             if span >= WINDOW {
                 let measured_hz = value.wrapping_sub(v0) as f64 / span.as_secs_f64();
-                if measured_hz < threshold_hz {
+                // A heartbeat that stopped altogether is a stall, not a slowdown: leave it
+                // to the stall watchdog when there is one. At the threshold rate the
+                // counter changes every 1/threshold s; twice that without a change (and
+                // at least a few polls) means it has stopped.
+                let quiet_limit = Duration::from_secs_f64(2.0 / threshold_hz).max(5 * POLL);
+                let beating = now - m.last_change < quiet_limit || stall_after.is_none();
+                if beating && measured_hz < threshold_hz {
                     inst.fail(
                         FailureCause::Degraded {
                             measured_hz,

@@ -172,17 +172,15 @@ struct IdtEntry {
 #[repr(C, align(16))]
 struct Idt([IdtEntry; 32]);
 
-static mut IDT: Idt = Idt(
-    [IdtEntry {
-        offset_low: 0,
-        selector: 0,
-        ist: 0,
-        type_attr: 0,
-        offset_mid: 0,
-        offset_high: 0,
-        zero: 0,
-    }; 32],
-);
+static mut IDT: Idt = Idt([IdtEntry {
+    offset_low: 0,
+    selector: 0,
+    ist: 0,
+    type_attr: 0,
+    offset_mid: 0,
+    offset_high: 0,
+    zero: 0,
+}; 32]);
 
 /// Fills the IDT with the exception stubs (boot CPU, once).
 pub fn init_idt() {
@@ -274,7 +272,9 @@ pub fn rdtsc() -> u64 {
     let lo: u32;
     let hi: u32;
     // SAFETY: `rdtsc` only writes the named registers.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     ((hi as u64) << 32) | lo as u64
 }
 

@@ -19,6 +19,7 @@ use ambulance_guest_agent::abi::boot::DIRECT_MAP_BASE;
 use ambulance_guest_agent::abi::crc32c::crc32c;
 use ambulance_guest_agent::abi::ports::panic_reason;
 
+use crate::kfmt::n;
 use crate::list::{self, ListHead};
 use crate::panic::{kernel_panic, panic_begin};
 use crate::sched::{self, Task, MAX_TASKS, OBJECT_SLOTS, STACK_END_MAGIC, TASK_MAGIC};
@@ -69,7 +70,11 @@ impl Fault {
 
     /// The command-line name.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(f, _)| *f == self).map(|(_, n)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(f, _)| *f == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("?")
     }
 }
 
@@ -91,10 +96,27 @@ static FIRED: AtomicBool = AtomicBool::new(false);
 static SLOW_SINCE_MS: AtomicU64 = AtomicU64::new(u64::MAX);
 static SLOW_BASE: AtomicU64 = AtomicU64::new(0);
 static DEADLOCK_STAGE: AtomicU32 = AtomicU32::new(0);
-static NEXT_TEXT_CHECK_MS: AtomicU64 = AtomicU64::new(0);
 
-/// Checksum of the read-only region, computed at boot.
-pub static TEXT_CRC: AtomicU64 = AtomicU64::new(0);
+/// `RO_CRC32C` before the build patched it.
+const RO_CRC_UNSET: u64 = u64::MAX;
+
+/// CRC32C of the read-only region, computed when the kernel was built and patched into
+/// the ELF file by `crates/test-kernel/build.rs`: computing it at boot would take most of
+/// a second where guest code runs under an instruction emulator. If the file was not
+/// patched, the kernel computes it at boot.
+#[no_mangle]
+pub static RO_CRC32C: AtomicU64 = AtomicU64::new(RO_CRC_UNSET);
+
+/// The read-only region's expected checksum (computing it if the build did not).
+pub fn ro_crc() -> u32 {
+    let v = RO_CRC32C.load(Ordering::Relaxed);
+    if v != RO_CRC_UNSET {
+        return v as u32;
+    }
+    let crc = crc32c(ro_region());
+    RO_CRC32C.store(crc as u64, Ordering::Relaxed);
+    crc
+}
 
 /// Arms the plan; the fault fires `after_ms` from now (boot CPU, after registration).
 pub fn arm(plan: FaultPlan) {
@@ -144,11 +166,6 @@ fn cpu0_timer() {
     };
     HEARTBEAT.advance_to(beat);
 
-    if now >= NEXT_TEXT_CHECK_MS.load(Ordering::Relaxed) {
-        NEXT_TEXT_CHECK_MS.store(now + 250, Ordering::Relaxed);
-        check_text(0);
-    }
-
     let armed = ARMED_AT_MS.load(Ordering::Acquire);
     let p = plan();
     if armed != u64::MAX
@@ -162,9 +179,10 @@ fn cpu0_timer() {
 
 /// Recomputes the read-only region's checksum; a change is a panic.
 pub fn check_text(cpu: u32) {
-    let expected = TEXT_CRC.load(Ordering::Relaxed) as u32;
+    let expected = ro_crc();
     let found = crc32c(ro_region());
     if found != expected {
+        let (found, expected) = (n(found), n(expected));
         panic_begin(cpu);
         kernel_panic(
             panic_reason::TEXT_CHECKSUM,
@@ -178,8 +196,9 @@ pub fn check_text(cpu: u32) {
 fn ground_truth(fault: Fault, structure: &str, address: u64) {
     kprint!(
         0,
-        "AMBULANCE-FAULT name={} structure={structure} address={address:#x}",
-        fault.name()
+        "AMBULANCE-FAULT name={} structure={structure} address={:#x}",
+        fault.name(),
+        n(address)
     );
 }
 
@@ -229,7 +248,7 @@ fn inject(p: FaultPlan) {
             ground_truth(p.fault, "percpu", percpu0);
             kernel_panic(
                 panic_reason::GENERIC,
-                format_args!("ambulance test fault: explicit panic (seed {})", p.seed),
+                format_args!("ambulance test fault: explicit panic (seed {})", n(p.seed)),
             );
         }
         Fault::TripleFault => {
@@ -249,21 +268,26 @@ fn inject(p: FaultPlan) {
             let l = lock(lock_id::RUN_QUEUE);
             l.lock(cpu);
             let mut nodes = [core::ptr::null_mut(); MAX_TASKS];
-            let n = run_queue_nodes(&mut nodes);
-            if n < 2 {
+            let count = run_queue_nodes(&mut nodes);
+            if count < 2 {
                 l.unlock(cpu);
-                kprint!(cpu, "fault {}: run queue too short ({n} tasks)", p.fault.name());
+                kprint!(
+                    cpu,
+                    "fault {}: run queue too short ({} tasks)",
+                    p.fault.name(),
+                    n(count as u64)
+                );
                 return;
             }
             let head = sched::run_queue();
             match p.fault {
                 Fault::ListCorruption => {
-                    let k = (r1 % n as u64) as usize;
+                    let k = (r1 % count as u64) as usize;
                     let x = nodes[k];
                     // SAFETY: run queue lock held; all nodes are tasks of the table.
                     unsafe {
                         let true_prev = (*x).prev;
-                        let wrong = [nodes[(k + 1) % n], head, nodes[(k + 2) % n]]
+                        let wrong = [nodes[(k + 1) % count], head, nodes[(k + 2) % count]]
                             .into_iter()
                             .find(|&c| c != true_prev && c != x)
                             .unwrap_or(head);
@@ -275,7 +299,7 @@ fn inject(p: FaultPlan) {
                     }
                 }
                 Fault::ListCycle => {
-                    let k = 1 + (r1 % (n as u64 - 1)) as usize;
+                    let k = 1 + (r1 % (count as u64 - 1)) as usize;
                     let j = (r2 % k as u64) as usize;
                     let x = nodes[k];
                     ground_truth(p.fault, "run_queue", sched::task_of(x) as u64);
@@ -291,11 +315,14 @@ fn inject(p: FaultPlan) {
                         }
                     }
                     if node != head {
-                        sched::run_queue_corrupted(cpu, list::ListError::TooLong { limit: MAX_TASKS });
+                        sched::run_queue_corrupted(
+                            cpu,
+                            list::ListError::TooLong { limit: MAX_TASKS },
+                        );
                     }
                 }
                 _ => {
-                    let t = sched::task_of(nodes[(r1 % n as u64) as usize]);
+                    let t = sched::task_of(nodes[(r1 % count as u64) as usize]);
                     // SAFETY: run queue lock held; a queued task's stack is not in use.
                     unsafe {
                         let base = (*t).stack_base;
@@ -411,12 +438,12 @@ fn smash_magic(fault: Fault, r1: u64, r2: u64) {
             let l = lock(lock_id::RUN_QUEUE);
             l.lock(cpu);
             let mut nodes = [core::ptr::null_mut(); MAX_TASKS];
-            let n = run_queue_nodes(&mut nodes);
-            if n == 0 {
+            let count = run_queue_nodes(&mut nodes);
+            if count == 0 {
                 l.unlock(cpu);
                 return;
             }
-            let t: *mut Task = sched::task_of(nodes[(r2 % n as u64) as usize]);
+            let t: *mut Task = sched::task_of(nodes[(r2 % count as u64) as usize]);
             ground_truth(fault, "tasks", t as u64);
             // SAFETY: run queue lock held; a queued task is not running.
             unsafe {
@@ -448,14 +475,21 @@ fn smash_magic(fault: Fault, r1: u64, r2: u64) {
                 core::ptr::write_volatile(&mut (*obj).magic, 0x4242_4242_4242_4242);
                 let found = core::ptr::read_volatile(&(*obj).magic);
                 if found != KOBJECT_MAGIC {
-                    sched::bad_magic(cpu, "kobject", obj as u64, found, Some(lock_id::OBJECT_TABLE));
+                    sched::bad_magic(
+                        cpu,
+                        "kobject",
+                        obj as u64,
+                        found,
+                        Some(lock_id::OBJECT_TABLE),
+                    );
                 }
             }
             l.unlock(cpu);
         }
         _ => {
             // Another CPU's per-CPU data (or our own with one CPU).
-            let target = (1 + r2 % (crate::cpu_count() as u64).max(1)) as usize % crate::cpu_count() as usize;
+            let target = (1 + r2 % (crate::cpu_count() as u64).max(1)) as usize
+                % crate::cpu_count() as usize;
             // SAFETY: only forms a pointer; the write below is a deliberate corruption of
             // a field nobody but the checker reads.
             let pc = unsafe { core::ptr::addr_of_mut!(PERCPU[target]) };

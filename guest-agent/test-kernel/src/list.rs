@@ -5,6 +5,8 @@
 use core::fmt;
 use core::ptr;
 
+use crate::kfmt::n;
+
 /// A link: embedded in each element, and used alone as the list head (a sentinel).
 #[repr(C)]
 pub struct ListHead {
@@ -35,16 +37,26 @@ pub enum ListError {
 impl fmt::Display for ListError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            ListError::NextPrev { node, next, found } => write!(
+            ListError::NextPrev { node, next, found } => {
+                let (node, next, found) = (n(node), n(next), n(found));
+                write!(
                 f,
                 "list corruption. next->prev should be {node:#x}, but was {found:#x} (next={next:#x})"
-            ),
-            ListError::PrevNext { node, prev, found } => write!(
+            )
+            }
+            ListError::PrevNext { node, prev, found } => {
+                let (node, prev, found) = (n(node), n(prev), n(found));
+                write!(
                 f,
                 "list corruption. prev->next should be {node:#x}, but was {found:#x} (prev={prev:#x})"
-            ),
+            )
+            }
             ListError::TooLong { limit } => {
-                write!(f, "list corruption. more than {limit} entries: cycle")
+                write!(
+                    f,
+                    "list corruption. more than {} entries: cycle",
+                    n(limit as u64)
+                )
             }
         }
     }

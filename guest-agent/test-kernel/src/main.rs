@@ -15,6 +15,7 @@
 
 mod arch;
 mod faults;
+mod kfmt;
 mod list;
 mod log;
 mod mem;
@@ -85,7 +86,9 @@ fn parse_cmdline(text: &str) -> Config {
                 .filter(|n| (2..=sched::MAX_TASKS).contains(n))
                 .map(|n| cfg.tasks = n)
                 .is_some(),
-            "register" => registration::Mode::parse(value).map(|m| cfg.register = m).is_some(),
+            "register" => registration::Mode::parse(value)
+                .map(|m| cfg.register = m)
+                .is_some(),
             "mode" => match value {
                 "maintenance" => {
                     cfg.maintenance = true;
@@ -126,7 +129,10 @@ fn boot(boot_info_gpa: u64) -> ! {
     // SAFETY: the VMM placed BootInfo there; the boot tables identity-map it.
     let bi: BootInfo = unsafe { core::ptr::read_unaligned(boot_info_gpa as *const BootInfo) };
     if bi.magic != BOOT_MAGIC {
-        log::console(format_args!("boot: bad BootInfo magic {:#x}\n", bi.magic));
+        log::console(format_args!(
+            "boot: bad BootInfo magic {:#x}\n",
+            kfmt::n(bi.magic)
+        ));
         panic_doorbell(panic_reason::GENERIC);
     }
     CPU_COUNT.store(bi.cpu_count.clamp(1, MAX_CPUS as u32), Ordering::Relaxed);
@@ -145,9 +151,9 @@ fn boot(boot_info_gpa: u64) -> ! {
     log::console(format_args!(
         "ambulance test kernel {}: {} cpus, {} MiB, tsc {} kHz, cmdline '{cmdline}'\n",
         env!("CARGO_PKG_VERSION"),
-        cpu_count(),
-        bi.ram_size >> 20,
-        bi.tsc_khz
+        kfmt::n(cpu_count()),
+        kfmt::n(bi.ram_size >> 20),
+        kfmt::n(bi.tsc_khz)
     ));
 
     // Page tables: the image with proper permissions, the direct map, task stacks.
@@ -164,7 +170,10 @@ fn boot(boot_info_gpa: u64) -> ! {
         core::ptr::addr_of!(__kernel_end) as u64,
     );
     let low = regions[0];
-    mem::init_allocator(mem::image_to_phys(kend), (low.gpa + low.size).min(ambulance_guest_agent::abi::boot::BOOT_MAP_SIZE));
+    mem::init_allocator(
+        mem::image_to_phys(kend),
+        (low.gpa + low.size).min(ambulance_guest_agent::abi::boot::BOOT_MAP_SIZE),
+    );
     let mut pt = PageTables::new();
     let text_pages_end = text_end.next_multiple_of(mem::PAGE);
     let mut va = kstart;
@@ -191,20 +200,29 @@ fn boot(boot_info_gpa: u64) -> ! {
     for cpu in 0..cpu_count() {
         sync::init_percpu(cpu, cfg.plan.seed);
     }
-    slab::init_cache(slab::KOBJECT, "kobject", core::mem::size_of::<slab::KObject>() as u32, 512);
-    slab::init_cache(slab::BUFFER, "buffer", core::mem::size_of::<slab::Buffer>() as u32, 128);
+    slab::init_cache(
+        slab::KOBJECT,
+        "kobject",
+        core::mem::size_of::<slab::KObject>() as u32,
+        512,
+    );
+    slab::init_cache(
+        slab::BUFFER,
+        "buffer",
+        core::mem::size_of::<slab::Buffer>() as u32,
+        128,
+    );
     sched::init_tasks(cfg.tasks, cfg.plan.seed);
 
-    let text_crc = crc32c(faults::ro_region());
-    faults::TEXT_CRC.store(text_crc as u64, Ordering::Relaxed);
+    let text_crc = faults::ro_crc();
     registration::register(cfg.register, pt.pml4, text_crc, ram_end);
     kprint!(
         0,
         "boot: {} tasks, fault={} after {} ms, seed {}",
-        cfg.tasks,
+        kfmt::n(cfg.tasks as u64),
         cfg.plan.fault.name(),
-        cfg.plan.after_ms,
-        cfg.plan.seed
+        kfmt::n(cfg.plan.after_ms),
+        kfmt::n(cfg.plan.seed)
     );
     BOOT_DONE.store(true, Ordering::Release);
     if cfg.maintenance {
@@ -242,14 +260,22 @@ fn maintenance() {
         // SAFETY: tasks of the table; their stacks are mapped.
         let (magic, end) = unsafe { ((*t).magic, ((*t).stack_base as *const u64).read_volatile()) };
         if magic != sched::TASK_MAGIC || end != sched::STACK_END_MAGIC {
-            kprint!(cpu, "maintenance: task {i}: magic {magic:#x}, stack end {end:#x}");
+            let (i, magic, end) = (kfmt::n(i as u64), kfmt::n(magic), kfmt::n(end));
+            kprint!(
+                cpu,
+                "maintenance: task {i}: magic {magic:#x}, stack end {end:#x}"
+            );
             problems += 1;
         }
     }
-    if crc32c(faults::ro_region()) as u64 != faults::TEXT_CRC.load(Ordering::Relaxed) {
+    if crc32c(faults::ro_region()) != faults::ro_crc() {
         kprint!(cpu, "maintenance: read-only memory checksum changed");
         problems += 1;
     }
-    kprint!(cpu, "maintenance: structures checked, {problems} problem(s)");
+    kprint!(
+        cpu,
+        "maintenance: structures checked, {} problem(s)",
+        kfmt::n(problems)
+    );
     ambulance_guest_agent::maintenance_complete(problems);
 }

@@ -58,7 +58,12 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     let mut i = 0;
     while i < n {
         // SAFETY: the caller guarantees both ranges are valid for n bytes.
-        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i))) };
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
         if x != y {
             return x as i32 - y as i32;
         }
@@ -107,18 +112,20 @@ pub fn init_allocator(start: u64, end: u64) {
     FREE_END.store(end, Ordering::Relaxed);
 }
 
-/// Allocates `n` zeroed, contiguous physical pages. Used by the boot CPU during
-/// initialization only. Running out of memory at boot is fatal.
+/// Allocates `n` contiguous physical pages. They are zero: the boot protocol hands over
+/// zeroed RAM and pages are never freed. Used by the boot CPU during initialization
+/// only. Running out of memory at boot is fatal.
 pub fn alloc_pages(n: u64) -> u64 {
     let pa = NEXT_FREE.fetch_add(n * PAGE, Ordering::Relaxed);
     if pa + n * PAGE > FREE_END.load(Ordering::Relaxed) {
         crate::panic::kernel_panic(
             ambulance_guest_agent::abi::ports::panic_reason::GENERIC,
-            format_args!("out of memory at boot allocating {n} pages"),
+            format_args!(
+                "out of memory at boot allocating {} pages",
+                crate::kfmt::n(n)
+            ),
         );
     }
-    // SAFETY: the pages were just handed out and are reachable through phys_ptr.
-    unsafe { core::ptr::write_bytes(phys_ptr::<u8>(pa), 0, (n * PAGE) as usize) };
     pa
 }
 
@@ -139,7 +146,9 @@ pub struct PageTables {
 impl PageTables {
     /// Empty tables.
     pub fn new() -> Self {
-        PageTables { pml4: alloc_pages(1) }
+        PageTables {
+            pml4: alloc_pages(1),
+        }
     }
 
     /// The entry for `va` at `level` (4 = PML4 … 1 = PT), creating tables on the way.
@@ -199,7 +208,12 @@ impl PageTables {
     pub fn map_direct(&mut self, regions: &[MemRegion]) {
         for r in regions {
             let size = r.size & !(PAGE - 1);
-            self.map_range(DIRECT_MAP_BASE + r.gpa, r.gpa, size, PTE_WRITE | PTE_NX | PTE_GLOBAL);
+            self.map_range(
+                DIRECT_MAP_BASE + r.gpa,
+                r.gpa,
+                size,
+                PTE_WRITE | PTE_NX | PTE_GLOBAL,
+            );
         }
     }
 

@@ -9,6 +9,7 @@ use ambulance_guest_agent::abi::ports::panic_reason;
 use ambulance_guest_agent::{panic_doorbell, Console};
 
 use crate::arch::{self, ExceptionFrame};
+use crate::kfmt::n;
 use crate::log::{self, FixedBuf, LOG_TEXT};
 use crate::sync::percpu;
 
@@ -84,11 +85,14 @@ pub extern "C" fn exception_handler(frame: &ExceptionFrame) -> ! {
     kernel_panic(
         panic_reason::EXCEPTION_BASE + vector,
         format_args!(
-            "Oops: {} (vector {vector}, error {:#x}) at RIP {:#x}, RSP {:#x}, CR2 {cr2:#x} on CPU {cpu}",
+            "Oops: {} (vector {}, error {:#x}) at RIP {:#x}, RSP {:#x}, CR2 {:#x} on CPU {}",
             panic_reason::name(panic_reason::EXCEPTION_BASE + vector),
-            frame.error,
-            frame.rip,
-            frame.rsp,
+            n(vector),
+            n(frame.error),
+            n(frame.rip),
+            n(frame.rsp),
+            n(cr2),
+            n(cpu),
         ),
     )
 }

@@ -12,6 +12,7 @@ use ambulance_guest_agent::abi::descriptor::{
 };
 use ambulance_guest_agent::abi::ports::RegistrationStatus;
 
+use crate::kfmt::n;
 use crate::log::{LogRecord, LOG, LOG_CAPACITY};
 use crate::mem::image_to_phys;
 use crate::sched::{self, Task, MAX_TASKS, OBJECT_SLOTS, STACK_END_MAGIC, TASK_MAGIC};
@@ -67,7 +68,12 @@ fn build_id() -> &'static [u8] {
     note.get(desc..desc + descsz).unwrap_or(&[])
 }
 
-fn write(w: &mut DescriptorWriter<'_>, pml4: u64, text_crc: u32, ram_end: u64) -> Result<(), descriptor::WriteError> {
+fn write(
+    w: &mut DescriptorWriter<'_>,
+    pml4: u64,
+    text_crc: u32,
+    ram_end: u64,
+) -> Result<(), descriptor::WriteError> {
     let task0 = sched::task_ptr(0) as u64;
     let tasks_end = task0 + (MAX_TASKS * size_of::<Task>()) as u64;
     let stacks_end = sched::stack_base_va(MAX_TASKS);
@@ -83,7 +89,11 @@ fn write(w: &mut DescriptorWriter<'_>, pml4: u64, text_crc: u32, ram_end: u64) -
     w.set_page_table_root(pml4);
     w.set_heartbeat_gpa(image_to_phys(&HEARTBEAT as *const _ as u64));
 
-    let task_magic = Hint::Magic { offset: offset_of!(Task, magic) as u32, size: 8, value: TASK_MAGIC };
+    let task_magic = Hint::Magic {
+        offset: offset_of!(Task, magic) as u32,
+        size: 8,
+        value: TASK_MAGIC,
+    };
     w.push_root(
         &RootSpec {
             name: "tasks",
@@ -136,7 +146,11 @@ fn write(w: &mut DescriptorWriter<'_>, pml4: u64, text_crc: u32, ram_end: u64) -
             lock: 0,
         },
         &[
-            Hint::Magic { offset: offset_of!(PerCpu, magic) as u32, size: 8, value: PERCPU_MAGIC },
+            Hint::Magic {
+                offset: offset_of!(PerCpu, magic) as u32,
+                size: 8,
+                value: PERCPU_MAGIC,
+            },
             Hint::PointerRange {
                 offset: offset_of!(PerCpu, current) as u32,
                 lo: task0,
@@ -164,7 +178,11 @@ fn write(w: &mut DescriptorWriter<'_>, pml4: u64, text_crc: u32, ram_end: u64) -
             aux: 0,
             lock: 0,
         },
-        &[Hint::Magic { offset: offset_of!(Spinlock, magic) as u32, size: 4, value: LOCK_MAGIC as u64 }],
+        &[Hint::Magic {
+            offset: offset_of!(Spinlock, magic) as u32,
+            size: 4,
+            value: LOCK_MAGIC as u64,
+        }],
     )?;
     let caches = addr_of!(slab::SLAB_CACHES) as u64;
     w.push_root(
@@ -180,7 +198,11 @@ fn write(w: &mut DescriptorWriter<'_>, pml4: u64, text_crc: u32, ram_end: u64) -
             aux: 0,
             lock: 0,
         },
-        &[Hint::Magic { offset: offset_of!(SlabCache, magic) as u32, size: 8, value: SLAB_MAGIC }],
+        &[Hint::Magic {
+            offset: offset_of!(SlabCache, magic) as u32,
+            size: 8,
+            value: SLAB_MAGIC,
+        }],
     )?;
     for idx in 0..slab::NR_CACHES {
         // SAFETY: boot is over for the caches' layout; base/end/capacity never change.
@@ -199,7 +221,11 @@ fn write(w: &mut DescriptorWriter<'_>, pml4: u64, text_crc: u32, ram_end: u64) -
                 lock: slab::cache_lock(idx).addr(),
             },
             &[
-                Hint::Magic { offset: offset_of!(FreeObject, poison) as u32, size: 8, value: FREE_POISON },
+                Hint::Magic {
+                    offset: offset_of!(FreeObject, poison) as u32,
+                    size: 8,
+                    value: FREE_POISON,
+                },
                 Hint::PointerRange {
                     offset: offset_of!(FreeObject, next) as u32,
                     lo: c.base,
@@ -225,7 +251,12 @@ fn write(w: &mut DescriptorWriter<'_>, pml4: u64, text_crc: u32, ram_end: u64) -
             aux: 0,
             lock: lock(lock_id::OBJECT_TABLE).addr(),
         },
-        &[Hint::PointerRange { offset: 0, lo: kobjects.base, hi: kobjects.end, nullable: true }],
+        &[Hint::PointerRange {
+            offset: 0,
+            lo: kobjects.base,
+            hi: kobjects.end,
+            nullable: true,
+        }],
     )?;
     w.push_root(
         &RootSpec {
@@ -240,10 +271,15 @@ fn write(w: &mut DescriptorWriter<'_>, pml4: u64, text_crc: u32, ram_end: u64) -
             aux: 0,
             lock: lock(lock_id::OBJECT_TABLE).addr(),
         },
-        &[Hint::Magic { offset: offset_of!(KObject, magic) as u32, size: 8, value: KOBJECT_MAGIC }],
+        &[Hint::Magic {
+            offset: offset_of!(KObject, magic) as u32,
+            size: 8,
+            value: KOBJECT_MAGIC,
+        }],
     )?;
     // SAFETY: only addresses are taken.
-    let (records, next_seq) = unsafe { (addr_of!(LOG.records) as u64, addr_of!(LOG.next_seq) as u64) };
+    let (records, next_seq) =
+        unsafe { (addr_of!(LOG.records) as u64, addr_of!(LOG.next_seq) as u64) };
     w.push_root(
         &RootSpec {
             name: "log",
@@ -272,7 +308,11 @@ fn write(w: &mut DescriptorWriter<'_>, pml4: u64, text_crc: u32, ram_end: u64) -
             aux: 0,
             lock: 0,
         },
-        &[Hint::Checksum { start: ro.as_ptr() as u64, len: ro.len() as u32, crc32c: text_crc }],
+        &[Hint::Checksum {
+            start: ro.as_ptr() as u64,
+            len: ro.len() as u32,
+            crc32c: text_crc,
+        }],
     )?;
     w.push_root(
         &RootSpec {
@@ -292,52 +332,144 @@ fn write(w: &mut DescriptorWriter<'_>, pml4: u64, text_crc: u32, ram_end: u64) -
 
     // VMCOREINFO, in Linux's format, for tools without debug info.
     let vmcoreinfo = |w: &mut DescriptorWriter<'_>| -> core::fmt::Result {
-        writeln!(w, "OSRELEASE=ambulance-test-kernel-{}", env!("CARGO_PKG_VERSION"))?;
+        writeln!(
+            w,
+            "OSRELEASE=ambulance-test-kernel-{}",
+            env!("CARGO_PKG_VERSION")
+        )?;
         writeln!(w, "PAGESIZE=4096")?;
         writeln!(w, "KERNELOFFSET=0")?;
-        writeln!(w, "SYMBOL(tasks)={task0:x}")?;
-        writeln!(w, "SYMBOL(run_queue)={:x}", sched::run_queue() as u64)?;
-        writeln!(w, "SYMBOL(percpu)={percpu:x}")?;
-        writeln!(w, "SYMBOL(locks)={locks:x}")?;
-        writeln!(w, "SYMBOL(log)={records:x}")?;
-        writeln!(w, "SYMBOL(log_next_seq)={next_seq:x}")?;
-        writeln!(w, "SYMBOL(direct_map_base)={DIRECT_MAP_BASE:x}")?;
-        writeln!(w, "SIZE(Task)={}", size_of::<Task>())?;
-        writeln!(w, "OFFSET(Task.magic)={}", offset_of!(Task, magic))?;
-        writeln!(w, "OFFSET(Task.pid)={}", offset_of!(Task, pid))?;
-        writeln!(w, "OFFSET(Task.state)={}", offset_of!(Task, state))?;
-        writeln!(w, "OFFSET(Task.comm)={}", offset_of!(Task, comm))?;
-        writeln!(w, "OFFSET(Task.run_list)={}", offset_of!(Task, run_list))?;
-        writeln!(w, "OFFSET(Task.stack_base)={}", offset_of!(Task, stack_base))?;
-        writeln!(w, "OFFSET(Task.stack_size)={}", offset_of!(Task, stack_size))?;
-        writeln!(w, "OFFSET(Task.cpu)={}", offset_of!(Task, cpu))?;
-        writeln!(w, "SIZE(PerCpu)={}", size_of::<PerCpu>())?;
-        writeln!(w, "OFFSET(PerCpu.cpu)={}", offset_of!(PerCpu, cpu))?;
-        writeln!(w, "OFFSET(PerCpu.online)={}", offset_of!(PerCpu, online))?;
-        writeln!(w, "OFFSET(PerCpu.current)={}", offset_of!(PerCpu, current))?;
-        writeln!(w, "OFFSET(PerCpu.waiting_on)={}", offset_of!(PerCpu, waiting_on))?;
-        writeln!(w, "OFFSET(PerCpu.stopped)={}", offset_of!(PerCpu, stopped))?;
-        writeln!(w, "SIZE(Spinlock)={}", size_of::<Spinlock>())?;
-        writeln!(w, "OFFSET(Spinlock.locked)={}", offset_of!(Spinlock, locked))?;
-        writeln!(w, "OFFSET(Spinlock.owner_cpu)={}", offset_of!(Spinlock, owner_cpu))?;
-        writeln!(w, "OFFSET(Spinlock.name)={}", offset_of!(Spinlock, name))?;
-        writeln!(w, "SIZE(SlabCache)={}", size_of::<SlabCache>())?;
-        writeln!(w, "OFFSET(SlabCache.free_list)={}", offset_of!(SlabCache, free_list))?;
-        writeln!(w, "OFFSET(SlabCache.nr_free)={}", offset_of!(SlabCache, nr_free))?;
-        writeln!(w, "OFFSET(SlabCache.base)={}", offset_of!(SlabCache, base))?;
-        writeln!(w, "OFFSET(SlabCache.end)={}", offset_of!(SlabCache, end))?;
-        writeln!(w, "SIZE(LogRecord)={}", size_of::<LogRecord>())?;
-        writeln!(w, "OFFSET(LogRecord.seq)={}", offset_of!(LogRecord, seq))?;
-        writeln!(w, "OFFSET(LogRecord.timestamp_ns)={}", offset_of!(LogRecord, timestamp_ns))?;
-        writeln!(w, "OFFSET(LogRecord.cpu)={}", offset_of!(LogRecord, cpu))?;
-        writeln!(w, "OFFSET(LogRecord.len)={}", offset_of!(LogRecord, len))?;
-        writeln!(w, "OFFSET(LogRecord.text)={}", offset_of!(LogRecord, text))?;
-        writeln!(w, "LENGTH(log)={LOG_CAPACITY}")?;
-        writeln!(w, "NUMBER(STACK_END_MAGIC)={STACK_END_MAGIC}")?;
-        writeln!(w, "NUMBER(TASK_MAGIC)={TASK_MAGIC}")?;
-        writeln!(w, "NUMBER(nr_cpus)={}", crate::cpu_count())?;
-        writeln!(w, "NUMBER(nr_tasks)={}", sched::nr_tasks())?;
-        writeln!(w, "NUMBER(direct_map_end)={direct_end}")
+        writeln!(w, "SYMBOL(tasks)={:x}", n(task0))?;
+        writeln!(w, "SYMBOL(run_queue)={:x}", n(sched::run_queue() as u64))?;
+        writeln!(w, "SYMBOL(percpu)={:x}", n(percpu))?;
+        writeln!(w, "SYMBOL(locks)={:x}", n(locks))?;
+        writeln!(w, "SYMBOL(log)={:x}", n(records))?;
+        writeln!(w, "SYMBOL(log_next_seq)={:x}", n(next_seq))?;
+        writeln!(w, "SYMBOL(direct_map_base)={:x}", n(DIRECT_MAP_BASE))?;
+        writeln!(w, "SIZE(Task)={}", n(size_of::<Task>() as u64))?;
+        writeln!(
+            w,
+            "OFFSET(Task.magic)={}",
+            n(offset_of!(Task, magic) as u64)
+        )?;
+        writeln!(w, "OFFSET(Task.pid)={}", n(offset_of!(Task, pid) as u64))?;
+        writeln!(
+            w,
+            "OFFSET(Task.state)={}",
+            n(offset_of!(Task, state) as u64)
+        )?;
+        writeln!(w, "OFFSET(Task.comm)={}", n(offset_of!(Task, comm) as u64))?;
+        writeln!(
+            w,
+            "OFFSET(Task.run_list)={}",
+            n(offset_of!(Task, run_list) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(Task.stack_base)={}",
+            n(offset_of!(Task, stack_base) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(Task.stack_size)={}",
+            n(offset_of!(Task, stack_size) as u64)
+        )?;
+        writeln!(w, "OFFSET(Task.cpu)={}", n(offset_of!(Task, cpu) as u64))?;
+        writeln!(w, "SIZE(PerCpu)={}", n(size_of::<PerCpu>() as u64))?;
+        writeln!(
+            w,
+            "OFFSET(PerCpu.cpu)={}",
+            n(offset_of!(PerCpu, cpu) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(PerCpu.online)={}",
+            n(offset_of!(PerCpu, online) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(PerCpu.current)={}",
+            n(offset_of!(PerCpu, current) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(PerCpu.waiting_on)={}",
+            n(offset_of!(PerCpu, waiting_on) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(PerCpu.stopped)={}",
+            n(offset_of!(PerCpu, stopped) as u64)
+        )?;
+        writeln!(w, "SIZE(Spinlock)={}", n(size_of::<Spinlock>() as u64))?;
+        writeln!(
+            w,
+            "OFFSET(Spinlock.locked)={}",
+            n(offset_of!(Spinlock, locked) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(Spinlock.owner_cpu)={}",
+            n(offset_of!(Spinlock, owner_cpu) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(Spinlock.name)={}",
+            n(offset_of!(Spinlock, name) as u64)
+        )?;
+        writeln!(w, "SIZE(SlabCache)={}", n(size_of::<SlabCache>() as u64))?;
+        writeln!(
+            w,
+            "OFFSET(SlabCache.free_list)={}",
+            n(offset_of!(SlabCache, free_list) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(SlabCache.nr_free)={}",
+            n(offset_of!(SlabCache, nr_free) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(SlabCache.base)={}",
+            n(offset_of!(SlabCache, base) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(SlabCache.end)={}",
+            n(offset_of!(SlabCache, end) as u64)
+        )?;
+        writeln!(w, "SIZE(LogRecord)={}", n(size_of::<LogRecord>() as u64))?;
+        writeln!(
+            w,
+            "OFFSET(LogRecord.seq)={}",
+            n(offset_of!(LogRecord, seq) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(LogRecord.timestamp_ns)={}",
+            n(offset_of!(LogRecord, timestamp_ns) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(LogRecord.cpu)={}",
+            n(offset_of!(LogRecord, cpu) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(LogRecord.len)={}",
+            n(offset_of!(LogRecord, len) as u64)
+        )?;
+        writeln!(
+            w,
+            "OFFSET(LogRecord.text)={}",
+            n(offset_of!(LogRecord, text) as u64)
+        )?;
+        writeln!(w, "LENGTH(log)={}", n(LOG_CAPACITY as u64))?;
+        writeln!(w, "NUMBER(STACK_END_MAGIC)={}", n(STACK_END_MAGIC))?;
+        writeln!(w, "NUMBER(TASK_MAGIC)={}", n(TASK_MAGIC))?;
+        writeln!(w, "NUMBER(nr_cpus)={}", n(crate::cpu_count()))?;
+        writeln!(w, "NUMBER(nr_tasks)={}", n(sched::nr_tasks() as u64))?;
+        writeln!(w, "NUMBER(direct_map_end)={}", n(direct_end))
     };
     vmcoreinfo(w).map_err(|_| descriptor::WriteError::Full("VMCOREINFO byte"))?;
     Ok(())
@@ -388,13 +520,20 @@ pub fn register(mode: Mode, pml4: u64, text_crc: u32, ram_end: u64) {
         let status = ambulance_guest_agent::register(gpa);
         kprint!(
             0,
-            "registration: deliberately broken descriptor at {gpa:#x}: {}",
+            "registration: deliberately broken descriptor at {:#x}: {}",
+            n(gpa),
             status_name(status)
         );
         build(pml4, text_crc, ram_end);
     }
     let status = ambulance_guest_agent::register(gpa);
-    kprint!(0, "registration: descriptor at {gpa:#x} ({size} bytes): {}", status_name(status));
+    kprint!(
+        0,
+        "registration: descriptor at {:#x} ({} bytes): {}",
+        n(gpa),
+        n(size as u64),
+        status_name(status)
+    );
 }
 
 fn status_name(s: RegistrationStatus) -> &'static str {

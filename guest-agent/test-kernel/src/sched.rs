@@ -18,6 +18,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use ambulance_guest_agent::abi::boot::VMALLOC_BASE;
 use ambulance_guest_agent::abi::ports::panic_reason;
 
+use crate::kfmt::n;
 use crate::list::{self, ListHead};
 use crate::mem::{self, PageTables, PAGE, PTE_NX, PTE_WRITE};
 use crate::panic::{kernel_panic, panic_begin, stop_if_panicking};
@@ -127,16 +128,20 @@ pub fn map_stacks(pt: &mut PageTables, n: usize) {
     for i in 0..n {
         let pa = mem::alloc_pages(STACK_PAGES);
         for p in 0..STACK_PAGES {
-            pt.map_4k(stack_base_va(i) + p * PAGE, pa + p * PAGE, PTE_WRITE | PTE_NX);
+            pt.map_4k(
+                stack_base_va(i) + p * PAGE,
+                pa + p * PAGE,
+                PTE_WRITE | PTE_NX,
+            );
         }
     }
 }
 
 /// Creates `n` tasks on the run queue (boot CPU, after the switch).
-pub fn init_tasks(n: usize, seed: u64) {
+pub fn init_tasks(count: usize, seed: u64) {
     // SAFETY: single-CPU boot; the head is ours.
     unsafe { list::init(run_queue()) };
-    for i in 0..n {
+    for i in 0..count {
         let t = task_ptr(i);
         let base = stack_base_va(i);
         // SAFETY: single-CPU boot; the task and its freshly mapped stack are ours.
@@ -146,7 +151,7 @@ pub fn init_tasks(n: usize, seed: u64) {
             let _ = match i {
                 0 => core::fmt::Write::write_str(&mut name, "init"),
                 1 => core::fmt::Write::write_str(&mut name, "kthreadd"),
-                _ => core::fmt::Write::write_fmt(&mut name, format_args!("worker/{i}")),
+                _ => core::fmt::Write::write_fmt(&mut name, format_args!("worker/{}", n(i as u64))),
             };
             (*t).comm = name.buf;
             (*t).state = TASK_RUNNABLE;
@@ -155,14 +160,20 @@ pub fn init_tasks(n: usize, seed: u64) {
             (base as *mut u64).write_volatile(STACK_END_MAGIC);
             (*t).saved_rsp = arch::prepare_task_stack(base + STACK_SIZE, t as u64);
             (*t).prio = 120;
-            (*t).rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64 + 1) | 1;
+            (*t).rng = seed
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(i as u64 + 1)
+                | 1;
             (*t).magic = TASK_MAGIC;
             if list::add_tail(addr_of_mut!((*t).run_list), run_queue()).is_err() {
-                kernel_panic(panic_reason::LIST_CORRUPTION, format_args!("run queue corrupt at boot"));
+                kernel_panic(
+                    panic_reason::LIST_CORRUPTION,
+                    format_args!("run queue corrupt at boot"),
+                );
             }
         }
     }
-    NR_TASKS.store(n as u32, Ordering::Release);
+    NR_TASKS.store(count as u32, Ordering::Release);
 }
 
 /// Checks `t`'s end-of-stack magic; a mismatch is the "Kernel stack is corrupted" panic.
@@ -184,6 +195,7 @@ pub fn stack_corrupted(cpu: u32, t: *mut Task, found: u64, held: Option<usize>) 
     }
     // SAFETY: `t` is a task of the table.
     let (pid, comm, base) = unsafe { ((*t).pid, (*t).comm, (*t).stack_base) };
+    let (pid, base, found) = (n(pid), n(base), n(found));
     kernel_panic(
         panic_reason::STACK_CORRUPTED,
         format_args!(
@@ -203,7 +215,10 @@ pub fn comm_str(comm: &[u8; 16]) -> &str {
 pub fn run_queue_corrupted(cpu: u32, err: list::ListError) -> ! {
     panic_begin(cpu);
     lock(lock_id::RUN_QUEUE).unlock(cpu);
-    kernel_panic(panic_reason::LIST_CORRUPTION, format_args!("run_queue: {err}"))
+    kernel_panic(
+        panic_reason::LIST_CORRUPTION,
+        format_args!("run_queue: {err}"),
+    )
 }
 
 /// Takes the first runnable task off the run queue.
@@ -280,7 +295,10 @@ pub extern "C" fn task_main(t: *mut Task) -> ! {
         // switched to us.
         unsafe {
             let cpu = (*t).cpu;
-            arch::switch(addr_of_mut!((*t).saved_rsp), sched_rsp_slot(cpu).read_volatile());
+            arch::switch(
+                addr_of_mut!((*t).saved_rsp),
+                sched_rsp_slot(cpu).read_volatile(),
+            );
         }
     }
 }
@@ -308,7 +326,7 @@ pub fn bad_magic(cpu: u32, what: &str, addr: u64, found: u64, held: Option<usize
     }
     kernel_panic(
         panic_reason::BAD_MAGIC,
-        format_args!("bad magic {found:#x} in {what} at {addr:#x}"),
+        format_args!("bad magic {:#x} in {what} at {:#x}", n(found), n(addr)),
     )
 }
 
@@ -379,6 +397,11 @@ fn work_step(t: *mut Task) {
     if steps % 4096 == 0 {
         // SAFETY: as above.
         let comm = unsafe { (*t).comm };
-        klog!(cpu, "pid {pid} ({}) on cpu {cpu}: {steps} steps", comm_str(&comm));
+        let (pid, cpu_n, steps) = (n(pid), n(cpu), n(steps));
+        klog!(
+            cpu,
+            "pid {pid} ({}) on cpu {cpu_n}: {steps} steps",
+            comm_str(&comm)
+        );
     }
 }

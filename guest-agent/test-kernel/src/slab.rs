@@ -9,6 +9,7 @@ use core::ptr;
 
 use ambulance_guest_agent::abi::ports::panic_reason;
 
+use crate::kfmt::n;
 use crate::mem;
 use crate::sync::{lock, lock_id, Spinlock};
 
@@ -154,13 +155,19 @@ pub enum SlabError {
 impl fmt::Display for SlabError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            SlabError::Outside { entry } => write!(f, "free list entry {entry:#x} outside its slab"),
+            SlabError::Outside { entry } => {
+                write!(f, "free list entry {:#x} outside its slab", n(entry))
+            }
             SlabError::NotFree { entry, found } => write!(
                 f,
-                "free list entry {entry:#x} is not free (poison {found:#x}): double allocation"
+                "free list entry {:#x} is not free (poison {:#x}): double allocation",
+                n(entry),
+                n(found)
             ),
-            SlabError::Cycle { walked } => write!(f, "free list cycle: more than {walked} entries"),
-            SlabError::DoubleFree { entry } => write!(f, "double free of {entry:#x}"),
+            SlabError::Cycle { walked } => {
+                write!(f, "free list cycle: more than {} entries", n(walked))
+            }
+            SlabError::DoubleFree { entry } => write!(f, "double free of {:#x}", n(entry)),
         }
     }
 }
@@ -191,7 +198,9 @@ impl SlabCache {
             self.check_entry(p)?;
             n += 1;
             if n > self.capacity {
-                return Err(SlabError::Cycle { walked: self.capacity });
+                return Err(SlabError::Cycle {
+                    walked: self.capacity,
+                });
             }
             // SAFETY: checked inside the slab.
             p = unsafe { ptr::read_volatile(&(*p).next) };

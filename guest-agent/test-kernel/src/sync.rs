@@ -63,7 +63,8 @@ impl Spinlock {
         {
             self.contended.fetch_add(1, Ordering::Relaxed);
             let pc = percpu(cpu);
-            pc.waiting_on.store(self as *const _ as u64, Ordering::Release);
+            pc.waiting_on
+                .store(self as *const _ as u64, Ordering::Release);
             loop {
                 crate::panic::stop_if_panicking(cpu);
                 if self.locked.load(Ordering::Relaxed) == 0
@@ -186,7 +187,10 @@ pub fn init_percpu(cpu: u32, seed: u64) {
     // SAFETY: single-CPU boot: nobody else touches the entry yet.
     let pc = unsafe { &mut (*core::ptr::addr_of_mut!(PERCPU))[cpu as usize] };
     pc.cpu = cpu;
-    pc.rng = seed.wrapping_add(cpu as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
+    pc.rng = seed
+        .wrapping_add(cpu as u64 + 1)
+        .wrapping_mul(0x2545_f491_4f6c_dd1d)
+        | 1;
     pc.magic = PERCPU_MAGIC;
 }
 

@@ -298,7 +298,7 @@ impl Instance {
 
     fn report_failure(&self, p: PendingFailure, frozen: &FrozenState) {
         self.flush_console();
-        tracing::warn!(
+        tracing::info!(
             guest = self.ctx.id,
             name = %self.ctx.name(),
             generation = self.generation,

@@ -1,0 +1,406 @@
+//! The diagnosis report: what forensic engineers and programs receive.
+//!
+//! One [`Report`] per diagnosis, serialized as versioned JSON ([`SCHEMA_VERSION`]; the
+//! JSON Schema is published as `crates/report/report.schema.json` and generated from these
+//! types by [`json_schema`]). Guest addresses and other 64-bit values are [`Hex`] strings
+//! (`"0xffff888003a1c000"`): they do not fit a JSON number. [`text::render`] renders a
+//! report for people; [`core::CoreWriter`] writes the guest's memory as an ELF core that
+//! crash, gdb and drgn open.
+
+pub mod core;
+pub mod text;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Version of the report format. Bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// This crate's error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing a core file failed.
+    #[error("cannot write core file {path}: {source}")]
+    CoreIo {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The input to the core writer is inconsistent.
+    #[error("cannot write core: {0}")]
+    CoreInput(String),
+    /// A report could not be parsed.
+    #[error("not an Ambulance report: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// A report of a version this build does not read.
+    #[error("report schema_version {found} is not supported (this build reads version {SCHEMA_VERSION})")]
+    Version {
+        /// The version in the document.
+        found: u32,
+    },
+}
+
+/// A 64-bit value written as a `0x…` hex string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hex(pub u64);
+
+impl fmt::Display for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl Serialize for Hex {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let digits = s.strip_prefix("0x").ok_or_else(|| {
+            serde::de::Error::custom(format!("{s:?} is not a 0x-prefixed hex value"))
+        })?;
+        u64::from_str_radix(digits, 16)
+            .map(Hex)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+impl JsonSchema for Hex {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Hex".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^0x[0-9a-f]{1,16}$",
+            "description": "A 64-bit value (address, register) as a lower-case 0x-prefixed hex string."
+        })
+    }
+}
+
+impl From<u64> for Hex {
+    fn from(v: u64) -> Self {
+        Hex(v)
+    }
+}
+
+/// One diagnosis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Unique id of this report (time, guest, a random part).
+    pub id: String,
+    /// The tool that wrote it.
+    pub tool: ToolInfo,
+    /// The guest diagnosed.
+    pub guest: GuestInfo,
+    /// Why it was diagnosed.
+    pub failure: FailureInfo,
+    /// How long each phase took.
+    pub timeline: Vec<Phase>,
+    /// Every vCPU's registers as frozen.
+    pub vcpus: Vec<VcpuRegisters>,
+    /// What the guest registered at boot (the host's copy), if it registered.
+    pub registration: Option<RegistrationSummary>,
+    /// The structures walked and how each walk ended.
+    pub structures: Vec<StructureWalk>,
+    /// What the validators found, most severe first.
+    pub findings: Vec<Finding>,
+    /// The guest's log ring, oldest first.
+    pub log: Vec<LogRecord>,
+    /// Files written alongside (core dump), by kind.
+    #[serde(default)]
+    pub artifacts: BTreeMap<String, String>,
+}
+
+/// The tool that wrote a report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolInfo {
+    /// "ambulance".
+    pub name: String,
+    /// Its version.
+    pub version: String,
+}
+
+impl ToolInfo {
+    /// This build.
+    pub fn current() -> Self {
+        ToolInfo {
+            name: "ambulance".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// The guest diagnosed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuestInfo {
+    /// Its name.
+    pub name: String,
+    /// Its id on the host (0 for offline diagnosis).
+    pub id: u64,
+    /// Its generation (restarts).
+    pub generation: u32,
+    /// RAM in bytes.
+    pub memory_bytes: u64,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+}
+
+/// Why the guest was diagnosed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailureInfo {
+    /// `panic`, `triple_fault`, `internal_error`, `watchdog_stall`, `degraded`, `reset`,
+    /// `operator`, or `offline` for a core file diagnosed after the fact.
+    pub cause: String,
+    /// Details for people.
+    pub detail: String,
+    /// When the failure was detected (RFC 3339).
+    pub time: String,
+    /// The vCPU that failed, if one did.
+    pub vcpu: Option<u32>,
+    /// Cause-specific values (panic code and reason, heartbeat figures, …).
+    #[serde(default)]
+    pub data: BTreeMap<String, serde_json::Value>,
+}
+
+/// One phase of the diagnosis and its duration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    /// `freeze`, `map`, `translate`, `types`, `validator:<name>`, `write`, ….
+    pub name: String,
+    /// Microseconds.
+    pub duration_us: u64,
+}
+
+/// One vCPU's registers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct VcpuRegisters {
+    /// vCPU index.
+    pub vcpu: u32,
+    /// What it was doing: `running`, `halted`, `failed`.
+    pub activity: String,
+    pub rip: Hex,
+    pub rsp: Hex,
+    pub rbp: Hex,
+    pub rflags: Hex,
+    pub rax: Hex,
+    pub rbx: Hex,
+    pub rcx: Hex,
+    pub rdx: Hex,
+    pub rsi: Hex,
+    pub rdi: Hex,
+    pub r8: Hex,
+    pub r9: Hex,
+    pub r10: Hex,
+    pub r11: Hex,
+    pub r12: Hex,
+    pub r13: Hex,
+    pub r14: Hex,
+    pub r15: Hex,
+    pub cr0: Hex,
+    pub cr2: Hex,
+    pub cr3: Hex,
+    pub cr4: Hex,
+    pub efer: Hex,
+    pub fs_base: Hex,
+    pub gs_base: Hex,
+}
+
+/// What the guest registered at boot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationSummary {
+    /// Guest-physical address of the descriptor.
+    pub descriptor_gpa: Hex,
+    /// Kernel build ID, hex.
+    pub build_id: String,
+    /// KASLR slide.
+    pub load_offset: i64,
+    /// Page-table root.
+    pub page_table_root: Hex,
+    /// Whether it carried VMCOREINFO.
+    pub vmcoreinfo: bool,
+    /// The declared roots.
+    pub roots: Vec<RootSummary>,
+}
+
+/// One declared root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RootSummary {
+    /// Its name.
+    pub name: String,
+    /// list, array, object, ring, tree.
+    pub kind: String,
+    /// Its address.
+    pub address: Hex,
+    /// Element type name.
+    pub type_name: String,
+    /// Element size.
+    pub element_size: u32,
+    /// Declared walk limit.
+    pub max_count: u32,
+}
+
+/// How a structure walk went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StructureWalk {
+    /// Root name (or a Linux structure such as `init_task.tasks`).
+    pub structure: String,
+    /// list, array, object, ring, tree.
+    pub kind: String,
+    /// Elements visited.
+    pub count: u64,
+    /// How the walk ended.
+    pub end: WalkEnd,
+}
+
+/// How a walk ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WalkEnd {
+    /// `complete`, `cycle`, `limit`, `unreadable`, `timed_out`.
+    pub kind: String,
+    /// The address involved (cycle-closing node, unreadable node), if any.
+    pub at: Option<Hex>,
+    /// Details for people.
+    pub detail: String,
+}
+
+/// How bad a finding is.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// For the record.
+    Info,
+    /// Suspicious.
+    Warning,
+    /// Broken.
+    Error,
+    /// Broken in a way that explains the failure.
+    Critical,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+            Severity::Critical => "critical",
+        })
+    }
+}
+
+/// Which structure a finding is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StructureRef {
+    /// Root name.
+    pub root: String,
+    /// Element index within the root, when it has one.
+    pub index: Option<u64>,
+    /// Member path within the element (e.g. `run_list.prev`).
+    pub path: Option<String>,
+}
+
+/// Where a finding is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    /// Guest-virtual address.
+    pub virt: Option<Hex>,
+    /// Guest-physical address, when it translates.
+    pub phys: Option<Hex>,
+}
+
+/// Something a validator found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Finding {
+    /// The validator that found it.
+    pub validator: String,
+    /// How bad it is.
+    pub severity: Severity,
+    /// The structure.
+    pub structure: StructureRef,
+    /// Where.
+    pub address: Address,
+    /// What should have been there.
+    pub expected: String,
+    /// What was there.
+    pub found: String,
+    /// What it means, for a person to act on.
+    pub message: String,
+}
+
+/// One record of the guest's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogRecord {
+    /// Sequence number.
+    pub seq: u64,
+    /// Guest timestamp, ns since boot.
+    pub timestamp_ns: u64,
+    /// CPU that logged it.
+    pub cpu: u32,
+    /// The text.
+    pub text: String,
+}
+
+impl Report {
+    /// Sorts findings most severe first (stable within a severity).
+    pub fn sort_findings(&mut self) {
+        self.findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+
+    /// Parses a report, checking its version.
+    pub fn from_json(text: &str) -> Result<Report, Error> {
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        let found = value
+            .get("schema_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as u32;
+        if found != SCHEMA_VERSION {
+            return Err(Error::Version { found });
+        }
+        Ok(serde_json::from_value(value)?)
+    }
+
+    /// The most severe finding's severity.
+    pub fn worst(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+}
+
+/// The JSON Schema of [`Report`] (what `report.schema.json` holds).
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(Report);
+    serde_json::to_value(schema).expect("a schema always serializes")
+}

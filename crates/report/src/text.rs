@@ -1,0 +1,170 @@
+//! The report for people: what failed, the most severe findings first with their
+//! addresses, what was walked, the vCPUs, the timeline, then the tail of the guest's log.
+
+use std::fmt::Write;
+
+use crate::{Report, Severity};
+
+/// How many log records the text shows (the JSON has all of them).
+pub const LOG_TAIL: usize = 30;
+
+/// Renders `report` as text.
+pub fn render(report: &Report) -> String {
+    let mut s = String::new();
+    let g = &report.guest;
+    let f = &report.failure;
+    let _ = writeln!(s, "Ambulance report {}", report.id);
+    let _ = writeln!(
+        s,
+        "guest {} (id {}, generation {}, {} vCPUs, {} MiB): {}{} at {}",
+        g.name,
+        g.id,
+        g.generation,
+        g.vcpus,
+        g.memory_bytes >> 20,
+        f.cause,
+        f.vcpu.map(|v| format!(" on vCPU {v}")).unwrap_or_default(),
+        f.time
+    );
+    if !f.detail.is_empty() {
+        let _ = writeln!(s, "  {}", f.detail);
+    }
+
+    let count = |sev: Severity| report.findings.iter().filter(|x| x.severity == sev).count();
+    let _ = writeln!(
+        s,
+        "\nFindings: {} ({} critical, {} error, {} warning, {} info)",
+        report.findings.len(),
+        count(Severity::Critical),
+        count(Severity::Error),
+        count(Severity::Warning),
+        count(Severity::Info)
+    );
+    let mut findings: Vec<_> = report.findings.iter().collect();
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    for x in findings {
+        let mut place = x.structure.root.clone();
+        if let Some(i) = x.structure.index {
+            let _ = write!(place, "[{i}]");
+        }
+        if let Some(p) = &x.structure.path {
+            let _ = write!(place, ".{p}");
+        }
+        let addr = match (x.address.virt, x.address.phys) {
+            (Some(v), Some(p)) => format!(" at {v} (phys {p})"),
+            (Some(v), None) => format!(" at {v}"),
+            (None, Some(p)) => format!(" at phys {p}"),
+            (None, None) => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<8} {:<16} {place}{addr}",
+            x.severity.to_string().to_uppercase(),
+            x.validator
+        );
+        let _ = writeln!(s, "           {}", x.message);
+        if !x.expected.is_empty() || !x.found.is_empty() {
+            let _ = writeln!(s, "           expected {}, found {}", x.expected, x.found);
+        }
+    }
+
+    if !report.structures.is_empty() {
+        let _ = writeln!(s, "\nStructures walked:");
+        for w in &report.structures {
+            let at = w.end.at.map(|a| format!(" at {a}")).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  {:<20} {:<6} {:>6} elements  {}{at}{}",
+                w.structure,
+                w.kind,
+                w.count,
+                w.end.kind,
+                if w.end.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", w.end.detail)
+                }
+            );
+        }
+    }
+
+    if !report.vcpus.is_empty() {
+        let _ = writeln!(s, "\nvCPUs:");
+        for v in &report.vcpus {
+            let _ = writeln!(
+                s,
+                "  {} {:<8} rip {} rsp {} rbp {} cr3 {} cr2 {}",
+                v.vcpu, v.activity, v.rip, v.rsp, v.rbp, v.cr3, v.cr2
+            );
+        }
+    }
+
+    if let Some(r) = &report.registration {
+        let _ = writeln!(
+            s,
+            "\nRegistered at boot: descriptor at {}, build ID {}, {} roots{}",
+            r.descriptor_gpa,
+            if r.build_id.is_empty() {
+                "-"
+            } else {
+                &r.build_id
+            },
+            r.roots.len(),
+            if r.vmcoreinfo { ", VMCOREINFO" } else { "" }
+        );
+    } else {
+        let _ = writeln!(s, "\nThe guest never registered a descriptor.");
+    }
+
+    if !report.timeline.is_empty() {
+        let total: u64 = report.timeline.iter().map(|p| p.duration_us).sum();
+        let phases: Vec<String> = report
+            .timeline
+            .iter()
+            .map(|p| format!("{} {}", p.name, micros(p.duration_us)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nTimeline ({} in all): {}",
+            micros(total),
+            phases.join(", ")
+        );
+    }
+
+    let _ = writeln!(
+        s,
+        "\nLog ({} records{}):",
+        report.log.len(),
+        if report.log.len() > LOG_TAIL {
+            format!(", last {LOG_TAIL}")
+        } else {
+            String::new()
+        }
+    );
+    for r in report
+        .log
+        .iter()
+        .skip(report.log.len().saturating_sub(LOG_TAIL))
+    {
+        let _ = writeln!(
+            s,
+            "  [{:>5}.{:06}] cpu{} {}",
+            r.timestamp_ns / 1_000_000_000,
+            (r.timestamp_ns / 1_000) % 1_000_000,
+            r.cpu,
+            r.text
+        );
+    }
+    for (kind, path) in &report.artifacts {
+        let _ = writeln!(s, "\n{kind}: {path}");
+    }
+    s
+}
+
+fn micros(us: u64) -> String {
+    if us >= 10_000 {
+        format!("{:.1} ms", us as f64 / 1000.0)
+    } else {
+        format!("{us} µs")
+    }
+}

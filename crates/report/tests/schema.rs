@@ -1,0 +1,175 @@
+//! The published JSON Schema matches the report types, and reports validate against it.
+
+use std::collections::BTreeMap;
+
+use ambulance_report::*;
+
+const SCHEMA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/report.schema.json");
+
+pub fn sample() -> Report {
+    Report {
+        schema_version: SCHEMA_VERSION,
+        id: "20261122T062315Z-bravo-3f2a".into(),
+        tool: ToolInfo::current(),
+        guest: GuestInfo {
+            name: "bravo".into(),
+            id: 2,
+            generation: 0,
+            memory_bytes: 64 << 20,
+            vcpus: 2,
+        },
+        failure: FailureInfo {
+            cause: "panic".into(),
+            detail: "vCPU 0 rang the panic doorbell with reason 0x2 (list corruption)".into(),
+            time: "2026-11-22T06:23:15.139Z".into(),
+            vcpu: Some(0),
+            data: BTreeMap::from([("panic_code".to_string(), serde_json::json!(2))]),
+        },
+        timeline: vec![
+            Phase {
+                name: "freeze".into(),
+                duration_us: 120,
+            },
+            Phase {
+                name: "validator:list-integrity".into(),
+                duration_us: 40,
+            },
+        ],
+        vcpus: vec![VcpuRegisters {
+            vcpu: 0,
+            activity: "failed".into(),
+            rip: Hex(0xffff_ffff_8020_7977),
+            ..Default::default()
+        }],
+        registration: Some(RegistrationSummary {
+            descriptor_gpa: Hex(0x261000),
+            build_id: "4ddd125b".into(),
+            load_offset: 0,
+            page_table_root: Hex(0x274000),
+            vmcoreinfo: true,
+            roots: vec![RootSummary {
+                name: "run_queue".into(),
+                kind: "list".into(),
+                address: Hex(0xffff_ffff_8027_1000),
+                type_name: "Task".into(),
+                element_size: 96,
+                max_count: 64,
+            }],
+        }),
+        structures: vec![StructureWalk {
+            structure: "run_queue".into(),
+            kind: "list".into(),
+            count: 14,
+            end: WalkEnd {
+                kind: "complete".into(),
+                at: None,
+                detail: String::new(),
+            },
+        }],
+        findings: vec![Finding {
+            validator: "list-integrity".into(),
+            severity: Severity::Critical,
+            structure: StructureRef {
+                root: "run_queue".into(),
+                index: Some(5),
+                path: Some("run_list.prev".into()),
+            },
+            address: Address {
+                virt: Some(Hex(0xffff_ffff_8027_1fe8)),
+                phys: Some(Hex(0x271fe8)),
+            },
+            expected: "0xffffffff80271e00".into(),
+            found: "0xffffffff80271ac0".into(),
+            message: "prev pointer does not point back at the previous node".into(),
+        }],
+        log: vec![LogRecord {
+            seq: 7,
+            timestamp_ns: 2_192_000_000,
+            cpu: 0,
+            text: "Kernel panic - not syncing: run_queue: list corruption".into(),
+        }],
+        artifacts: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn published_schema_is_current() {
+    let generated = serde_json::to_string_pretty(&json_schema()).unwrap() + "\n";
+    if std::env::var_os("AMBULANCE_UPDATE_SCHEMA").is_some() {
+        std::fs::write(SCHEMA_FILE, &generated).unwrap();
+    }
+    let published = std::fs::read_to_string(SCHEMA_FILE).unwrap_or_default();
+    assert!(
+        published == generated,
+        "crates/report/report.schema.json is out of date with the report types; \
+         regenerate it with AMBULANCE_UPDATE_SCHEMA=1 cargo test -p ambulance-report"
+    );
+}
+
+#[test]
+fn sample_report_validates_and_round_trips() {
+    let report = sample();
+    let json = report.to_json();
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let validator = jsonschema::validator_for(&json_schema()).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(
+        value["findings"][0]["address"]["virt"],
+        "0xffffffff80271fe8"
+    );
+    assert_eq!(Report::from_json(&json).unwrap(), report);
+}
+
+#[test]
+fn other_versions_and_bad_hex_are_refused() {
+    let mut value: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+    value["schema_version"] = serde_json::json!(2);
+    let err = Report::from_json(&value.to_string()).unwrap_err();
+    assert!(err.to_string().contains("schema_version 2"), "{err}");
+    value["schema_version"] = serde_json::json!(1);
+    value["vcpus"][0]["rip"] = serde_json::json!(12345);
+    assert!(Report::from_json(&value.to_string()).is_err());
+    value["vcpus"][0]["rip"] = serde_json::json!("12345");
+    let err = Report::from_json(&value.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("0x-prefixed"), "{err}");
+}
+
+#[test]
+fn text_puts_the_worst_findings_first_and_ends_with_the_log() {
+    let mut report = sample();
+    report.findings.insert(
+        0,
+        Finding {
+            validator: "locks".into(),
+            severity: Severity::Info,
+            structure: StructureRef {
+                root: "locks".into(),
+                index: Some(0),
+                path: None,
+            },
+            address: Address::default(),
+            expected: String::new(),
+            found: String::new(),
+            message: "lock run_queue held by CPU 1".into(),
+        },
+    );
+    let text = text::render(&report);
+    let critical = text.find("CRITICAL").unwrap();
+    let info = text.find("INFO").unwrap();
+    assert!(critical < info, "{text}");
+    assert!(
+        text.contains("at 0xffffffff80271fe8 (phys 0x271fe8)"),
+        "{text}"
+    );
+    assert!(
+        text.trim_end()
+            .ends_with("Kernel panic - not syncing: run_queue: list corruption"),
+        "{text}"
+    );
+}

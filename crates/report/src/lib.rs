@@ -372,7 +372,7 @@ pub struct LogRecord {
 impl Report {
     /// Sorts findings most severe first (stable within a severity).
     pub fn sort_findings(&mut self) {
-        self.findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+        self.findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     }
 
     /// The report as pretty JSON.

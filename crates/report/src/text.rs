@@ -41,7 +41,7 @@ pub fn render(report: &Report) -> String {
         count(Severity::Info)
     );
     let mut findings: Vec<_> = report.findings.iter().collect();
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     for x in findings {
         let mut place = x.structure.root.clone();
         if let Some(i) = x.structure.index {

@@ -36,7 +36,8 @@
 //!  84  max_count     u32       walk limit declared by the guest
 //!  88  hint_first    u32       ; 92 hint_count u32: this root's slice of the hint table
 //!  96  aux           u64       kind-specific (ring: address of its next-sequence counter)
-//! 104  lock          u64       guest-virtual address of the lock protecting it, or 0
+//! 104  lock          u64       guest-virtual address of the 32-bit lock word protecting it
+//!                           (non-zero while held), or 0
 //! 112..128 reserved
 //!
 //! hint entry (40 bytes), at hints_offset + 40 * i
@@ -559,7 +560,9 @@ pub struct RootSpec<'a> {
     pub max_count: u32,
     /// Kind-specific extra address (see [`RootKind`]).
     pub aux: u64,
-    /// Address of the protecting lock, or 0.
+    /// Address of the 32-bit lock word protecting the structure (non-zero while held),
+    /// or 0. A host that finds the lock held at freeze time knows the structure may be
+    /// in the middle of an update.
     pub lock: u64,
 }
 

@@ -79,7 +79,7 @@ fn write(
     let stacks_end = sched::stack_base_va(MAX_TASKS);
     let locks = addr_of!(LOCKS) as u64;
     let locks_end = locks + size_of::<[Spinlock; 5]>() as u64;
-    let run_lock = lock(lock_id::RUN_QUEUE).addr();
+    let run_lock = lock(lock_id::RUN_QUEUE).word_addr();
     let percpu = addr_of!(PERCPU) as u64;
     let ro = crate::faults::ro_region();
     let direct_end = DIRECT_MAP_BASE + ram_end;
@@ -218,7 +218,7 @@ fn write(
                 link_offset: offset_of!(FreeObject, next) as u32,
                 max_count: c.capacity,
                 aux: 0,
-                lock: slab::cache_lock(idx).addr(),
+                lock: slab::cache_lock(idx).word_addr(),
             },
             &[
                 Hint::Magic {
@@ -249,7 +249,7 @@ fn write(
             link_offset: 0,
             max_count: OBJECT_SLOTS as u32,
             aux: 0,
-            lock: lock(lock_id::OBJECT_TABLE).addr(),
+            lock: lock(lock_id::OBJECT_TABLE).word_addr(),
         },
         &[Hint::PointerRange {
             offset: 0,
@@ -269,7 +269,7 @@ fn write(
             link_offset: 0,
             max_count: OBJECT_SLOTS as u32,
             aux: 0,
-            lock: lock(lock_id::OBJECT_TABLE).addr(),
+            lock: lock(lock_id::OBJECT_TABLE).word_addr(),
         },
         &[Hint::Magic {
             offset: offset_of!(KObject, magic) as u32,
@@ -291,7 +291,7 @@ fn write(
             link_offset: 0,
             max_count: LOG_CAPACITY as u32,
             aux: next_seq,
-            lock: lock(lock_id::LOG).addr(),
+            lock: lock(lock_id::LOG).word_addr(),
         },
         &[],
     )?;
@@ -346,124 +346,13 @@ fn write(
         writeln!(w, "SYMBOL(log)={:x}", n(records))?;
         writeln!(w, "SYMBOL(log_next_seq)={:x}", n(next_seq))?;
         writeln!(w, "SYMBOL(direct_map_base)={:x}", n(DIRECT_MAP_BASE))?;
-        writeln!(w, "SIZE(Task)={}", n(size_of::<Task>() as u64))?;
-        writeln!(
-            w,
-            "OFFSET(Task.magic)={}",
-            n(offset_of!(Task, magic) as u64)
-        )?;
-        writeln!(w, "OFFSET(Task.pid)={}", n(offset_of!(Task, pid) as u64))?;
-        writeln!(
-            w,
-            "OFFSET(Task.state)={}",
-            n(offset_of!(Task, state) as u64)
-        )?;
-        writeln!(w, "OFFSET(Task.comm)={}", n(offset_of!(Task, comm) as u64))?;
-        writeln!(
-            w,
-            "OFFSET(Task.run_list)={}",
-            n(offset_of!(Task, run_list) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(Task.stack_base)={}",
-            n(offset_of!(Task, stack_base) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(Task.stack_size)={}",
-            n(offset_of!(Task, stack_size) as u64)
-        )?;
-        writeln!(w, "OFFSET(Task.cpu)={}", n(offset_of!(Task, cpu) as u64))?;
-        writeln!(w, "SIZE(PerCpu)={}", n(size_of::<PerCpu>() as u64))?;
-        writeln!(
-            w,
-            "OFFSET(PerCpu.cpu)={}",
-            n(offset_of!(PerCpu, cpu) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(PerCpu.online)={}",
-            n(offset_of!(PerCpu, online) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(PerCpu.current)={}",
-            n(offset_of!(PerCpu, current) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(PerCpu.waiting_on)={}",
-            n(offset_of!(PerCpu, waiting_on) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(PerCpu.stopped)={}",
-            n(offset_of!(PerCpu, stopped) as u64)
-        )?;
-        writeln!(w, "SIZE(Spinlock)={}", n(size_of::<Spinlock>() as u64))?;
-        writeln!(
-            w,
-            "OFFSET(Spinlock.locked)={}",
-            n(offset_of!(Spinlock, locked) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(Spinlock.owner_cpu)={}",
-            n(offset_of!(Spinlock, owner_cpu) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(Spinlock.name)={}",
-            n(offset_of!(Spinlock, name) as u64)
-        )?;
-        writeln!(w, "SIZE(SlabCache)={}", n(size_of::<SlabCache>() as u64))?;
-        writeln!(
-            w,
-            "OFFSET(SlabCache.free_list)={}",
-            n(offset_of!(SlabCache, free_list) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(SlabCache.nr_free)={}",
-            n(offset_of!(SlabCache, nr_free) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(SlabCache.base)={}",
-            n(offset_of!(SlabCache, base) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(SlabCache.end)={}",
-            n(offset_of!(SlabCache, end) as u64)
-        )?;
-        writeln!(w, "SIZE(LogRecord)={}", n(size_of::<LogRecord>() as u64))?;
-        writeln!(
-            w,
-            "OFFSET(LogRecord.seq)={}",
-            n(offset_of!(LogRecord, seq) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(LogRecord.timestamp_ns)={}",
-            n(offset_of!(LogRecord, timestamp_ns) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(LogRecord.cpu)={}",
-            n(offset_of!(LogRecord, cpu) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(LogRecord.len)={}",
-            n(offset_of!(LogRecord, len) as u64)
-        )?;
-        writeln!(
-            w,
-            "OFFSET(LogRecord.text)={}",
-            n(offset_of!(LogRecord, text) as u64)
-        )?;
+        layout!(w, Task: magic, pid, state, comm, run_list, stack_base, stack_size, cpu);
+        layout!(w, PerCpu: magic, cpu, online, current, waiting_on, last_switch_ns, ticks, stopped);
+        layout!(w, Spinlock: magic, locked, owner_cpu, name);
+        layout!(w, SlabCache: magic, name, object_size, capacity, base, end, free_list, nr_free);
+        layout!(w, FreeObject: next, poison);
+        layout!(w, KObject: magic, serial, owner_pid);
+        layout!(w, LogRecord: seq, timestamp_ns, cpu, len, text);
         writeln!(w, "LENGTH(log)={}", n(LOG_CAPACITY as u64))?;
         writeln!(w, "NUMBER(STACK_END_MAGIC)={}", n(STACK_END_MAGIC))?;
         writeln!(w, "NUMBER(TASK_MAGIC)={}", n(TASK_MAGIC))?;
@@ -474,6 +363,23 @@ fn write(
     vmcoreinfo(w).map_err(|_| descriptor::WriteError::Full("VMCOREINFO byte"))?;
     Ok(())
 }
+
+/// Writes `SIZE(Type)` and `OFFSET(Type.field)` VMCOREINFO lines.
+macro_rules! layout {
+    ($w:expr, $ty:ident: $($field:ident),*) => {
+        writeln!($w, "SIZE({})={}", stringify!($ty), n(size_of::<$ty>() as u64))?;
+        $(
+            writeln!(
+                $w,
+                "OFFSET({}.{})={}",
+                stringify!($ty),
+                stringify!($field),
+                n(offset_of!($ty, $field) as u64)
+            )?;
+        )*
+    };
+}
+use layout;
 
 /// Builds the descriptor (in its page-aligned static buffer) and returns its size.
 fn build(pml4: u64, text_crc: u32, ram_end: u64) -> usize {

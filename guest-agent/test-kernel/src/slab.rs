@@ -6,6 +6,7 @@
 
 use core::fmt;
 use core::ptr;
+use core::sync::atomic::{compiler_fence, Ordering};
 
 use ambulance_guest_agent::abi::ports::panic_reason;
 
@@ -239,7 +240,11 @@ pub fn alloc(idx: usize, cpu: u32) -> Option<*mut u8> {
             fail(idx, cpu, e);
         }
     }
-    c.free_list = next;
+    // Unlink before un-poisoning, in this order even for the compiler: a host that
+    // freezes the guest between the two stores must see a consistent free list.
+    // SAFETY: `c.free_list` is a field of the locked cache.
+    unsafe { ptr::write_volatile(&mut c.free_list, next) };
+    compiler_fence(Ordering::SeqCst);
     c.nr_free -= 1;
     c.allocs += 1;
     // SAFETY: the object is ours now.
@@ -267,7 +272,10 @@ pub fn free(idx: usize, cpu: u32, obj: *mut u8) {
         ptr::write_volatile(&mut (*f).poison, FREE_POISON);
         ptr::write_volatile(&mut (*f).next, c.free_list);
     }
-    c.free_list = f;
+    compiler_fence(Ordering::SeqCst);
+    // Publish only once the entry is poisoned and linked (see `alloc`).
+    // SAFETY: `c.free_list` is a field of the locked cache.
+    unsafe { ptr::write_volatile(&mut c.free_list, f) };
     c.nr_free += 1;
     c.frees += 1;
     l.unlock(cpu);

@@ -95,6 +95,11 @@ impl Spinlock {
     pub fn addr(&'static self) -> u64 {
         self as *const _ as u64
     }
+
+    /// Guest-virtual address of the lock word (what a descriptor root's `lock` names).
+    pub fn word_addr(&'static self) -> u64 {
+        &self.locked as *const _ as u64
+    }
 }
 
 /// Lock ids (indices into [`LOCKS`]).

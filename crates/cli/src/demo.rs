@@ -24,6 +24,9 @@ pub struct DemoArgs {
     /// When the fault is injected, in ms after registration.
     #[arg(long, default_value_t = 1500)]
     pub fault_after_ms: u64,
+    /// Where the report and core are written (default: ambulance-demo in the temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<std::path::PathBuf>,
 }
 
 const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
@@ -68,6 +71,12 @@ pub fn demo(args: DemoArgs) -> Result<(), CliError> {
         guests.push(vmm.start(config(name, cmdline))?);
     }
     let victim = guests[VICTIM].clone();
+    let options = crate::diagnose_options(Some("test"), None, None, None)?;
+    let report_dir = args
+        .report_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("ambulance-demo"));
+    let mut written = None;
 
     // Follow the events until the victim's failure is captured.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -98,9 +107,29 @@ pub fn demo(args: DemoArgs) -> Result<(), CliError> {
             }
         }
         println!("{}", event_human(&event, start));
-        if let EventKind::Failure { cause, .. } = &event.kind {
+        if let EventKind::Failure {
+            cause,
+            vcpu,
+            detail,
+            frozen,
+        } = &event.kind
+        {
             if is_victim {
                 failure = Some(cause.name());
+                let f = crate::live::Failure {
+                    cause,
+                    vcpu: *vcpu,
+                    detail,
+                    frozen,
+                    time: event.time,
+                };
+                written = Some(crate::live::diagnose_and_write(
+                    &victim,
+                    &f,
+                    &options,
+                    &report_dir,
+                    true,
+                )?);
             } else {
                 return Err(CliError::Failed(format!(
                     "{} failed ({}) although it had no fault",
@@ -144,6 +173,14 @@ pub fn demo(args: DemoArgs) -> Result<(), CliError> {
         show(victim.heartbeat()),
         failure.unwrap_or("?")
     );
+    if let Some(w) = &written {
+        println!("\n{}", ambulance_report::text::render(&w.report));
+        println!("report (JSON): {}", w.json.display());
+        println!("report (text): {}", w.text.display());
+        if let Some(core) = &w.core {
+            println!("ELF core:      {core}", core = core.display());
+        }
+    }
     if let Some(line) = ground_truth {
         println!("\nground truth from the guest: {line}");
     }

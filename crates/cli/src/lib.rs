@@ -4,6 +4,8 @@
 //! [`demo`] shows the whole flow on three guests with embedded defaults.
 
 pub mod demo;
+pub mod diagnose;
+pub mod live;
 pub mod output;
 pub mod run;
 
@@ -47,8 +49,10 @@ struct Cli {
 enum Command {
     /// Boot one guest and print its events until it fails or the duration ends.
     Run(run::RunArgs),
-    /// Boot three test guests, crash one, and show that the others keep running.
+    /// Boot three test guests, crash one, diagnose it, and show that the others keep running.
     Demo(demo::DemoArgs),
+    /// Diagnose a guest offline from an ELF core; the report goes to stdout.
+    Diagnose(diagnose::DiagnoseArgs),
 }
 
 /// Runs the command line; the process exit code.
@@ -64,6 +68,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Demo(args) => demo::demo(args),
+        Command::Diagnose(args) => diagnose::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,6 +90,47 @@ pub fn load_kernel(spec: &str) -> Result<Arc<[u8]>, CliError> {
             path: spec.to_string(),
             source,
         })
+}
+
+/// Diagnosis options: debug info from `--kernel` (`test` or a path), from an explicit
+/// file or from a build-ID directory (each checked against the guest's build ID when it
+/// is known), and rules from a file.
+pub fn diagnose_options(
+    kernel: Option<&str>,
+    debuginfo: Option<(&std::path::Path, Option<&[u8]>)>,
+    debuginfo_dir: Option<(&std::path::Path, Option<&[u8]>)>,
+    rules: Option<&std::path::Path>,
+) -> Result<ambulance_diagnose::Options, CliError> {
+    use ambulance_introspect::debuginfo::DebugInfo;
+    let fail = |e: ambulance_introspect::Error| CliError::Failed(e.to_string());
+    let debuginfo = if let Some((path, guest)) = debuginfo {
+        let d = DebugInfo::open(path).map_err(fail)?;
+        if let Some(id) = guest {
+            d.check_build_id(id).map_err(fail)?;
+        }
+        Some(Arc::new(d))
+    } else if let Some((dir, guest)) = debuginfo_dir {
+        let id = guest.ok_or_else(|| {
+            CliError::Usage(format!(
+                "--debuginfo-dir {}: the core does not say the guest's build ID; use --debuginfo",
+                dir.display()
+            ))
+        })?;
+        Some(Arc::new(DebugInfo::find(dir, id).map_err(fail)?))
+    } else if let Some(kernel) = kernel {
+        Some(live::debuginfo_for(kernel)?)
+    } else {
+        None
+    };
+    let rules = rules
+        .map(ambulance_validate::rules::RuleSet::load)
+        .transpose()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(ambulance_diagnose::Options {
+        debuginfo,
+        rules,
+        config: Default::default(),
+    })
 }
 
 /// Checks a fault name against the test kernel's catalogue.

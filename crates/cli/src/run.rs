@@ -2,6 +2,7 @@
 //! failure has been captured or, for a healthy guest, until `--duration` ends.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use ambulance_vmm::{EventKind, GuestConfig, Vmm};
@@ -51,6 +52,15 @@ pub struct RunArgs {
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// On failure, diagnose the frozen guest and write DIR/<report id>.json and .txt.
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+    /// With --report-dir, also write the guest's memory as an ELF core (DIR/<id>.core).
+    #[arg(long, requires = "report_dir")]
+    pub core: bool,
+    /// Declarative validation rules (TOML) to run with the built-in validators.
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -83,6 +93,15 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
         )));
     }
     let cfg = args.guest_config()?;
+    let options = match &args.report_dir {
+        Some(_) => Some(crate::diagnose_options(
+            Some(&args.kernel),
+            None,
+            None,
+            args.rules.as_deref(),
+        )?),
+        None => None,
+    };
     let vmm = Vmm::new()?;
     let events = vmm.events();
     let start = SystemTime::now();
@@ -100,10 +119,44 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
                 return Err(CliError::Failed("the VMM stopped sending events".into()))
             }
         };
+        let mut written = None;
+        if let (
+            EventKind::Failure {
+                cause,
+                vcpu,
+                detail,
+                frozen,
+            },
+            Some(dir),
+            Some(options),
+        ) = (&event.kind, &args.report_dir, &options)
+        {
+            let f = crate::live::Failure {
+                cause,
+                vcpu: *vcpu,
+                detail,
+                frozen,
+                time: event.time,
+            };
+            written = Some(crate::live::diagnose_and_write(
+                &guest, &f, options, dir, args.core,
+            )?);
+        }
         if args.json {
-            let _ = writeln!(out, "{}", event_json(&event, start));
+            let mut line = event_json(&event, start);
+            if let Some(w) = &written {
+                line["report"] = json!(w.json.display().to_string());
+                if let Some(core) = &w.core {
+                    line["core"] = json!(core.display().to_string());
+                }
+            }
+            let _ = writeln!(out, "{line}");
         } else {
             let _ = writeln!(out, "{}", event_human(&event, start));
+            if let Some(w) = &written {
+                let _ = writeln!(out, "\n{}", ambulance_report::text::render(&w.report));
+                let _ = writeln!(out, "report: {}", w.json.display());
+            }
         }
         let _ = out.flush();
         if let EventKind::Failure { cause, .. } = &event.kind {

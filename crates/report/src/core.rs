@@ -31,6 +31,8 @@ pub const MIN_HOLE_PAGES: u64 = 16;
 pub const NOTE_NAME: &str = "AMBULANCE";
 /// Note type of the registration descriptor (the host's boot-time copy).
 pub const NT_AMBULANCE_DESCRIPTOR: u32 = 1;
+/// Note type of the descriptor's guest-physical address (a little-endian `u64`).
+pub const NT_AMBULANCE_DESCRIPTOR_GPA: u32 = 4;
 /// `NT_PRSTATUS`.
 pub const NT_PRSTATUS: u32 = 1;
 /// Size of x86-64 `struct elf_prstatus`.
@@ -97,8 +99,10 @@ pub struct CoreInput<'a> {
     pub vcpus: Vec<VcpuRegisters>,
     /// VMCOREINFO text, if the guest provided one.
     pub vmcoreinfo: Option<String>,
-    /// The registration descriptor (host copy), if any.
-    pub descriptor: Option<Vec<u8>>,
+    /// The registration descriptor (host copy) and its guest-physical address, if any.
+    pub descriptor: Option<(u64, Vec<u8>)>,
+    /// More notes (name, type, contents), e.g. the failure and the guest as JSON.
+    pub extra_notes: Vec<Note>,
     /// `p_vaddr = direct_map_base + paddr` for RAM segments, when known.
     pub direct_map_base: Option<u64>,
     /// Extra virtual windows.
@@ -271,8 +275,17 @@ fn notes(input: &CoreInput<'_>) -> Vec<u8> {
     if let Some(text) = &input.vmcoreinfo {
         note_bytes(&mut out, "VMCOREINFO", 0, text.as_bytes());
     }
-    if let Some(d) = &input.descriptor {
+    if let Some((gpa, d)) = &input.descriptor {
         note_bytes(&mut out, NOTE_NAME, NT_AMBULANCE_DESCRIPTOR, d);
+        note_bytes(
+            &mut out,
+            NOTE_NAME,
+            NT_AMBULANCE_DESCRIPTOR_GPA,
+            &gpa.to_le_bytes(),
+        );
+    }
+    for n in &input.extra_notes {
+        note_bytes(&mut out, &n.name, n.n_type, &n.desc);
     }
     out
 }
@@ -488,7 +501,8 @@ mod tests {
             }],
             vcpus: vec![regs],
             vmcoreinfo: Some("OSRELEASE=test\n".into()),
-            descriptor: Some(vec![1, 2, 3]),
+            descriptor: Some((0x1000, vec![1, 2, 3])),
+            extra_notes: vec![],
             direct_map_base: Some(0xffff_8880_0000_0000),
             windows: vec![VirtualWindow {
                 vaddr: 0xffff_ffff_8000_0000,

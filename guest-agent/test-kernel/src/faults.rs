@@ -149,14 +149,19 @@ pub fn on_scheduler_tick(cpu: u32) {
     if cpu == 0 {
         cpu0_timer();
     } else if cpu == 1 && DEADLOCK_STAGE.load(Ordering::Acquire) == 1 {
-        // The other half of the deadlock: take B, then want A.
+        // The other half of the deadlock: take B, let CPU 0 take A, then want A.
         lock(LOCK_B).lock(cpu);
         DEADLOCK_STAGE.store(2, Ordering::Release);
+        while DEADLOCK_STAGE.load(Ordering::Acquire) != 3 {
+            core::hint::spin_loop();
+        }
         lock(LOCK_A).lock(cpu);
     }
 }
 
-fn cpu0_timer() {
+/// Advances the heartbeat to the current time (CPU 0's timer duty; long loops on CPU 0
+/// call it too, as Linux's touch_softlockup_watchdog()).
+fn beat() {
     let now = arch::now_ms();
     let since = SLOW_SINCE_MS.load(Ordering::Relaxed);
     let beat = if now >= since {
@@ -165,6 +170,11 @@ fn cpu0_timer() {
         now
     };
     HEARTBEAT.advance_to(beat);
+}
+
+fn cpu0_timer() {
+    let now = arch::now_ms();
+    beat();
 
     let armed = ARMED_AT_MS.load(Ordering::Acquire);
     let p = plan();
@@ -177,10 +187,16 @@ fn cpu0_timer() {
     }
 }
 
-/// Recomputes the read-only region's checksum; a change is a panic.
+/// Recomputes the read-only region's checksum; a change is a panic. Runs on CPU 0 and
+/// keeps the heartbeat going while it works (it takes most of a second under emulation).
 pub fn check_text(cpu: u32) {
     let expected = ro_crc();
-    let found = crc32c(ro_region());
+    let mut c = ambulance_guest_agent::abi::crc32c::Crc32c::new();
+    for chunk in ro_region().chunks(2048) {
+        c.update(chunk);
+        beat();
+    }
+    let found = c.finish();
     if found != expected {
         let (found, expected) = (n(found), n(expected));
         panic_begin(cpu);
@@ -414,16 +430,19 @@ fn inject(p: FaultPlan) {
         }
         Fault::Deadlock => {
             ground_truth(p.fault, "locks", lock(LOCK_A).addr());
-            lock(LOCK_A).lock(cpu);
             if crate::cpu_count() >= 2 {
+                // CPU 1 takes B (at its next scheduling point), CPU 0 takes A, then each
+                // wants the other's: the classic ABBA deadlock.
                 DEADLOCK_STAGE.store(1, Ordering::Release);
-                let deadline = arch::now_ns() + 2_000_000_000;
-                while DEADLOCK_STAGE.load(Ordering::Acquire) != 2 && arch::now_ns() < deadline {
+                while DEADLOCK_STAGE.load(Ordering::Acquire) != 2 {
                     core::hint::spin_loop();
                 }
+                lock(LOCK_A).lock(cpu);
+                DEADLOCK_STAGE.store(3, Ordering::Release);
                 lock(LOCK_B).lock(cpu);
             } else {
                 // Only one CPU: it deadlocks against itself.
+                lock(LOCK_A).lock(cpu);
                 lock(LOCK_A).lock(cpu);
             }
         }

@@ -1,0 +1,360 @@
+//! One diagnosis, start to end.
+//!
+//! [`diagnose`] takes a frozen guest's physical memory and what the host knows about it
+//! (its registration, its vCPUs, why it failed) and runs the pipeline in order:
+//! memory view → address translation → symbols and types → walkers → validators →
+//! [`Report`]. The same function serves a live guest (a read-only mapping of its RAM), an
+//! ELF core file ([`Subject::from_core`]) and tests.
+//!
+//! A core written by Ambulance carries the registration descriptor and the failure as
+//! notes, so an offline diagnosis of it finds what the live one found.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use ambulance_abi::descriptor::{self, Descriptor, FLAG_LA57};
+use ambulance_introspect::debuginfo::DebugInfo;
+use ambulance_introspect::memory::{ElfCore, PhysicalMemory};
+use ambulance_introspect::program::Program;
+use ambulance_introspect::translate::Paging;
+use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
+use ambulance_introspect::walk::WalkLimits;
+use ambulance_report::{
+    FailureInfo, GuestInfo, Hex, Phase, RegistrationSummary, Report, RootSummary, Severity,
+    ToolInfo, VcpuRegisters, SCHEMA_VERSION,
+};
+use ambulance_validate::rules::RuleSet;
+use ambulance_validate::{Config, Context, Registry};
+
+/// Note type (name [`ambulance_report::core::NOTE_NAME`]) of the failure, as JSON.
+pub const NT_AMBULANCE_FAILURE: u32 = 2;
+/// Note type of the guest facts, as JSON.
+pub const NT_AMBULANCE_GUEST: u32 = 3;
+
+/// Why a diagnosis could not be made at all (anything less becomes a finding).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the guest or its debug info failed.
+    #[error(transparent)]
+    Introspect(#[from] ambulance_introspect::Error),
+    /// Nothing tells where the guest's page tables are.
+    #[error("cannot translate guest addresses: no registration descriptor and no vCPU with paging enabled")]
+    NoPageTables,
+}
+
+/// What is being diagnosed.
+#[derive(Clone, Debug)]
+pub struct Subject {
+    /// The guest.
+    pub guest: GuestInfo,
+    /// Why.
+    pub failure: FailureInfo,
+    /// Every vCPU's registers as frozen.
+    pub vcpus: Vec<VcpuRegisters>,
+    /// Guest-physical address of the registration descriptor.
+    pub descriptor_gpa: Option<u64>,
+    /// The host's copy of the descriptor (taken at registration).
+    pub descriptor_bytes: Option<Vec<u8>>,
+    /// VMCOREINFO from elsewhere than the descriptor (a core note, a memory scan).
+    pub vmcoreinfo: Option<String>,
+}
+
+impl Subject {
+    /// What an ELF core says about its guest: registers from `NT_PRSTATUS`, VMCOREINFO,
+    /// and — in cores Ambulance wrote — the descriptor, the failure and the guest.
+    pub fn from_core(core: &ElfCore) -> Subject {
+        let note = |n_type: u32| {
+            core.note(ambulance_report::core::NOTE_NAME, n_type)
+                .map(<[u8]>::to_vec)
+        };
+        let failure = note(NT_AMBULANCE_FAILURE)
+            .and_then(|d| serde_json::from_slice::<FailureInfo>(&d).ok())
+            .unwrap_or_else(|| FailureInfo {
+                cause: "offline".into(),
+                detail: "diagnosed from a core file".into(),
+                time: now_rfc3339(),
+                vcpu: None,
+                data: Default::default(),
+            });
+        let guest = note(NT_AMBULANCE_GUEST)
+            .and_then(|d| serde_json::from_slice::<GuestInfo>(&d).ok())
+            .unwrap_or_else(|| GuestInfo {
+                name: "core".into(),
+                id: 0,
+                generation: 0,
+                memory_bytes: core.ranges().iter().map(|r| r.size).sum(),
+                vcpus: core.prstatus().len() as u32,
+            });
+        let descriptor_bytes = note(ambulance_report::core::NT_AMBULANCE_DESCRIPTOR);
+        let descriptor_gpa =
+            note(ambulance_report::core::NT_AMBULANCE_DESCRIPTOR_GPA).and_then(|d| {
+                d.get(..8)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+            });
+        let vcpus = core
+            .prstatus()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let r = &p.regs;
+                VcpuRegisters {
+                    vcpu: i as u32,
+                    activity: "unknown".into(),
+                    rip: Hex(r.rip),
+                    rsp: Hex(r.rsp),
+                    rbp: Hex(r.rbp),
+                    rflags: Hex(r.eflags),
+                    rax: Hex(r.rax),
+                    rbx: Hex(r.rbx),
+                    rcx: Hex(r.rcx),
+                    rdx: Hex(r.rdx),
+                    rsi: Hex(r.rsi),
+                    rdi: Hex(r.rdi),
+                    r8: Hex(r.r8),
+                    r9: Hex(r.r9),
+                    r10: Hex(r.r10),
+                    r11: Hex(r.r11),
+                    r12: Hex(r.r12),
+                    r13: Hex(r.r13),
+                    r14: Hex(r.r14),
+                    r15: Hex(r.r15),
+                    fs_base: Hex(r.fs_base),
+                    gs_base: Hex(r.gs_base),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Subject {
+            guest,
+            failure,
+            vcpus,
+            descriptor_gpa,
+            descriptor_bytes,
+            vmcoreinfo: core.vmcoreinfo().map(str::to_string),
+        }
+    }
+}
+
+/// How to diagnose.
+#[derive(Default)]
+pub struct Options {
+    /// The kernel's debug info (symbols, DWARF, and its image for comparisons).
+    pub debuginfo: Option<Arc<DebugInfo>>,
+    /// Declarative rules.
+    pub rules: Option<RuleSet>,
+    /// Which validators run, and budgets.
+    pub config: Config,
+}
+
+/// Runs one diagnosis. `timeline` holds the phases that happened before (freeze, map);
+/// the pipeline appends its own.
+pub fn diagnose(
+    memory: Arc<dyn PhysicalMemory>,
+    subject: &Subject,
+    options: &Options,
+    mut timeline: Vec<Phase>,
+) -> Result<Report, Error> {
+    let t = Instant::now();
+    let descriptor: Option<Descriptor> = subject
+        .descriptor_bytes
+        .as_deref()
+        .and_then(|b| descriptor::parse(b).ok());
+    let la57 = descriptor
+        .as_ref()
+        .is_some_and(|d| d.flags & FLAG_LA57 != 0)
+        || subject
+            .vcpus
+            .first()
+            .is_some_and(|v| v.cr4.0 & (1 << 12) != 0);
+    let root = descriptor
+        .as_ref()
+        .map(|d| d.page_table_root)
+        .or_else(|| {
+            subject
+                .vcpus
+                .iter()
+                .map(|v| v.cr3.0 & 0x000f_ffff_ffff_f000)
+                .find(|&c| c != 0)
+        })
+        .ok_or(Error::NoPageTables)?;
+    let mut program = Program::new(memory, root, if la57 { Paging::Five } else { Paging::Four });
+    let vmcoreinfo_text = descriptor
+        .as_ref()
+        .and_then(|d| d.vmcoreinfo.clone())
+        .or_else(|| subject.vmcoreinfo.clone());
+    let mut notes = Vec::new();
+    let vmcoreinfo = match vmcoreinfo_text.as_deref().map(Vmcoreinfo::parse) {
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            notes.push(format!("VMCOREINFO unusable: {e}"));
+            None
+        }
+        None => None,
+    };
+    if let Some(v) = &vmcoreinfo {
+        program = program.with_vmcoreinfo(v.clone());
+    }
+    if let Some(d) = &options.debuginfo {
+        let load_offset = descriptor.as_ref().map_or(0, |d| d.load_offset);
+        match d.symbols_at(load_offset) {
+            Ok(s) => program = program.with_symbols(s),
+            Err(e) => notes.push(format!("kernel symbols unusable: {e}")),
+        }
+        match d.types() {
+            Ok(t) => program = program.with_types(t),
+            Err(e) => notes.push(format!("kernel types unusable: {e}")),
+        }
+    }
+    timeline.push(Phase {
+        name: "translate+types".into(),
+        duration_us: t.elapsed().as_micros() as u64,
+    });
+
+    let limits = WalkLimits {
+        max_nodes: options.config.max_nodes,
+        time_budget: std::time::Duration::from_millis(options.config.walk_budget_ms),
+    };
+    let mut ctx = Context::new(&program, &subject.failure, &subject.vcpus, limits);
+    ctx.descriptor = descriptor.as_ref();
+    ctx.descriptor_bytes = subject.descriptor_bytes.as_deref();
+    ctx.descriptor_gpa = subject.descriptor_gpa;
+    ctx.vmcoreinfo = vmcoreinfo.as_ref();
+    ctx.kernel_elf = options.debuginfo.as_ref().map(|d| d.elf_bytes());
+    let mut registry = Registry::builtin();
+    if let Some(rules) = &options.rules {
+        registry.add(Box::new(rules.clone()));
+    }
+    let (mut findings, phases) = registry.run(&ctx, &options.config);
+    timeline.extend(phases);
+    for n in notes {
+        findings.push(ctx.note("diagnosis", Severity::Warning, "vmcoreinfo", n));
+    }
+    if subject.descriptor_bytes.is_some() && descriptor.is_none() {
+        findings.push(ctx.note(
+            "diagnosis",
+            Severity::Error,
+            "descriptor",
+            "the host's copy of the registration descriptor does not parse; roots were not walked".into(),
+        ));
+    }
+    let t = Instant::now();
+    let log = ambulance_validate::log::extract(&ctx);
+    timeline.push(Phase {
+        name: "log".into(),
+        duration_us: t.elapsed().as_micros() as u64,
+    });
+    let structures = ctx.structures();
+    let registration = descriptor.as_ref().map(|d| RegistrationSummary {
+        descriptor_gpa: Hex(subject.descriptor_gpa.unwrap_or(0)),
+        build_id: d.build_id.iter().map(|b| format!("{b:02x}")).collect(),
+        load_offset: d.load_offset,
+        page_table_root: Hex(d.page_table_root),
+        vmcoreinfo: d.vmcoreinfo.is_some(),
+        roots: d
+            .roots
+            .iter()
+            .map(|r| RootSummary {
+                name: r.name.clone(),
+                kind: r.kind.name().into(),
+                address: Hex(r.address),
+                type_name: r.type_name.clone(),
+                element_size: r.element_size,
+                max_count: r.max_count,
+            })
+            .collect(),
+    });
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    Ok(Report {
+        schema_version: SCHEMA_VERSION,
+        id: report_id(&subject.guest.name),
+        tool: ToolInfo::current(),
+        guest: subject.guest.clone(),
+        failure: subject.failure.clone(),
+        timeline,
+        vcpus: subject.vcpus.clone(),
+        registration,
+        structures,
+        findings,
+        log,
+        artifacts: Default::default(),
+    })
+}
+
+/// A report id: UTC time, guest name, and a random part.
+pub fn report_id(guest: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    let stamp = now_rfc3339().replace(['-', ':'], "");
+    let stamp = stamp.split('.').next().unwrap_or("").to_string() + "Z";
+    let name: String = guest
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{stamp}-{name}-{:08x}", h.finish() as u32)
+}
+
+/// The current time as RFC 3339 (UTC, milliseconds).
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// A time as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_328_595_139);
+        assert_eq!(rfc3339(t), "2026-11-22T06:23:15.139Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn report_ids_are_safe_and_unique() {
+        let a = report_id("bravo/../x");
+        let b = report_id("bravo/../x");
+        assert_ne!(a, b);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_TZ".contains(c)),
+            "{a}"
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! Magic values: every element of a root with a magic hint holds its magic.
+
+use ambulance_abi::descriptor::Hint;
+use ambulance_report::{Finding, Severity};
+
+use super::hex;
+use crate::{Context, Validator};
+
+/// See the module documentation.
+pub struct Magic;
+
+const NAME: &str = "magic";
+
+impl Validator for Magic {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn applies_to(&self) -> &str {
+        "roots with magic hints"
+    }
+
+    fn applicable(&self, ctx: &Context<'_>) -> bool {
+        ctx.roots()
+            .iter()
+            .any(|r| r.hints.iter().any(|h| matches!(h, Hint::Magic { .. })))
+    }
+
+    fn run(&self, ctx: &Context<'_>, out: &mut Vec<Finding>) {
+        for root in ctx.roots() {
+            let magics: Vec<(u32, u8, u64)> = root
+                .hints
+                .iter()
+                .filter_map(|h| match *h {
+                    Hint::Magic {
+                        offset,
+                        size,
+                        value,
+                    } => Some((offset, size, value)),
+                    _ => None,
+                })
+                .collect();
+            if magics.is_empty() {
+                continue;
+            }
+            let field =
+                |offset: u32| crate::rules::member_name_at(ctx, &root.type_name, offset as u64);
+            for e in ctx.elements(root).elements.iter() {
+                for &(offset, size, value) in &magics {
+                    let at = e.addr.wrapping_add(offset as u64);
+                    let found = match size {
+                        1 => ctx.program.read_u8(at).map(u64::from),
+                        2 => ctx.program.read_u16(at).map(u64::from),
+                        4 => ctx.program.read_u32(at).map(u64::from),
+                        _ => ctx.program.read_u64(at),
+                    };
+                    match found {
+                        Ok(v) if v == value => {}
+                        Ok(v) => out.push(ctx.finding(
+                            NAME,
+                            Severity::Critical,
+                            &root.name,
+                            Some(e.index),
+                            field(offset).as_deref(),
+                            Some(e.addr),
+                            hex(value),
+                            hex(v),
+                            format!(
+                                "{} element {} ({} at {}) has a bad magic value: it was \
+                                 overwritten or is not a live {}",
+                                root.name,
+                                e.index,
+                                root.type_name,
+                                hex(e.addr),
+                                root.type_name
+                            ),
+                        )),
+                        Err(err) => out.push(ctx.finding(
+                            NAME,
+                            Severity::Error,
+                            &root.name,
+                            Some(e.index),
+                            field(offset).as_deref(),
+                            Some(e.addr),
+                            hex(value),
+                            "unreadable".into(),
+                            format!("{} element {} cannot be read: {err}", root.name, e.index),
+                        )),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Pointer ranges: pointer fields with a range hint are canonical, mapped, and inside the
+//! declared region (or null where allowed).
+
+use ambulance_abi::descriptor::Hint;
+use ambulance_abi::{is_canonical_48, is_canonical_57};
+use ambulance_report::{Finding, Severity};
+
+use super::hex;
+use crate::{Context, Validator};
+
+/// See the module documentation.
+pub struct PointerRanges;
+
+const NAME: &str = "pointer-range";
+
+impl Validator for PointerRanges {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn applies_to(&self) -> &str {
+        "roots with pointer-range hints"
+    }
+
+    fn applicable(&self, ctx: &Context<'_>) -> bool {
+        ctx.roots().iter().any(|r| {
+            r.hints
+                .iter()
+                .any(|h| matches!(h, Hint::PointerRange { .. }))
+        })
+    }
+
+    fn run(&self, ctx: &Context<'_>, out: &mut Vec<Finding>) {
+        let la57 = ctx
+            .descriptor
+            .is_some_and(|d| d.flags & ambulance_abi::descriptor::FLAG_LA57 != 0);
+        for root in ctx.roots() {
+            let ranges: Vec<(u32, u64, u64, bool)> = root
+                .hints
+                .iter()
+                .filter_map(|h| match *h {
+                    Hint::PointerRange {
+                        offset,
+                        lo,
+                        hi,
+                        nullable,
+                    } => Some((offset, lo, hi, nullable)),
+                    _ => None,
+                })
+                .collect();
+            if ranges.is_empty() {
+                continue;
+            }
+            for e in ctx.elements(root).elements.iter() {
+                for &(offset, lo, hi, nullable) in &ranges {
+                    let at = e.addr.wrapping_add(offset as u64);
+                    let path = crate::rules::member_name_at(ctx, &root.type_name, offset as u64);
+                    let Ok(p) = ctx.program.read_u64(at) else {
+                        continue;
+                    };
+                    let expected = format!(
+                        "a pointer into [{}, {}){}",
+                        hex(lo),
+                        hex(hi),
+                        if nullable { " or null" } else { "" }
+                    );
+                    let problem = if p == 0 {
+                        (!nullable).then(|| "is null".to_string())
+                    } else if !(if la57 {
+                        is_canonical_57(p)
+                    } else {
+                        is_canonical_48(p)
+                    }) {
+                        Some("is not even a canonical address: a wild pointer".to_string())
+                    } else if p < lo || p >= hi {
+                        Some(format!(
+                            "points outside its region [{}, {})",
+                            hex(lo),
+                            hex(hi)
+                        ))
+                    } else if !ctx.program.is_mapped(p) {
+                        Some("points to memory that is not mapped".to_string())
+                    } else {
+                        None
+                    };
+                    if let Some(problem) = problem {
+                        out.push(ctx.finding(
+                            NAME,
+                            Severity::Critical,
+                            &root.name,
+                            Some(e.index),
+                            path.as_deref(),
+                            Some(at),
+                            expected,
+                            hex(p),
+                            format!(
+                                "{} element {}: the pointer at {} {problem}; dereferencing it faults",
+                                root.name,
+                                e.index,
+                                hex(at)
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Validators: checks over a frozen guest's kernel structures that turn corruption into
+//! findings a person can act on.
+//!
+//! A [`Validator`] declares what it applies to and, given a [`Context`] (the guest's
+//! [`Program`], the host's boot-time copy of its registration descriptor, the failure,
+//! the vCPUs), appends [`Finding`]s. The [`Registry`] holds the built-ins
+//! ([`builtins::all`]) plus any declarative [`rules`] loaded from TOML; which validators
+//! run, and their walk budgets, come from a [`Config`].
+//!
+//! Walks are shared: the first validator that needs a root's elements walks it (bounded,
+//! see [`ambulance_introspect::walk`]) and the result is cached in the context, together
+//! with how the walk ended, for the report's "structures walked" section.
+
+pub mod builtins;
+pub mod context;
+pub mod log;
+pub mod rules;
+
+use std::time::{Duration, Instant};
+
+pub use ambulance_report::{Finding, Phase, Severity, StructureWalk};
+pub use context::{Context, Element};
+
+/// This crate's error type (validators themselves never fail: what they cannot read
+/// becomes a finding).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A rule file could not be read.
+    #[error("cannot read rule file {path}: {source}")]
+    RuleFileIo {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A rule file is malformed.
+    #[error("rule file {path}, line {line}: {reason}")]
+    Rule {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The configuration names a validator that does not exist.
+    #[error("unknown validator {name:?} in the configuration (known: {known})")]
+    UnknownValidator {
+        /// The name.
+        name: String,
+        /// The known names.
+        known: String,
+    },
+}
+
+/// A check over a guest.
+pub trait Validator: Send + Sync {
+    /// A short, stable name (`list-integrity`), used in findings and configuration.
+    fn name(&self) -> &str;
+    /// What it applies to, for people (`lists`, `roots with magic hints`, …).
+    fn applies_to(&self) -> &str;
+    /// Whether it has anything to check in this guest.
+    fn applicable(&self, ctx: &Context<'_>) -> bool;
+    /// Runs the check, appending findings.
+    fn run(&self, ctx: &Context<'_>, findings: &mut Vec<Finding>);
+}
+
+/// Which validators run and with what budgets.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Run only these (all when empty).
+    pub enabled: Vec<String>,
+    /// Never run these.
+    pub disabled: Vec<String>,
+    /// Most elements any one walk visits.
+    pub max_nodes: u64,
+    /// Time budget of one walk, in milliseconds.
+    pub walk_budget_ms: u64,
+    /// Time budget of the whole validation, in milliseconds; validators that would
+    /// start after it is spent are skipped and say so.
+    pub total_budget_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: Vec::new(),
+            disabled: Vec::new(),
+            max_nodes: 1 << 20,
+            walk_budget_ms: 250,
+            total_budget_ms: 5_000,
+        }
+    }
+}
+
+/// The set of validators to run.
+pub struct Registry {
+    validators: Vec<Box<dyn Validator>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::builtin()
+    }
+}
+
+impl Registry {
+    /// The built-in validators.
+    pub fn builtin() -> Registry {
+        Registry {
+            validators: builtins::all(),
+        }
+    }
+
+    /// Adds a validator (rules from a file, a plugin).
+    pub fn add(&mut self, v: Box<dyn Validator>) {
+        self.validators.push(v);
+    }
+
+    /// Names of all validators.
+    pub fn names(&self) -> Vec<&str> {
+        self.validators.iter().map(|v| v.name()).collect()
+    }
+
+    /// Checks that a configuration only names known validators.
+    pub fn check_config(&self, config: &Config) -> Result<(), Error> {
+        let names = self.names();
+        for name in config.enabled.iter().chain(&config.disabled) {
+            if !names.contains(&name.as_str()) {
+                return Err(Error::UnknownValidator {
+                    name: name.clone(),
+                    known: names.join(", "),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every enabled, applicable validator; returns the findings (most severe
+    /// first) and one timeline phase per validator.
+    pub fn run(&self, ctx: &Context<'_>, config: &Config) -> (Vec<Finding>, Vec<Phase>) {
+        let mut findings = Vec::new();
+        let mut phases = Vec::new();
+        let start = Instant::now();
+        let budget = Duration::from_millis(config.total_budget_ms);
+        for v in &self.validators {
+            let name = v.name();
+            let wanted = (config.enabled.is_empty() || config.enabled.iter().any(|n| n == name))
+                && !config.disabled.iter().any(|n| n == name);
+            if !wanted || !v.applicable(ctx) {
+                continue;
+            }
+            if start.elapsed() > budget {
+                findings.push(ctx.note(
+                    "validation",
+                    Severity::Warning,
+                    name,
+                    format!(
+                        "validator {name} skipped: the validation budget of {} ms was spent",
+                        config.total_budget_ms
+                    ),
+                ));
+                continue;
+            }
+            let t = Instant::now();
+            v.run(ctx, &mut findings);
+            phases.push(Phase {
+                name: format!("validator:{name}"),
+                duration_us: t.elapsed().as_micros() as u64,
+            });
+        }
+        findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+        (findings, phases)
+    }
+}

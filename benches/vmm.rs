@@ -48,7 +48,9 @@ fn freeze_latency(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let frozen = guest.freeze().expect("freeze");
-                total += frozen.stopped_at.saturating_duration_since(frozen.requested_at);
+                total += frozen
+                    .stopped_at
+                    .saturating_duration_since(frozen.requested_at);
                 guest.resume().expect("resume");
                 std::thread::sleep(Duration::from_millis(2));
             }

@@ -1,0 +1,553 @@
+//! Symbols from the guest kernel's ELF (goblin): name → address with the guest's load
+//! offset (KASLR slide) applied, and address → nearest symbol for backtraces.
+//!
+//! The table comes from `.symtab`, or from `.dynsym` when the image has no `.symtab`.
+//! Undefined, file and section symbols are dropped. Absolute symbols (`SHN_ABS`, such as
+//! linker-script constants) keep their value: the slide only moves what is in a section.
+//!
+//! # Names
+//!
+//! [`Symbols::get`] accepts, in this order of preference:
+//!
+//! 1. the name exactly as in the ELF file (`HEARTBEAT`, `_start`, `task_struct_cachep`,
+//!    `_ZN11test_kernel5sched5TASKS17h…E`);
+//! 2. the demangled Rust path without its hash (`test_kernel::sched::TASKS`), for legacy
+//!    (`_ZN…E`) and v0 (`_R…`) mangling, with compiler suffixes such as `.0` or
+//!    `.llvm.123` ignored;
+//! 3. the last component of a demangled path (`TASKS`), when exactly one address has it.
+//!
+//! When several symbols share a name (C `static`s of different files), a global one is
+//! preferred to a local one, then the first in the table.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use goblin::elf::section_header::{SHF_ALLOC, SHN_ABS, SHN_UNDEF};
+use goblin::elf::sym::{STB_GLOBAL, STB_WEAK, STT_FILE, STT_FUNC, STT_OBJECT, STT_SECTION};
+use goblin::elf::Elf;
+
+use crate::{Error, Result};
+
+/// Largest symbol count accepted (a distribution vmlinux has ~200k).
+const MAX_SYMBOLS: usize = 20_000_000;
+
+/// One symbol.
+#[derive(Clone, Debug)]
+struct Sym {
+    /// The name as in the file.
+    raw: Box<str>,
+    /// Demangled path without hash, when the name is a mangled Rust name.
+    demangled: Option<Box<str>>,
+    /// Address with the load offset applied.
+    addr: u64,
+    /// Size in bytes (0 when unknown, e.g. linker-script labels).
+    size: u64,
+    /// Global or weak.
+    global: bool,
+    /// STT_FUNC or STT_OBJECT.
+    typed: bool,
+}
+
+impl Sym {
+    fn display(&self) -> &str {
+        self.demangled.as_deref().unwrap_or(&self.raw)
+    }
+
+    /// Preference among symbols sharing a name or an address: higher is better.
+    fn rank(&self) -> (bool, bool, bool) {
+        (self.typed, self.size > 0, self.global)
+    }
+}
+
+/// A kernel's symbol table.
+#[derive(Clone, Debug)]
+pub struct Symbols {
+    path: String,
+    load_offset: i64,
+    /// Sorted by address, then best first among equal addresses.
+    by_addr: Vec<Sym>,
+    /// Raw name → index into `by_addr`.
+    raw: HashMap<Box<str>, usize>,
+    /// Demangled path → index.
+    demangled: HashMap<Box<str>, usize>,
+    /// Last path component → index, or `None` when ambiguous.
+    short: HashMap<Box<str>, Option<usize>>,
+    /// Address ranges of allocated sections (slid), for bounding `lookup_addr`.
+    alloc_ranges: Vec<(u64, u64)>,
+    build_id: Option<Vec<u8>>,
+    from_dynsym: bool,
+}
+
+/// Parses an ELF image with goblin, turning a panic inside goblin (it has had some on
+/// malformed input) into an error.
+pub(crate) fn parse_elf<'a>(bytes: &'a [u8], path: &str) -> Result<Elf<'a>> {
+    let parsed = std::panic::catch_unwind(|| Elf::parse(bytes));
+    match parsed {
+        Ok(Ok(elf)) => Ok(elf),
+        Ok(Err(e)) => Err(Error::BadElf {
+            path: path.to_string(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(Error::BadElf {
+            path: path.to_string(),
+            reason: "the ELF parser failed on malformed input".to_string(),
+        }),
+    }
+}
+
+/// The GNU build ID (`NT_GNU_BUILD_ID` note) of a parsed ELF image, from note sections or,
+/// failing that, from `PT_NOTE` segments.
+pub(crate) fn elf_build_id(elf: &Elf<'_>, bytes: &[u8]) -> Option<Vec<u8>> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let find = |it: Option<goblin::elf::note::NoteIterator<'_>>| -> Option<Vec<u8>> {
+        // A bounded number of notes: a hostile file cannot make us loop for long.
+        for note in it?.take(4096) {
+            let Ok(note) = note else { break };
+            if note.n_type == NT_GNU_BUILD_ID && note.name == "GNU" && !note.desc.is_empty() {
+                return Some(note.desc.to_vec());
+            }
+        }
+        None
+    };
+    find(elf.iter_note_sections(bytes, None)).or_else(|| find(elf.iter_note_headers(bytes)))
+}
+
+/// The Rust path of a mangled name, without hash and compiler suffixes.
+fn demangle(raw: &str) -> Option<String> {
+    if !(raw.starts_with("_ZN") || raw.starts_with("_R") || raw.starts_with("__ZN")) {
+        return None;
+    }
+    let d = rustc_demangle::try_demangle(raw).ok()?;
+    let mut s = String::new();
+    write!(s, "{d:#}").ok()?;
+    // rustc-demangle keeps suffixes such as `.0` or `.llvm.123`; they are not part of the
+    // path.
+    if let Some(dot) = suffix_start(&s) {
+        s.truncate(dot);
+    }
+    (!s.is_empty() && s != raw).then_some(s)
+}
+
+/// Where a trailing compiler suffix (`.0`, `.llvm.1234`, `.cold`) starts, outside any
+/// `<…>` generic arguments.
+fn suffix_start(s: &str) -> Option<usize> {
+    let mut depth = 0i32;
+    for (i, c) in s.char_indices() {
+        match c {
+            '<' | '(' | '[' | '{' => depth += 1,
+            '>' | ')' | ']' | '}' => depth -= 1,
+            '.' if depth == 0 => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The last `::`-separated component of a path, outside `<…>`.
+pub(crate) fn last_component(path: &str) -> &str {
+    let bytes = path.as_bytes();
+    let mut depth = 0i32;
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'<' | b'(' | b'[' | b'{' => depth += 1,
+            b'>' | b')' | b']' | b'}' => depth -= 1,
+            b':' if depth == 0 && bytes.get(i + 1) == Some(&b':') => {
+                start = i + 2;
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    &path[start..]
+}
+
+impl Symbols {
+    /// Reads the symbol table of an ELF image; `load_offset` is added to every address.
+    pub fn from_elf(bytes: &[u8], path: &str, load_offset: i64) -> Result<Symbols> {
+        let elf = parse_elf(bytes, path)?;
+        Self::from_parsed(&elf, bytes, path, load_offset)
+    }
+
+    /// Builds the table from an already parsed image.
+    pub(crate) fn from_parsed(
+        elf: &Elf<'_>,
+        bytes: &[u8],
+        path: &str,
+        load_offset: i64,
+    ) -> Result<Symbols> {
+        let bad = |reason: String| Error::BadElf {
+            path: path.to_string(),
+            reason,
+        };
+        let (syms, strtab, from_dynsym) = if !elf.syms.is_empty() {
+            (&elf.syms, &elf.strtab, false)
+        } else {
+            (&elf.dynsyms, &elf.dynstrtab, true)
+        };
+        if syms.len() > MAX_SYMBOLS {
+            return Err(bad(format!(
+                "{} symbols (more than the {MAX_SYMBOLS} accepted)",
+                syms.len()
+            )));
+        }
+        let slide = load_offset as u64;
+        let mut table = Vec::with_capacity(syms.len());
+        for s in syms.iter() {
+            let kind = s.st_type();
+            if s.st_shndx == SHN_UNDEF as usize || kind == STT_FILE || kind == STT_SECTION {
+                continue;
+            }
+            let Some(name) = strtab.get_at(s.st_name) else {
+                continue;
+            };
+            if name.is_empty() {
+                continue;
+            }
+            let addr = if s.st_shndx == SHN_ABS as usize {
+                s.st_value
+            } else {
+                s.st_value.wrapping_add(slide)
+            };
+            let bind = s.st_bind();
+            table.push(Sym {
+                raw: name.into(),
+                demangled: demangle(name).map(Into::into),
+                addr,
+                size: s.st_size,
+                global: bind == STB_GLOBAL || bind == STB_WEAK,
+                typed: kind == STT_FUNC || kind == STT_OBJECT,
+            });
+        }
+        // By address; among equals, best first (typed, sized, global), then by name for a
+        // stable order.
+        table.sort_by(|a, b| {
+            a.addr
+                .cmp(&b.addr)
+                .then_with(|| b.rank().cmp(&a.rank()))
+                .then_with(|| a.raw.cmp(&b.raw))
+        });
+
+        let mut raw: HashMap<Box<str>, usize> = HashMap::with_capacity(table.len());
+        let mut demangled: HashMap<Box<str>, usize> = HashMap::new();
+        let mut short: HashMap<Box<str>, Option<usize>> = HashMap::new();
+        let better =
+            |table: &[Sym], new: usize, old: usize| table[new].global && !table[old].global;
+        for i in 0..table.len() {
+            match raw.get_mut(&*table[i].raw) {
+                Some(old) => {
+                    if better(&table, i, *old) {
+                        *old = i;
+                    }
+                }
+                None => {
+                    raw.insert(table[i].raw.clone(), i);
+                }
+            }
+            let Some(path) = table[i].demangled.clone() else {
+                continue;
+            };
+            match demangled.get_mut(&*path) {
+                Some(old) => {
+                    if better(&table, i, *old) {
+                        *old = i;
+                    }
+                }
+                None => {
+                    demangled.insert(path.clone(), i);
+                }
+            }
+            let last = last_component(&path);
+            if last.is_empty() || last.len() == path.len() {
+                continue;
+            }
+            match short.get_mut(last) {
+                Some(slot) => {
+                    if let Some(old) = *slot {
+                        if table[old].addr != table[i].addr {
+                            *slot = None;
+                        }
+                    }
+                }
+                None => {
+                    short.insert(last.into(), Some(i));
+                }
+            }
+        }
+
+        let alloc_ranges = elf
+            .section_headers
+            .iter()
+            .filter(|sh| sh.sh_flags & u64::from(SHF_ALLOC) != 0 && sh.sh_size > 0)
+            .map(|sh| {
+                let start = sh.sh_addr.wrapping_add(slide);
+                (start, start.saturating_add(sh.sh_size))
+            })
+            .collect();
+
+        Ok(Symbols {
+            path: path.to_string(),
+            load_offset,
+            by_addr: table,
+            raw,
+            demangled,
+            short,
+            alloc_ranges,
+            build_id: elf_build_id(elf, bytes),
+            from_dynsym,
+        })
+    }
+
+    /// The address of `name` (see the module documentation for the names accepted).
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.index_of(name).map(|i| self.by_addr[i].addr)
+    }
+
+    /// The address and size (0 when unknown) of `name`.
+    pub fn get_sized(&self, name: &str) -> Option<(u64, u64)> {
+        self.index_of(name)
+            .map(|i| (self.by_addr[i].addr, self.by_addr[i].size))
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        if let Some(&i) = self.raw.get(name) {
+            return Some(i);
+        }
+        if let Some(&i) = self.demangled.get(name) {
+            return Some(i);
+        }
+        self.short.get(name).copied().flatten()
+    }
+
+    /// The symbol containing (or nearest below) `addr`, with the offset into it. The name
+    /// is the demangled path for Rust symbols. `None` when `addr` is below every symbol,
+    /// or (for images with section headers) outside every allocated section.
+    pub fn lookup_addr(&self, addr: u64) -> Option<(&str, u64)> {
+        if !self.alloc_ranges.is_empty()
+            && !self
+                .alloc_ranges
+                .iter()
+                .any(|&(lo, hi)| addr >= lo && addr < hi)
+        {
+            return None;
+        }
+        // Last symbol with address <= addr.
+        let end = self.by_addr.partition_point(|s| s.addr <= addr);
+        if end == 0 {
+            return None;
+        }
+        let at = self.by_addr[end - 1].addr;
+        let first = self.by_addr[..end].partition_point(|s| s.addr < at);
+        let group = &self.by_addr[first..end];
+        // Among symbols at that address, one whose extent contains addr, else the best.
+        let sym = group
+            .iter()
+            .find(|s| s.size > 0 && addr - s.addr < s.size)
+            .unwrap_or(&group[0]);
+        Some((sym.display(), addr - sym.addr))
+    }
+
+    /// The GNU build ID of the image, if it has one.
+    pub fn build_id(&self) -> Option<&[u8]> {
+        self.build_id.as_deref()
+    }
+
+    /// The load offset applied to every (non-absolute) address.
+    pub fn load_offset(&self) -> i64 {
+        self.load_offset
+    }
+
+    /// Number of symbols.
+    pub fn len(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+
+    /// All symbols, by address: (name as in the file, address, size).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+        self.by_addr.iter().map(|s| (&*s.raw, s.addr, s.size))
+    }
+
+    /// What this table is, for error messages.
+    pub fn describe(&self) -> String {
+        let table = if self.from_dynsym { "dynsym" } else { "symtab" };
+        let mut s = format!("ELF {table} of {} ({} symbols", self.path, self.len());
+        if self.load_offset != 0 {
+            let sign = if self.load_offset < 0 { "-" } else { "+" };
+            let _ = write!(
+                s,
+                ", load offset {sign}{:#x}",
+                self.load_offset.unsigned_abs()
+            );
+        }
+        s.push(')');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambulance_test_kernel::ELF;
+
+    fn kernel(offset: i64) -> Symbols {
+        Symbols::from_elf(ELF, "test-kernel", offset).unwrap()
+    }
+
+    #[test]
+    fn names_of_the_test_kernel() {
+        let s = kernel(0);
+        assert!(s.len() > 50);
+        for name in ["HEARTBEAT", "_start", "__ro_start", "RO_CRC32C"] {
+            let a = s.get(name).unwrap_or_else(|| panic!("{name}"));
+            assert!(a >= 0xffff_ffff_8000_0000, "{name} at {a:#x}");
+        }
+        assert_eq!(s.get("_start"), s.get("__kernel_start"));
+        // Mangled statics by demangled path and by last component.
+        for name in ["TASKS", "RUN_QUEUE", "PERCPU", "LOCKS"] {
+            let short = s.get(name).unwrap_or_else(|| panic!("{name}"));
+            let module = if matches!(name, "PERCPU" | "LOCKS") {
+                "sync"
+            } else {
+                "sched"
+            };
+            assert_eq!(
+                s.get(&format!("test_kernel::{module}::{name}")),
+                Some(short)
+            );
+        }
+        // Suffixed names (`….0`) demangle without the suffix.
+        assert!(s.get("test_kernel::sched::NR_TASKS").is_some());
+        let (tasks, size) = s.get_sized("TASKS").unwrap();
+        assert_eq!(size, 64 * 104);
+        assert!(s.get("no_such_symbol").is_none());
+        assert!(s.get("").is_none());
+        // Raw names still work.
+        let raw = s
+            .iter()
+            .find(|(n, _, _)| n.starts_with("_ZN11test_kernel5sched5TASKS"))
+            .unwrap();
+        assert_eq!(s.get(raw.0), Some(tasks));
+        assert!(s.describe().contains("symtab"));
+    }
+
+    #[test]
+    fn addresses_to_names() {
+        let s = kernel(0);
+        let tasks = s.get("TASKS").unwrap();
+        assert_eq!(s.lookup_addr(tasks), Some(("test_kernel::sched::TASKS", 0)));
+        assert_eq!(
+            s.lookup_addr(tasks + 104 + 8),
+            Some(("test_kernel::sched::TASKS", 112))
+        );
+        let hb = s.get("HEARTBEAT").unwrap();
+        assert_eq!(s.lookup_addr(hb + 3), Some(("HEARTBEAT", 3)));
+        // At _start several labels share the address; a typed one or the best is named.
+        let (name, off) = s.lookup_addr(s.get("_start").unwrap()).unwrap();
+        assert_eq!(off, 0);
+        assert!(!name.is_empty());
+        // Outside the image.
+        assert_eq!(s.lookup_addr(0), None);
+        assert_eq!(s.lookup_addr(0x1000), None);
+        assert_eq!(s.lookup_addr(u64::MAX), None);
+    }
+
+    #[test]
+    fn load_offset_slides_addresses() {
+        let base = kernel(0);
+        let up = kernel(0x20_0000);
+        let down = kernel(-0x1000);
+        let hb = base.get("HEARTBEAT").unwrap();
+        assert_eq!(up.get("HEARTBEAT"), Some(hb + 0x20_0000));
+        assert_eq!(down.get("HEARTBEAT"), Some(hb - 0x1000));
+        assert_eq!(up.lookup_addr(hb + 0x20_0000), Some(("HEARTBEAT", 0)));
+        assert_eq!(up.lookup_addr(hb), base.lookup_addr(hb - 0x20_0000));
+        // Absolute symbols do not move.
+        assert_eq!(up.get("KERNEL_VIRT_BASE"), base.get("KERNEL_VIRT_BASE"));
+        assert!(up.describe().contains("+0x200000"));
+        assert!(down.describe().contains("-0x1000"));
+        assert_eq!(up.load_offset(), 0x20_0000);
+    }
+
+    #[test]
+    fn build_id_matches_the_note() {
+        let s = kernel(0);
+        let id = s.build_id().expect("the test kernel has a build ID");
+        assert_eq!(id.len(), 20);
+        // The same bytes as in the note section.
+        assert!(ELF.windows(id.len()).any(|w| w == id));
+    }
+
+    #[test]
+    fn hostile_images_give_errors() {
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend_from_slice(&[0u8; 100]);
+        for (what, bytes) in [
+            ("empty", Vec::new()),
+            ("truncated", ELF[..1000].to_vec()),
+            ("png", png),
+            (
+                "random",
+                (0..4096u32)
+                    .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                    .collect(),
+            ),
+            ("header only", ELF[..64].to_vec()),
+        ] {
+            match Symbols::from_elf(&bytes, what, 0) {
+                Err(Error::BadElf { path, .. }) => assert_eq!(path, what),
+                Ok(s) => assert!(s.len() < 5, "{what}: {} symbols", s.len()),
+                Err(e) => panic!("{what}: unexpected {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn demangling() {
+        assert_eq!(
+            demangle("_ZN11test_kernel5sched5TASKS17he1f63b71ab517c1bE").as_deref(),
+            Some("test_kernel::sched::TASKS")
+        );
+        assert_eq!(
+            demangle("_ZN11test_kernel5sched8NR_TASKS17h105c653b5f9f83d6E.0").as_deref(),
+            Some("test_kernel::sched::NR_TASKS")
+        );
+        assert_eq!(demangle("HEARTBEAT"), None);
+        assert_eq!(demangle("_ZNnotreally"), None);
+        assert_eq!(last_component("a::b::<impl x::Y>::c"), "c");
+        assert_eq!(
+            last_component("core::ptr::drop_in_place<a::B>"),
+            "drop_in_place<a::B>"
+        );
+        assert_eq!(last_component("plain"), "plain");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn mutated_images_never_panic(
+            flips in proptest::collection::vec((0usize..ELF.len(), proptest::prelude::any::<u8>()), 1..32),
+            cut in 0usize..ELF.len(),
+        ) {
+            let mut bytes = ELF.to_vec();
+            for (at, v) in flips {
+                bytes[at] = v;
+            }
+            // Also damage the ELF header: that is where parsers trip.
+            for (i, b) in bytes.iter_mut().enumerate().take(64) {
+                *b ^= ((cut >> (i % 16)) & 1) as u8;
+            }
+            if let Ok(s) = Symbols::from_elf(&bytes, "mutated", 0) {
+                let _ = s.lookup_addr(0xffff_ffff_8020_0000);
+                let _ = s.get("TASKS");
+            }
+            let _ = Symbols::from_elf(&bytes[..cut], "cut", 0);
+        }
+    }
+}

@@ -1,0 +1,3 @@
+struct opaque;
+extern int counter;
+int use_b(void);

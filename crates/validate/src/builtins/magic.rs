@@ -43,10 +43,12 @@ impl Validator for Magic {
             if magics.is_empty() {
                 continue;
             }
-            let field =
-                |offset: u32| crate::rules::member_name_at(ctx, &root.type_name, offset as u64);
+            let names: Vec<Option<String>> = magics
+                .iter()
+                .map(|&(offset, ..)| crate::rules::member_name_at(ctx, &root.type_name, offset as u64))
+                .collect();
             for e in ctx.elements(root).elements.iter() {
-                for &(offset, size, value) in &magics {
+                for (&(offset, size, value), name) in magics.iter().zip(&names) {
                     let at = e.addr.wrapping_add(offset as u64);
                     let found = match size {
                         1 => ctx.program.read_u8(at).map(u64::from),
@@ -61,7 +63,7 @@ impl Validator for Magic {
                             Severity::Critical,
                             &root.name,
                             Some(e.index),
-                            field(offset).as_deref(),
+                            name.as_deref(),
                             Some(e.addr),
                             hex(value),
                             hex(v),
@@ -80,7 +82,7 @@ impl Validator for Magic {
                             Severity::Error,
                             &root.name,
                             Some(e.index),
-                            field(offset).as_deref(),
+                            name.as_deref(),
                             Some(e.addr),
                             hex(value),
                             "unreadable".into(),

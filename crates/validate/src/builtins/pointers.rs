@@ -51,10 +51,13 @@ impl Validator for PointerRanges {
             if ranges.is_empty() {
                 continue;
             }
+            let paths: Vec<Option<String>> = ranges
+                .iter()
+                .map(|&(offset, ..)| crate::rules::member_name_at(ctx, &root.type_name, offset as u64))
+                .collect();
             for e in ctx.elements(root).elements.iter() {
-                for &(offset, lo, hi, nullable) in &ranges {
+                for (&(offset, lo, hi, nullable), path) in ranges.iter().zip(&paths) {
                     let at = e.addr.wrapping_add(offset as u64);
-                    let path = crate::rules::member_name_at(ctx, &root.type_name, offset as u64);
                     let Ok(p) = ctx.program.read_u64(at) else {
                         continue;
                     };

@@ -86,15 +86,28 @@ fn assert_caught(report: &Report, validator: &str, t: &Truth, fault: &str) {
     );
 }
 
+/// Validates a report against the published schema file.
+fn assert_valid(json: &str) {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crates/report/report.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "report does not follow report.schema.json: {errors:#?}");
+}
+
 fn check(fault: &str, validator: &str, seeds: &[u64]) {
     let Some(vmm) = vmm() else { return };
     let dir = tempfile::tempdir().unwrap();
     for &seed in seeds {
         let (guest, w, t) = diagnose_fault(&vmm, fault, seed, dir.path());
         assert_caught(&w.report, validator, &t, &format!("{fault}/{seed}"));
-        // The files are there, and the JSON is the report.
+        // The files are there, the JSON is the report, and it follows the published schema.
         let json = std::fs::read_to_string(&w.json).unwrap();
         assert_eq!(Report::from_json(&json).unwrap(), w.report);
+        assert_valid(&json);
         assert!(std::fs::read_to_string(&w.text)
             .unwrap()
             .contains(validator));
@@ -205,7 +218,9 @@ fn live_and_offline_diagnosis_agree() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let offline = Report::from_json(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        let offline_json = String::from_utf8_lossy(&out.stdout);
+        assert_valid(&offline_json);
+        let offline = Report::from_json(&offline_json).unwrap();
         assert_eq!(
             finding_set(&offline),
             finding_set(&w.report),

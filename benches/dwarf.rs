@@ -64,8 +64,10 @@ fn test_kernel(c: &mut Criterion) {
     once("dwarf/test-kernel", || {
         let d = DwarfTypes::from_static(elf, "test-kernel").expect("DWARF");
         let n = lookup(&d, "Task");
-        let (scanned, total) = d.index_progress();
-        format!("open + Task + {n} member types, {scanned}/{total} units indexed")
+        let (scanned, known) = d.index_progress();
+        format!(
+            "open + Task + {n} member types, {scanned} units indexed, {known} unit headers read"
+        )
     });
     c.bench_function("dwarf/test-kernel/open+Task+members", |b| {
         b.iter(|| {
@@ -99,17 +101,18 @@ fn vmlinux(c: &mut Criterion) {
     once("dwarf/vmlinux", || {
         let (info, types) = open();
         let n = lookup(&*types, "task_struct");
-        let (scanned, total) = info.dwarf().expect("DWARF").index_progress();
+        let (scanned, known) = info.dwarf().expect("DWARF").index_progress();
         format!(
-            "open + task_struct + {n} member types, {scanned}/{total} units indexed, {} symbols",
+            "open + task_struct + {n} member types, {scanned} units indexed, {known} unit \
+             headers read, {} symbols",
             info.symbols().len()
         )
     });
     once("dwarf/vmlinux", || {
         let (info, types) = open();
         let missing = types.find("no_such_type_anywhere").is_err();
-        let (scanned, total) = info.dwarf().expect("DWARF").index_progress();
-        format!("open + a missing name (full index: {missing}), {scanned}/{total} units")
+        let (scanned, known) = info.dwarf().expect("DWARF").index_progress();
+        format!("open + a missing name (full index: {missing}), {scanned}/{known} units")
     });
     let mut group = c.benchmark_group("dwarf/vmlinux");
     group

@@ -45,7 +45,7 @@ pub enum Error {
     /// An ELF core file is malformed or not a core of an x86-64 machine.
     #[error("{path}: not a usable ELF core: {reason}")]
     BadCore {
-        /// The file (or "<bytes>").
+        /// The file (or `<bytes>` for an in-memory core).
         path: String,
         /// What is wrong.
         reason: String,

@@ -243,6 +243,90 @@ struct UnitCtx {
     rust: bool,
 }
 
+/// The unit headers read so far.
+struct Units {
+    slots: Vec<Arc<UnitSlot>>,
+    /// Where to read the next header; `None` once all are read (or unreadable).
+    next: Option<gimli::DebugInfoUnitHeadersIter<R>>,
+    /// Type-unit signatures (DWARF 5 type units in `.debug_info`) → entry offset.
+    signatures: HashMap<u64, u64>,
+    /// Why the unit headers stopped early, if they did.
+    error: Option<String>,
+}
+
+impl Units {
+    /// Reads one more unit header. `false` when there is none.
+    fn read_next(&mut self) -> bool {
+        let Some(iter) = self.next.as_mut() else {
+            return false;
+        };
+        loop {
+            match iter.next() {
+                Ok(Some(header)) => {
+                    let Some(start) = header.debug_info_offset() else {
+                        continue;
+                    };
+                    let start = start.0 as u64;
+                    let end = start + header.length_including_self() as u64;
+                    if let UnitType::Type {
+                        type_signature,
+                        type_offset,
+                    } = header.type_()
+                    {
+                        self.signatures
+                            .insert(type_signature.0, start + type_offset.0 as u64);
+                    }
+                    self.slots.push(Arc::new(UnitSlot {
+                        header,
+                        start,
+                        end,
+                        unit: OnceLock::new(),
+                    }));
+                    return true;
+                }
+                Ok(None) => {
+                    self.next = None;
+                    return false;
+                }
+                Err(e) => {
+                    self.error = Some(format!(
+                        "unit headers unreadable after {} units: {e}",
+                        self.slots.len()
+                    ));
+                    self.next = None;
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Reads headers until unit `i` is known.
+    fn slot(&mut self, i: usize) -> Option<Arc<UnitSlot>> {
+        while self.slots.len() <= i {
+            if !self.read_next() {
+                return None;
+            }
+        }
+        Some(self.slots[i].clone())
+    }
+
+    /// Reads headers until the unit containing `off` (or a later one) is known; the
+    /// slot containing `off`.
+    fn containing(&mut self, off: u64) -> Option<Arc<UnitSlot>> {
+        while self.slots.last().is_none_or(|u| u.end <= off) {
+            if !self.read_next() {
+                break;
+            }
+        }
+        let i = self.slots.partition_point(|u| u.start <= off);
+        (i > 0 && off < self.slots[i - 1].end).then(|| self.slots[i - 1].clone())
+    }
+
+    fn read_all(&mut self) {
+        while self.read_next() {}
+    }
+}
+
 /// A unit header and, once read, the unit.
 struct UnitSlot {
     header: gimli::UnitHeader<R>,
@@ -266,11 +350,9 @@ pub struct Variable {
 pub struct DwarfTypes {
     path: String,
     dwarf: gimli::Dwarf<R>,
-    units: Vec<UnitSlot>,
-    /// Type-unit signatures (DWARF 5 type units in `.debug_info`) → entry offset.
-    signatures: HashMap<u64, u64>,
-    /// Why the unit headers stopped early, if they did.
-    header_error: Option<String>,
+    /// Unit headers, read as far as needed: most lookups never touch the end of a big
+    /// `.debug_info` (reading every header would fault in a page per unit).
+    units: Mutex<Units>,
     index: Mutex<Index>,
     cache: Mutex<HashMap<TypeId, Arc<Type>>>,
 }
@@ -279,7 +361,7 @@ impl Debug for DwarfTypes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DwarfTypes")
             .field("path", &self.path)
-            .field("units", &self.units.len())
+            .field("units", &lock(&self.units).slots.len())
             .finish_non_exhaustive()
     }
 }
@@ -548,55 +630,25 @@ impl DwarfTypes {
                     .to_string(),
             });
         }
-        let mut units = Vec::new();
-        let mut signatures = HashMap::new();
-        let mut header_error = None;
-        let mut iter = dwarf.units();
-        loop {
-            match iter.next() {
-                Ok(Some(header)) => {
-                    let Some(start) = header.debug_info_offset() else {
-                        continue;
-                    };
-                    let start = start.0 as u64;
-                    let end = start + header.length_including_self() as u64;
-                    if let UnitType::Type {
-                        type_signature,
-                        type_offset,
-                    } = header.type_()
-                    {
-                        signatures.insert(type_signature.0, start + type_offset.0 as u64);
-                    }
-                    units.push(UnitSlot {
-                        header,
-                        start,
-                        end,
-                        unit: OnceLock::new(),
-                    });
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    header_error = Some(format!(
-                        "unit headers unreadable after {} units: {e}",
-                        units.len()
-                    ));
-                    break;
-                }
-            }
-        }
-        if units.is_empty() {
+        let mut units = Units {
+            slots: Vec::new(),
+            next: Some(dwarf.units()),
+            signatures: HashMap::new(),
+            error: None,
+        };
+        if !units.read_next() {
             return Err(Error::Dwarf {
                 path: path.to_string(),
                 offset: 0,
-                reason: header_error.unwrap_or_else(|| "no compilation units".to_string()),
+                reason: units
+                    .error
+                    .unwrap_or_else(|| "no compilation units".to_string()),
             });
         }
         Ok(DwarfTypes {
             path: path.to_string(),
             dwarf,
-            units,
-            signatures,
-            header_error,
+            units: Mutex::new(units),
             index: Mutex::new(Index::default()),
             cache: Mutex::new(HashMap::new()),
         })
@@ -607,9 +659,18 @@ impl DwarfTypes {
         &self.path
     }
 
-    /// (units scanned by name lookups so far, units in the file): how lazy it has been.
+    /// (units scanned by name lookups so far, units whose headers were read so far): how
+    /// lazy it has been. See [`DwarfTypes::unit_count`] for the total.
     pub fn index_progress(&self) -> (usize, usize) {
-        (lock(&self.index).next_unit, self.units.len())
+        let scanned = lock(&self.index).next_unit;
+        (scanned, lock(&self.units).slots.len())
+    }
+
+    /// The number of units in the file (reads every unit header: a page per unit).
+    pub fn unit_count(&self) -> usize {
+        let mut units = lock(&self.units);
+        units.read_all();
+        units.slots.len()
     }
 
     fn err(&self, offset: u64, reason: impl Into<String>) -> Error {
@@ -624,9 +685,8 @@ impl DwarfTypes {
         self.err(offset, e.to_string())
     }
 
-    /// The unit at index `i`, read on first use.
-    fn unit_at(&self, i: usize) -> Result<Arc<UnitCtx>> {
-        let slot = &self.units[i];
+    /// A unit, read on first use.
+    fn unit_in(&self, slot: &UnitSlot) -> Result<Arc<UnitCtx>> {
         slot.unit
             .get_or_init(|| self.read_unit(slot).map(Arc::new))
             .clone()
@@ -691,11 +751,11 @@ impl DwarfTypes {
 
     /// The unit containing `.debug_info` offset `off`.
     fn unit_of(&self, off: u64) -> Result<Arc<UnitCtx>> {
-        let i = self.units.partition_point(|u| u.start <= off);
-        if i == 0 || off >= self.units[i - 1].end {
-            return Err(self.err(off, "offset is in no compilation unit"));
+        let slot = lock(&self.units).containing(off);
+        match slot {
+            Some(slot) => self.unit_in(&slot),
+            None => Err(self.err(off, "offset is in no compilation unit")),
         }
-        self.unit_at(i - 1)
     }
 
     /// The entry at `.debug_info` offset `off`, with its unit.
@@ -727,7 +787,14 @@ impl DwarfTypes {
             AttributeValue::UnitRef(o) => Ok(u.start + o.0 as u64),
             AttributeValue::DebugInfoRef(o) => Ok(o.0 as u64),
             AttributeValue::DebugTypesRef(sig) => {
-                self.signatures.get(&sig.0).copied().ok_or_else(|| {
+                let found = {
+                    let mut units = lock(&self.units);
+                    if !units.signatures.contains_key(&sig.0) {
+                        units.read_all();
+                    }
+                    units.signatures.get(&sig.0).copied()
+                };
+                found.ok_or_else(|| {
                     self.err(
                         from,
                         format!(
@@ -764,26 +831,26 @@ impl DwarfTypes {
     /// Scans the next unscanned unit into the index. `false` when all are scanned.
     fn scan_next(&self, idx: &mut Index) -> bool {
         let i = idx.next_unit;
-        if i >= self.units.len() {
+        let Some(slot) = lock(&self.units).slot(i) else {
             return false;
-        }
+        };
         idx.next_unit += 1;
-        if let Err(e) = self.scan_unit(i, idx) {
+        if let Err(e) = self.scan_unit(&slot, idx) {
             idx.error_count += 1;
             if idx.errors.len() < 4 {
-                idx.errors.push((self.units[i].start, e.to_string()));
+                idx.errors.push((slot.start, e.to_string()));
             }
         }
         true
     }
 
-    fn scan_unit(&self, i: usize, idx: &mut Index) -> Result<()> {
+    fn scan_unit(&self, slot: &UnitSlot, idx: &mut Index) -> Result<()> {
         struct Scope {
             child_depth: isize,
             component: Option<String>,
             function: bool,
         }
-        let u = self.unit_at(i)?;
+        let u = self.unit_in(slot)?;
         let unit = &u.unit;
         let gerr = |off: usize, e: gimli::Error| self.gerr(u.start + off as u64, e);
         let mut raw = unit.entries_raw(None).map_err(|e| gerr(0, e))?;
@@ -953,7 +1020,7 @@ impl DwarfTypes {
                 idx.error_count
             ));
         }
-        if let Some(e) = &self.header_error {
+        if let Some(e) = &lock(&self.units).error {
             searched.push_str(&format!("; {e}"));
         }
         Error::NoType {
@@ -1616,8 +1683,9 @@ mod tests {
         let d = kernel();
         let id = d.find("Task").unwrap();
         // Lazy: finding Task did not read every unit.
-        let (scanned, total) = d.index_progress();
-        assert!(scanned < total, "scanned {scanned} of {total} units");
+        let (scanned, known) = d.index_progress();
+        assert_eq!((scanned, known), (1, 1));
+        assert!(d.unit_count() > 1);
         assert_eq!(d.find("test_kernel::sched::Task").unwrap(), id);
         assert_eq!(d.find("struct Task").unwrap(), id);
         let task = d.get(id).unwrap();
@@ -1758,8 +1826,8 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // The failed lookup scanned everything; later misses are immediate.
-        let (scanned, total) = d.index_progress();
-        assert_eq!(scanned, total);
+        let (scanned, known) = d.index_progress();
+        assert_eq!((scanned, known), (d.unit_count(), d.unit_count()));
         assert!(d.find("").is_err());
         assert_eq!(d.find("void").unwrap(), VOID);
         assert_eq!(d.get(VOID).unwrap().kind, TypeKind::Void);
@@ -1773,6 +1841,27 @@ mod tests {
         ] {
             assert!(d.get(TypeId(bad)).is_err(), "{bad:#x}");
         }
+    }
+
+    #[test]
+    fn shared_between_threads() {
+        let d: Arc<dyn TypeSource> = Arc::new(kernel());
+        let handles: Vec<_> = ["Task", "PerCpu", "test_kernel::sched::Task", "Spinlock"]
+            .into_iter()
+            .map(|name| {
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    let t = d.get(d.find(name).unwrap()).unwrap();
+                    for m in &t.members {
+                        d.get(m.ty).unwrap();
+                    }
+                    t.size
+                })
+            })
+            .collect();
+        let sizes: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(sizes[0], sizes[2]);
+        assert!(sizes.iter().all(Option::is_some));
     }
 
     fn c_fixture(bytes: &'static [u8], name: &str) {

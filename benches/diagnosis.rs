@@ -30,7 +30,12 @@ fn guest(vmm: &Vmm, mem: u64) -> Guest {
 }
 
 /// One operator diagnosis: freeze, diagnose, write, resume; returns freeze->written.
-fn one(g: &Guest, options: &ambulance_diagnose::Options, dir: &Path, core: bool) -> (Duration, u64) {
+fn one(
+    g: &Guest,
+    options: &ambulance_diagnose::Options,
+    dir: &Path,
+    core: bool,
+) -> (Duration, u64) {
     let start = Instant::now();
     let frozen = g.freeze().expect("freeze");
     let summary = frozen.summary();
@@ -44,8 +49,14 @@ fn one(g: &Guest, options: &ambulance_diagnose::Options, dir: &Path, core: bool)
     };
     let w = diagnose_and_write(g, &f, options, dir, core).expect("diagnosis");
     let elapsed = start.elapsed();
-    let size = w.core.as_ref().map_or(0, |c| std::fs::metadata(c).unwrap().len());
-    for p in [Some(&w.json), Some(&w.text), w.core.as_ref()].into_iter().flatten() {
+    let size = w
+        .core
+        .as_ref()
+        .map_or(0, |c| std::fs::metadata(c).unwrap().len());
+    for p in [Some(&w.json), Some(&w.text), w.core.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         let _ = std::fs::remove_file(p);
     }
     g.resume().expect("resume");
@@ -64,9 +75,17 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("diagnosis_freeze_to_report");
     for mem in [256u64 << 20, 1 << 30, 4 << 30] {
         let g = guest(&vmm, mem);
-        group.bench_with_input(BenchmarkId::from_parameter(format!("{}MiB", mem >> 20)), &g, |b, g| {
-            b.iter_custom(|iters| (0..iters).map(|_| one(g, &options, dir.path(), false).0).sum())
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{}MiB", mem >> 20)),
+            &g,
+            |b, g| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| one(g, &options, dir.path(), false).0)
+                        .sum()
+                })
+            },
+        );
         g.destroy();
     }
     group.finish();
@@ -75,11 +94,23 @@ fn benches(c: &mut Criterion) {
     for mem in [256u64 << 20, 1 << 30] {
         let g = guest(&vmm, mem);
         let (_, size) = one(&g, &options, dir.path(), true);
-        eprintln!("core file for a {} MiB guest: {:.1} MiB", mem >> 20, size as f64 / (1 << 20) as f64);
+        eprintln!(
+            "core file for a {} MiB guest: {:.1} MiB",
+            mem >> 20,
+            size as f64 / (1 << 20) as f64
+        );
         group.throughput(Throughput::Bytes(mem));
-        group.bench_with_input(BenchmarkId::from_parameter(format!("{}MiB", mem >> 20)), &g, |b, g| {
-            b.iter_custom(|iters| (0..iters).map(|_| one(g, &options, dir.path(), true).0).sum())
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{}MiB", mem >> 20)),
+            &g,
+            |b, g| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| one(g, &options, dir.path(), true).0)
+                        .sum()
+                })
+            },
+        );
         g.destroy();
     }
     group.finish();

@@ -89,13 +89,23 @@ fn assert_caught(report: &Report, validator: &str, t: &Truth, fault: &str) {
 /// Validates a report against the published schema file.
 fn assert_valid(json: &str) {
     let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crates/report/report.schema.json")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crates/report/report.schema.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     let value: serde_json::Value = serde_json::from_str(json).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "report does not follow report.schema.json: {errors:#?}");
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "report does not follow report.schema.json: {errors:#?}"
+    );
 }
 
 fn check(fault: &str, validator: &str, seeds: &[u64]) {

@@ -243,10 +243,12 @@ impl RuleSet {
                         }
                     }
                 }
-                other => return Err(bad(format!(
+                other => {
+                    return Err(bad(format!(
                     "rule {:?}: unknown check {other:?} (equals, in, range, non_null, points_into)",
                     r.name
-                ))),
+                )))
+                }
             };
             rules.push(Rule {
                 name: r.name,

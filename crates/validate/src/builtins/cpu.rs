@@ -65,25 +65,23 @@ impl Validator for CpuState {
                         .find(|r| r.text.starts_with("Kernel panic"))
                         .map(|r| format!(" The kernel said: \"{}\".", r.text))
                         .unwrap_or_default();
-                    out.push(
-                        ctx.finding(
-                            NAME,
-                            Severity::Critical,
-                            &root.name,
-                            Some(e.index),
-                            None,
-                            Some(e.addr),
-                            "a running CPU".into(),
-                            failure.cause.clone(),
-                            format!(
+                    out.push(ctx.finding(
+                        NAME,
+                        Severity::Critical,
+                        &root.name,
+                        Some(e.index),
+                        None,
+                        Some(e.addr),
+                        "a running CPU".into(),
+                        failure.cause.clone(),
+                        format!(
                                 "CPU {vcpu} failed ({}){}: {}.{panic_line}",
                                 failure.cause,
                                 regs.map(|r| format!(" at RIP {} RSP {}", r.rip, r.rsp))
                                     .unwrap_or_default(),
                                 failure.detail
                             ),
-                        ),
-                    );
+                    ));
                 }
             }
         }

@@ -45,7 +45,9 @@ impl Validator for Magic {
             }
             let names: Vec<Option<String>> = magics
                 .iter()
-                .map(|&(offset, ..)| crate::rules::member_name_at(ctx, &root.type_name, offset as u64))
+                .map(|&(offset, ..)| {
+                    crate::rules::member_name_at(ctx, &root.type_name, offset as u64)
+                })
                 .collect();
             for e in ctx.elements(root).elements.iter() {
                 for (&(offset, size, value), name) in magics.iter().zip(&names) {

@@ -53,7 +53,9 @@ impl Validator for PointerRanges {
             }
             let paths: Vec<Option<String>> = ranges
                 .iter()
-                .map(|&(offset, ..)| crate::rules::member_name_at(ctx, &root.type_name, offset as u64))
+                .map(|&(offset, ..)| {
+                    crate::rules::member_name_at(ctx, &root.type_name, offset as u64)
+                })
                 .collect();
             for e in ctx.elements(root).elements.iter() {
                 for (&(offset, lo, hi, nullable), path) in ranges.iter().zip(&paths) {

@@ -204,14 +204,21 @@ fn qemu_dump_of_a_panicked_linux_guest_reads_back() {
     let n = buf.iter().position(|&b| b == 0).unwrap();
     assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), release);
 
-    // Our diagnose command reads the same file and explains what it cannot do without a
-    // registration or vCPU CR3 (QEMU's NT_PRSTATUS carries no control registers).
+    // Our diagnose command reads the same file: with no registration, it finds the page
+    // tables through VMCOREINFO and reports the failure as an offline diagnosis.
     let out = Command::new(env!("CARGO_BIN_EXE_ambulance"))
         .args(["diagnose", "--core"])
         .arg(&core_path)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["failure"]["cause"], "offline");
+    assert_eq!(report["vcpus"].as_array().unwrap().len(), 2);
+    assert!(report["registration"].is_null());
     let _ = program.memory().describe();
 }

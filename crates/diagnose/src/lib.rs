@@ -26,6 +26,10 @@ use ambulance_report::{
 use ambulance_validate::rules::RuleSet;
 use ambulance_validate::{Config, Context, Registry};
 
+/// Linux's `__START_KERNEL_map`: kernel-image addresses are this plus physical, less
+/// `phys_base`.
+pub const LINUX_START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+
 /// Note type (name [`ambulance_report::core::NOTE_NAME`]) of the failure, as JSON.
 pub const NT_AMBULANCE_FAILURE: u32 = 2;
 /// Note type of the guest facts, as JSON.
@@ -38,7 +42,7 @@ pub enum Error {
     #[error(transparent)]
     Introspect(#[from] ambulance_introspect::Error),
     /// Nothing tells where the guest's page tables are.
-    #[error("cannot translate guest addresses: no registration descriptor and no vCPU with paging enabled")]
+    #[error("cannot translate guest addresses: no registration descriptor, no swapper_pg_dir in VMCOREINFO, and no vCPU with paging enabled")]
     NoPageTables,
 }
 
@@ -159,25 +163,6 @@ pub fn diagnose(
         .descriptor_bytes
         .as_deref()
         .and_then(|b| descriptor::parse(b).ok());
-    let la57 = descriptor
-        .as_ref()
-        .is_some_and(|d| d.flags & FLAG_LA57 != 0)
-        || subject
-            .vcpus
-            .first()
-            .is_some_and(|v| v.cr4.0 & (1 << 12) != 0);
-    let root = descriptor
-        .as_ref()
-        .map(|d| d.page_table_root)
-        .or_else(|| {
-            subject
-                .vcpus
-                .iter()
-                .map(|v| v.cr3.0 & 0x000f_ffff_ffff_f000)
-                .find(|&c| c != 0)
-        })
-        .ok_or(Error::NoPageTables)?;
-    let mut program = Program::new(memory, root, if la57 { Paging::Five } else { Paging::Four });
     let vmcoreinfo_text = descriptor
         .as_ref()
         .and_then(|d| d.vmcoreinfo.clone())
@@ -191,6 +176,39 @@ pub fn diagnose(
         }
         None => None,
     };
+    let la57 = descriptor
+        .as_ref()
+        .is_some_and(|d| d.flags & FLAG_LA57 != 0)
+        || vmcoreinfo
+            .as_ref()
+            .and_then(|v| v.number("pgtable_l5_enabled"))
+            == Some(1)
+        || subject
+            .vcpus
+            .first()
+            .is_some_and(|v| v.cr4.0 & (1 << 12) != 0);
+    // The page-table root: the registered one; else Linux's swapper_pg_dir from
+    // VMCOREINFO (its kernel-image address minus __START_KERNEL_map plus phys_base);
+    // else a vCPU's CR3.
+    let root = descriptor
+        .as_ref()
+        .map(|d| d.page_table_root)
+        .or_else(|| {
+            let v = vmcoreinfo.as_ref()?;
+            let pgd = v.symbol("swapper_pg_dir")?;
+            let phys_base = v.number("phys_base")?;
+            pgd.checked_sub(LINUX_START_KERNEL_MAP)
+                .map(|p| p.wrapping_add(phys_base as u64))
+        })
+        .or_else(|| {
+            subject
+                .vcpus
+                .iter()
+                .map(|v| v.cr3.0 & 0x000f_ffff_ffff_f000)
+                .find(|&c| c != 0)
+        })
+        .ok_or(Error::NoPageTables)?;
+    let mut program = Program::new(memory, root, if la57 { Paging::Five } else { Paging::Four });
     if let Some(v) = &vmcoreinfo {
         program = program.with_vmcoreinfo(v.clone());
     }

@@ -1,13 +1,15 @@
-//! `ambulance demo`: three test guests on embedded defaults; one gets a fault; the
-//! failure is captured (guest frozen, registers taken) while the other two keep their
-//! heartbeats going.
+//! `ambulance demo`: the service on embedded defaults with three test guests; one gets a
+//! fault; the failure is captured (guest frozen, registers taken), diagnosed in a worker
+//! process and stored, while the other two keep their heartbeats going.
 
-use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use ambulance_vmm::{EventKind, Guest, GuestConfig, Vmm};
+use ambulance_service::store::Status;
+use ambulance_service::{Config, Notice, Service};
+use ambulance_vmm::EventKind;
 use clap::Args;
-use crossbeam_channel::RecvTimeoutError;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::output::event_human;
 use crate::{check_fault, CliError};
@@ -24,7 +26,8 @@ pub struct DemoArgs {
     /// When the fault is injected, in ms after registration.
     #[arg(long, default_value_t = 1500)]
     pub fault_after_ms: u64,
-    /// Where the report and core are written (default: ambulance-demo in the temp dir).
+    /// The service's data directory, where the report and core are stored (default:
+    /// ambulance-demo in the temp dir).
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<std::path::PathBuf>,
 }
@@ -32,14 +35,33 @@ pub struct DemoArgs {
 const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
 const VICTIM: usize = 1;
 
-fn config(name: &str, cmdline: String) -> GuestConfig {
-    let mut cfg = GuestConfig::new(name, ambulance_test_kernel::ELF);
-    cfg.memory_bytes = 64 << 20;
-    cfg.vcpus = 2;
-    cfg.cmdline = cmdline;
-    cfg.watchdog = Some(Duration::from_millis(1000));
-    cfg.degraded_below_hz = Some(500.0);
-    cfg
+/// The demo's service configuration: three test guests (2 vCPUs, 64 MiB); the victim is
+/// held frozen after its diagnosis (with an ELF core), the others restart on failure.
+fn config(args: &DemoArgs, data_dir: &Path) -> Result<Config, CliError> {
+    let mut toml = String::new();
+    for (i, name) in NAMES.iter().enumerate() {
+        let (cmdline, policy, core) = if i == VICTIM {
+            (
+                format!(
+                    "fault={} fault_after_ms={} seed={}",
+                    args.fault, args.fault_after_ms, args.seed
+                ),
+                "hold",
+                true,
+            )
+        } else {
+            ("fault=none".to_string(), "restart", false)
+        };
+        toml += &format!(
+            "[[guest]]\nname = \"{name}\"\nkernel = \"test\"\nmemory = \"64M\"\nvcpus = 2\n\
+             cmdline = \"{cmdline}\"\nwatchdog_ms = 1000\ndegraded_below_hz = 500\n\
+             policy = \"{policy}\"\ncore = {core}\n\n"
+        );
+    }
+    let mut cfg = Config::parse(&toml, "<demo>")?;
+    cfg.data_dir = data_dir.to_path_buf();
+    cfg.api.socket = ambulance_service::config::socket_in(data_dir);
+    Ok(cfg)
 }
 
 /// Runs `ambulance demo`.
@@ -50,53 +72,57 @@ pub fn demo(args: DemoArgs) -> Result<(), CliError> {
             "the demo needs a fault other than none".into(),
         ));
     }
-    let vmm = Vmm::new()?;
-    let events = vmm.events();
-    let start = SystemTime::now();
-    println!("ambulance demo: booting three test guests (2 vCPUs, 64 MiB each) on KVM");
-    println!(
-        "  {} will get fault {:?} (seed {}) {} ms after it registers\n",
-        NAMES[VICTIM], args.fault, args.seed, args.fault_after_ms
-    );
-    let mut guests: Vec<Guest> = Vec::new();
-    for (i, name) in NAMES.iter().enumerate() {
-        let cmdline = if i == VICTIM {
-            format!(
-                "fault={} fault_after_ms={} seed={}",
-                args.fault, args.fault_after_ms, args.seed
-            )
-        } else {
-            "fault=none".to_string()
-        };
-        guests.push(vmm.start(config(name, cmdline))?);
-    }
-    let victim = guests[VICTIM].clone();
-    let options = crate::diagnose_options(Some("test"), None, None, None)?;
-    let report_dir = args
+    let data_dir = args
         .report_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("ambulance-demo"));
-    let mut written = None;
+    let cfg = config(&args, &data_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(run_demo(args, cfg))
+}
 
-    // Follow the events until the victim's failure is captured.
-    let deadline = Instant::now() + Duration::from_secs(30);
+async fn run_demo(args: DemoArgs, cfg: Config) -> Result<(), CliError> {
+    let data_dir = cfg.data_dir.clone();
+    let svc = Service::new(cfg)?;
+    let mut notices = svc.subscribe();
+    let start = SystemTime::now();
+    println!("ambulance demo: the ambulance service with three test guests (2 vCPUs, 64 MiB each) on KVM");
+    println!("  data directory {}", data_dir.display());
+    println!(
+        "  {} will get fault {:?} (seed {}) {} ms after it registers; its policy is hold\n",
+        NAMES[VICTIM], args.fault, args.seed, args.fault_after_ms
+    );
+    svc.run()?;
+
+    // Follow the events until the victim's failure is diagnosed and stored.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut failure = None;
     let mut ground_truth = None;
-    while failure.is_none() {
+    let entry = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let event = match events.recv_timeout(left) {
-            Ok(e) => e,
-            Err(RecvTimeoutError::Timeout) => {
-                return Err(CliError::Failed(format!(
-                    "{} did not fail within 30 s",
-                    NAMES[VICTIM]
-                )))
+        let notice = match tokio::time::timeout(left, notices.recv()).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(RecvError::Lagged(_))) => continue,
+            Ok(Err(RecvError::Closed)) => {
+                return Err(CliError::Failed("the service stopped".into()))
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(CliError::Failed("the VMM stopped sending events".into()))
+            Err(_) => {
+                svc.shutdown();
+                return Err(CliError::Failed(format!(
+                    "{} was not failed and diagnosed within 60 s",
+                    NAMES[VICTIM]
+                )));
             }
         };
-        let is_victim = event.guest == victim.id();
+        let event = match notice {
+            Notice::Event(e) => e,
+            Notice::Diagnosed(entry) if entry.guest == NAMES[VICTIM] => break entry,
+            Notice::Diagnosed(_) | Notice::Booted { .. } => continue,
+        };
+        let is_victim = event.guest_name == NAMES[VICTIM];
         if let EventKind::Console { text } = &event.kind {
             if text.starts_with("AMBULANCE-FAULT") {
                 ground_truth = Some(text.clone());
@@ -107,30 +133,15 @@ pub fn demo(args: DemoArgs) -> Result<(), CliError> {
             }
         }
         println!("{}", event_human(&event, start));
-        if let EventKind::Failure {
-            cause,
-            vcpu,
-            detail,
-            frozen,
-        } = &event.kind
-        {
+        if let EventKind::Failure { cause, .. } = &event.kind {
             if is_victim {
                 failure = Some(cause.name());
-                let f = crate::live::Failure {
-                    cause,
-                    vcpu: *vcpu,
-                    detail,
-                    frozen,
-                    time: event.time,
-                };
-                written = Some(crate::live::diagnose_and_write(
-                    &victim,
-                    &f,
-                    &options,
-                    &report_dir,
-                    true,
-                )?);
+                println!(
+                    "  -> {} frozen; diagnosing it in a worker process (read-only RAM descriptor)",
+                    NAMES[VICTIM]
+                );
             } else {
+                svc.shutdown();
                 return Err(CliError::Failed(format!(
                     "{} failed ({}) although it had no fault",
                     event.guest_name,
@@ -138,27 +149,32 @@ pub fn demo(args: DemoArgs) -> Result<(), CliError> {
                 )));
             }
         }
-    }
+    };
 
     // The others were never paused: their heartbeats keep advancing.
     println!(
-        "\n{} is frozen for diagnosis; the others keep running:",
+        "\n{} is held frozen after its diagnosis; the others keep running:",
         NAMES[VICTIM]
     );
-    let survivors: Vec<&Guest> = guests.iter().filter(|g| g.id() != victim.id()).collect();
-    let before: HashMap<u64, Option<u64>> =
-        survivors.iter().map(|g| (g.id(), g.heartbeat())).collect();
-    let victim_before = victim.heartbeat();
+    let heartbeat = |name: &str| svc.vm(name).and_then(|g| g.heartbeat());
+    let survivors: Vec<&str> = NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != VICTIM)
+        .map(|(_, n)| *n)
+        .collect();
+    let before: Vec<Option<u64>> = survivors.iter().map(|n| heartbeat(n)).collect();
+    let victim_before = heartbeat(NAMES[VICTIM]);
     let window = Duration::from_secs(1);
-    std::thread::sleep(window);
+    tokio::time::sleep(window).await;
     let mut all_advanced = true;
-    for g in &survivors {
-        let (b, a) = (before[&g.id()], g.heartbeat());
+    for (name, b) in survivors.iter().zip(before) {
+        let a = heartbeat(name);
         let advanced = matches!((b, a), (Some(b), Some(a)) if a > b);
         all_advanced &= advanced;
         println!(
             "  {:8} heartbeat {:>7} -> {:>7}  ({:+} in {:.1} s) {}",
-            g.name(),
+            name,
             show(b),
             show(a),
             a.unwrap_or(0) as i64 - b.unwrap_or(0) as i64,
@@ -168,24 +184,40 @@ pub fn demo(args: DemoArgs) -> Result<(), CliError> {
     }
     println!(
         "  {:8} heartbeat {:>7} -> {:>7}  (frozen: {})",
-        victim.name(),
+        NAMES[VICTIM],
         show(victim_before),
-        show(victim.heartbeat()),
+        show(heartbeat(NAMES[VICTIM])),
         failure.unwrap_or("?")
     );
-    if let Some(w) = &written {
-        println!("\n{}", ambulance_report::text::render(&w.report));
-        println!("report (JSON): {}", w.json.display());
-        println!("report (text): {}", w.text.display());
-        if let Some(core) = &w.core {
-            println!("ELF core:      {core}", core = core.display());
+    match (&entry.status, &entry.text) {
+        (Status::Ok, Some(text)) => {
+            let rendered = std::fs::read_to_string(text)
+                .map_err(|e| CliError::Failed(format!("cannot read {}: {e}", text.display())))?;
+            println!("\n{rendered}");
+            println!("report id:     {}", entry.id);
+            if let Some(json) = &entry.json {
+                println!("report (JSON): {}", json.display());
+            }
+            println!("report (text): {}", text.display());
+            if let Some(core) = &entry.core {
+                println!("ELF core:      {}", core.display());
+            }
         }
+        _ => println!(
+            "\nno report: {}",
+            entry.error.as_deref().unwrap_or("diagnosis failed")
+        ),
     }
     if let Some(line) = ground_truth {
         println!("\nground truth from the guest: {line}");
     }
-    for g in &guests {
-        g.destroy();
+    svc.shutdown();
+    if entry.status != Status::Ok {
+        return Err(CliError::Failed(format!(
+            "the diagnosis of {} failed: {}",
+            NAMES[VICTIM],
+            entry.error.as_deref().unwrap_or("?")
+        )));
     }
     if !all_advanced {
         return Err(CliError::Failed(

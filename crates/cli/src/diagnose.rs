@@ -1,5 +1,6 @@
 //! `ambulance diagnose --core FILE`: the same diagnosis as on a live guest, offline, on an
-//! ELF core (ours, QEMU's `dump-guest-memory`, kdump's); the report goes to stdout.
+//! ELF core (ours, QEMU's `dump-guest-memory`, kdump's); `ambulance diagnose --guest ID`:
+//! ask the daemon to diagnose one of its running guests. The report goes to stdout.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Instant;
 use ambulance_diagnose::{diagnose, Subject};
 use ambulance_introspect::memory::ElfCore;
 use ambulance_report::Phase;
-use clap::{Args, ValueEnum};
+use clap::{ArgGroup, Args, ValueEnum};
 
 use crate::CliError;
 
@@ -23,10 +24,14 @@ pub enum Format {
 
 /// Options of `ambulance diagnose`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("subject").required(true).args(["core", "guest"])))]
 pub struct DiagnoseArgs {
     /// The ELF core file to diagnose.
     #[arg(long, value_name = "FILE")]
-    pub core: PathBuf,
+    pub core: Option<PathBuf>,
+    /// A running guest of the daemon to diagnose (frozen briefly, then resumed).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["debuginfo", "debuginfo_dir", "rules"])]
+    pub guest: Option<String>,
     /// The kernel's ELF with symbols and DWARF (its build ID must match the guest's).
     #[arg(long, value_name = "ELF", conflicts_with = "debuginfo_dir")]
     pub debuginfo: Option<PathBuf>,
@@ -37,6 +42,9 @@ pub struct DiagnoseArgs {
     /// Declarative validation rules (TOML).
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
+    /// With --guest: where the daemon is.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "json")]
     pub format: Format,
@@ -44,8 +52,24 @@ pub struct DiagnoseArgs {
 
 /// Runs `ambulance diagnose`.
 pub fn run(args: DiagnoseArgs) -> Result<(), CliError> {
+    let path = match (&args.core, &args.guest) {
+        (Some(core), None) => core.clone(),
+        (None, Some(guest)) => {
+            return crate::client::diagnose_guest(&args.client, guest, args.format)
+        }
+        _ => {
+            return Err(CliError::Usage(
+                "give either --core FILE or --guest ID".into(),
+            ))
+        }
+    };
+    if args.client.socket.is_some() || args.client.url.is_some() {
+        return Err(CliError::Usage(
+            "--socket and --url go with --guest; --core is diagnosed here".into(),
+        ));
+    }
     let t = Instant::now();
-    let core = ElfCore::open(&args.core).map_err(|e| CliError::Failed(e.to_string()))?;
+    let core = ElfCore::open(&path).map_err(|e| CliError::Failed(e.to_string()))?;
     let subject = Subject::from_core(&core);
     let map = Phase {
         name: "map".into(),
@@ -68,7 +92,7 @@ pub fn run(args: DiagnoseArgs) -> Result<(), CliError> {
         args.rules.as_deref(),
     )?;
     let report = diagnose(Arc::new(core), &subject, &options, vec![map])
-        .map_err(|e| CliError::Failed(format!("cannot diagnose {}: {e}", args.core.display())))?;
+        .map_err(|e| CliError::Failed(format!("cannot diagnose {}: {e}", path.display())))?;
     match args.format {
         Format::Json => println!("{}", report.to_json()),
         Format::Text => print!("{}", ambulance_report::text::render(&report)),

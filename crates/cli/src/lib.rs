@@ -1,13 +1,23 @@
 //! The `ambulance` command line.
 //!
 //! Each subcommand lives in its own module: [`run`] boots one guest and prints its events,
-//! [`demo`] shows the whole flow on three guests with embedded defaults.
+//! [`demo`] shows the whole flow on three guests with the service's embedded defaults,
+//! [`serve`] runs the daemon, [`client`] holds the commands that talk to it (`status`,
+//! `reports`, `report`, `diagnose --guest`, `release`), and [`diagnose`] diagnoses an ELF
+//! core offline.
 
+pub mod client;
 pub mod demo;
 pub mod diagnose;
-pub mod live;
 pub mod output;
 pub mod run;
+pub mod serve;
+
+/// Live diagnosis in this process (moved to `ambulance_service::capture`; kept here for
+/// the callers that know it by this name).
+pub mod live {
+    pub use ambulance_service::capture::*;
+}
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,6 +30,9 @@ pub enum CliError {
     /// The VMM could not do what was asked.
     #[error(transparent)]
     Vmm(#[from] ambulance_vmm::Error),
+    /// The service (or the daemon it talks to) failed.
+    #[error(transparent)]
+    Service(#[from] ambulance_service::ServiceError),
     /// A kernel image could not be read.
     #[error("cannot read kernel image {path}: {source}")]
     KernelFile {
@@ -51,24 +64,53 @@ enum Command {
     Run(run::RunArgs),
     /// Boot three test guests, crash one, diagnose it, and show that the others keep running.
     Demo(demo::DemoArgs),
-    /// Diagnose a guest offline from an ELF core; the report goes to stdout.
+    /// Diagnose a guest offline from an ELF core (--core), or ask the daemon to diagnose a
+    /// running guest (--guest); the report goes to stdout.
     Diagnose(diagnose::DiagnoseArgs),
+    /// Run the daemon: supervise the configured guests, diagnose failures, serve the API.
+    Serve(serve::ServeArgs),
+    /// Show the daemon's guests.
+    Status(client::StatusArgs),
+    /// List the daemon's reports.
+    Reports(client::ReportsArgs),
+    /// Show one report.
+    Report(client::ReportArgs),
+    /// Release a guest the daemon holds frozen (restart it, or destroy it).
+    Release(client::ReleaseArgs),
+    /// The diagnosis worker the daemon starts (not for people).
+    #[command(hide = true)]
+    Worker(serve::WorkerArgs),
 }
 
 /// Runs the command line; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        // The demo tells its own story; only errors from the service belong in it.
+        Command::Demo(_) => "error",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Demo(args) => demo::demo(args),
         Command::Diagnose(args) => diagnose::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Status(args) => client::status(args),
+        Command::Reports(args) => client::reports(args),
+        Command::Report(args) => client::report(args),
+        Command::Release(args) => client::release(args),
+        Command::Worker(args) => {
+            return ambulance_service::worker::main(args.address_space, args.cpu_seconds)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,7 +160,7 @@ pub fn diagnose_options(
         })?;
         Some(Arc::new(DebugInfo::find(dir, id).map_err(fail)?))
     } else if let Some(kernel) = kernel {
-        Some(live::debuginfo_for(kernel)?)
+        Some(ambulance_service::capture::debuginfo_for(kernel)?)
     } else {
         None
     };
@@ -148,22 +190,7 @@ pub fn check_fault(name: &str) -> Result<(), CliError> {
 /// Parses a memory size: a number of bytes with an optional K, M, G suffix (powers of
 /// 1024; "MiB" and "MB" are read the same).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(digits);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected a number such as 64M or 1G"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        other => return Err(format!("invalid size {text:?}: unknown unit {other:?}")),
-    };
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("invalid size {text:?}: too large"))
+    ambulance_service::config::parse_size(text)
 }
 
 #[cfg(test)]

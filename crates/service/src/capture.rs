@@ -1,5 +1,8 @@
-//! Diagnosing a frozen guest of this process's VMM, and writing what comes out: the JSON
-//! report, its text rendering and, on request, an ELF core.
+//! Capturing a frozen guest of this process's VMM for diagnosis: the report's view of the
+//! failure and the registers, and — for `ambulance run` and the tests — an in-process
+//! diagnosis that writes the JSON report, its text rendering and, on request, an ELF core.
+//! The daemon diagnoses in a worker process instead (see [`crate::worker`]) but uses the
+//! same pieces.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,9 +15,10 @@ use ambulance_introspect::memory::{LiveMemory, PhysicalMemory};
 use ambulance_report::core::{write_core, CoreInput, Note, RamRange, VirtualWindow, NOTE_NAME};
 use ambulance_report::{FailureInfo, GuestInfo, Hex, Phase, Report, VcpuRegisters};
 use ambulance_vmm::{FailureCause, FrozenSummary, Guest, VcpuActivity};
+
 use serde_json::json;
 
-use crate::CliError;
+use crate::error::{Result, ServiceError};
 
 /// What the VMM said about a failure.
 pub struct Failure<'a> {
@@ -130,7 +134,7 @@ pub fn vcpu_registers(frozen: &FrozenSummary) -> Vec<VcpuRegisters> {
 }
 
 /// The debug info for a `--kernel` argument: the test kernel's own ELF, or the file.
-pub fn debuginfo_for(kernel: &str) -> Result<Arc<DebugInfo>, CliError> {
+pub fn debuginfo_for(kernel: &str) -> Result<Arc<DebugInfo>> {
     let path = if kernel == "test" {
         ambulance_test_kernel::ELF_PATH
     } else {
@@ -138,41 +142,15 @@ pub fn debuginfo_for(kernel: &str) -> Result<Arc<DebugInfo>, CliError> {
     };
     DebugInfo::open(path)
         .map(Arc::new)
-        .map_err(|e| CliError::Failed(format!("cannot read the kernel's debug info: {e}")))
+        .map_err(|e| ServiceError::Diagnosis(format!("cannot read the kernel's debug info: {e}")))
 }
 
-/// Diagnoses the frozen `guest` and writes `<dir>/<id>.json` and `.txt` (and `.core`).
-pub fn diagnose_and_write(
-    guest: &Guest,
-    failure: &Failure<'_>,
-    options: &Options,
-    dir: &Path,
-    want_core: bool,
-) -> Result<Written, CliError> {
-    let t = Instant::now();
-    let export = guest.memory_export()?;
-    let regions: Vec<(u64, u64, u64)> = export
-        .regions
-        .iter()
-        .map(|r| (r.gpa, r.size, r.file_offset))
-        .collect();
-    let memory = Arc::new(
-        LiveMemory::map(&export.file, &regions)
-            .map_err(|e| CliError::Failed(format!("cannot map guest RAM read-only: {e}")))?,
-    );
-    let mut timeline = vec![
-        Phase {
-            name: "freeze".into(),
-            duration_us: failure.frozen.freeze_latency_us,
-        },
-        Phase {
-            name: "map".into(),
-            duration_us: t.elapsed().as_micros() as u64,
-        },
-    ];
+/// The diagnosis subject of a frozen `guest`: who it is, why it failed, its registers and
+/// the host's copy of its registration descriptor.
+pub fn subject_for(guest: &Guest, failure: &Failure<'_>) -> Subject {
     let registration = guest.registration();
     let cfg = guest.config();
-    let subject = Subject {
+    Subject {
         guest: GuestInfo {
             name: guest.name().into(),
             id: guest.id(),
@@ -185,66 +163,55 @@ pub fn diagnose_and_write(
         descriptor_gpa: registration.as_ref().map(|r| r.gpa),
         descriptor_bytes: registration.as_ref().map(|r| r.bytes.clone()),
         vmcoreinfo: None,
-    };
-    let mut report = diagnose(
-        memory.clone(),
-        &subject,
-        options,
-        std::mem::take(&mut timeline),
-    )
-    .map_err(|e| CliError::Failed(format!("diagnosis failed: {e}")))?;
+    }
+}
 
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+/// Diagnoses the frozen `guest` in this process and writes `<dir>/<id>.json` and `.txt`
+/// (and `.core`), each atomically.
+pub fn diagnose_and_write(
+    guest: &Guest,
+    failure: &Failure<'_>,
+    options: &Options,
+    dir: &Path,
+    want_core: bool,
+) -> Result<Written> {
+    let t = Instant::now();
+    let export = guest.memory_export()?;
+    let regions: Vec<(u64, u64, u64)> = export
+        .regions
+        .iter()
+        .map(|r| (r.gpa, r.size, r.file_offset))
+        .collect();
+    let memory =
+        Arc::new(LiveMemory::map(&export.file, &regions).map_err(|e| {
+            ServiceError::Diagnosis(format!("cannot map guest RAM read-only: {e}"))
+        })?);
+    let timeline = vec![
+        Phase {
+            name: "freeze".into(),
+            duration_us: failure.frozen.freeze_latency_us,
+        },
+        Phase {
+            name: "map".into(),
+            duration_us: t.elapsed().as_micros() as u64,
+        },
+    ];
+    let subject = subject_for(guest, failure);
+    let mut report = diagnose(memory.clone(), &subject, options, timeline)
+        .map_err(|e| ServiceError::Diagnosis(e.to_string()))?;
+
+    std::fs::create_dir_all(dir).map_err(|e| ServiceError::io("cannot create", dir, e))?;
     let t = Instant::now();
     let base = dir.join(&report.id);
     let core = if want_core {
         let path = base.with_extension("core");
-        let ram: Vec<RamRange<'_>> = memory
-            .ranges()
-            .iter()
-            .filter_map(|r| {
-                memory
-                    .slice(r.start, r.size as usize)
-                    .map(|bytes| RamRange {
-                        gpa: r.start,
-                        bytes,
-                    })
-            })
-            .collect();
-        let windows = options
-            .debuginfo
-            .as_ref()
-            .map(|d| kernel_windows(d.elf_bytes()))
-            .unwrap_or_default();
-        let direct_map_base = registration
-            .as_ref()
-            .and_then(|r| r.descriptor.vmcoreinfo.as_deref())
-            .and_then(|v| ambulance_introspect::vmcoreinfo::Vmcoreinfo::parse(v).ok())
-            .and_then(|v| v.symbol("direct_map_base"));
-        let input = CoreInput {
-            ram,
-            vcpus: report.vcpus.clone(),
-            vmcoreinfo: registration
-                .as_ref()
-                .and_then(|r| r.descriptor.vmcoreinfo.clone()),
-            descriptor: registration.as_ref().map(|r| (r.gpa, r.bytes.clone())),
-            extra_notes: vec![
-                Note {
-                    name: NOTE_NAME.into(),
-                    n_type: NT_AMBULANCE_FAILURE,
-                    desc: serde_json::to_vec(&report.failure).expect("serializable"),
-                },
-                Note {
-                    name: NOTE_NAME.into(),
-                    n_type: NT_AMBULANCE_GUEST,
-                    desc: serde_json::to_vec(&report.guest).expect("serializable"),
-                },
-            ],
-            direct_map_base,
-            windows,
-        };
-        write_core(&path, &input).map_err(|e| CliError::Failed(e.to_string()))?;
+        write_core_file(
+            &path,
+            memory.as_ref(),
+            &report,
+            options.debuginfo.as_deref(),
+            subject.descriptor_gpa.zip(subject.descriptor_bytes.clone()),
+        )?;
         report
             .artifacts
             .insert("core".into(), path.display().to_string());
@@ -263,12 +230,74 @@ pub fn diagnose_and_write(
         ambulance_report::text::render(&report).as_bytes(),
     )?;
     write_atomically(&json_path, report.to_json().as_bytes())?;
+    sync_dir(dir)?;
     Ok(Written {
         report,
         json: json_path,
         text: text_path,
         core,
     })
+}
+
+/// Writes (and fsyncs) an ELF core of `memory` for `report` at `path`: one `PT_LOAD` per
+/// RAM range, `NT_PRSTATUS` per vCPU, VMCOREINFO and the descriptor from the host's copy,
+/// the failure and guest as Ambulance notes, and the kernel image's segments as virtual
+/// windows when its debug info is known.
+pub fn write_core_file(
+    path: &Path,
+    memory: &LiveMemory,
+    report: &Report,
+    debuginfo: Option<&DebugInfo>,
+    descriptor: Option<(u64, Vec<u8>)>,
+) -> Result<()> {
+    let ram: Vec<RamRange<'_>> = memory
+        .ranges()
+        .iter()
+        .filter_map(|r| {
+            memory
+                .slice(r.start, r.size as usize)
+                .map(|bytes| RamRange {
+                    gpa: r.start,
+                    bytes,
+                })
+        })
+        .collect();
+    let windows = debuginfo
+        .map(|d| kernel_windows(d.elf_bytes()))
+        .unwrap_or_default();
+    let vmcoreinfo = descriptor
+        .as_ref()
+        .and_then(|(_, bytes)| ambulance_abi::descriptor::parse(bytes).ok())
+        .and_then(|d| d.vmcoreinfo);
+    let direct_map_base = vmcoreinfo
+        .as_deref()
+        .and_then(|v| ambulance_introspect::vmcoreinfo::Vmcoreinfo::parse(v).ok())
+        .and_then(|v| v.symbol("direct_map_base"));
+    let json = |v: serde_json::Result<Vec<u8>>| {
+        v.map_err(|e| ServiceError::Diagnosis(format!("cannot encode a core note: {e}")))
+    };
+    let input = CoreInput {
+        ram,
+        vcpus: report.vcpus.clone(),
+        vmcoreinfo,
+        descriptor,
+        extra_notes: vec![
+            Note {
+                name: NOTE_NAME.into(),
+                n_type: NT_AMBULANCE_FAILURE,
+                desc: json(serde_json::to_vec(&report.failure))?,
+            },
+            Note {
+                name: NOTE_NAME.into(),
+                n_type: NT_AMBULANCE_GUEST,
+                desc: json(serde_json::to_vec(&report.guest))?,
+            },
+        ],
+        direct_map_base,
+        windows,
+    };
+    write_core(path, &input).map_err(|e| ServiceError::Diagnosis(e.to_string()))?;
+    Ok(())
 }
 
 /// The kernel image's `PT_LOAD` segments as virtual windows (for gdb).
@@ -289,16 +318,29 @@ pub fn kernel_windows(elf: &[u8]) -> Vec<VirtualWindow> {
         .unwrap_or_default()
 }
 
-/// Writes a file so that it is either complete or absent: temp file, fsync, rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!(
+/// The temporary name [`write_atomically`] writes `path` under first.
+pub fn temp_path(path: &Path) -> PathBuf {
+    path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let err = |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", path.display()));
+    ))
+}
+
+/// Writes a file so that it is either complete or absent: temp file, fsync, rename. Call
+/// [`sync_dir`] on its directory afterwards to make the rename itself durable.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = temp_path(path);
+    let err = |e: std::io::Error| ServiceError::io("cannot write", path, e);
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Makes the directory entries of `dir` (creations, renames, removals) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ServiceError::io("cannot sync directory", dir, e))
 }

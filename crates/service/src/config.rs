@@ -1,0 +1,790 @@
+//! The daemon's configuration: a TOML file, or embedded defaults.
+//!
+//! ```toml
+//! data_dir = "/var/lib/ambulance"      # reports, index, socket
+//! max_parallel_diagnoses = 2
+//!
+//! [api]
+//! socket = "/run/ambulance.sock"       # default: <data_dir>/ambulance.sock (mode 0600)
+//! tcp = "127.0.0.1:7878"               # optional; requires bearer_token
+//! bearer_token = "…"
+//!
+//! [worker]
+//! address_space = "2G"                 # RLIMIT_AS on top of the guest RAM it maps
+//! cpu_seconds = 60                     # RLIMIT_CPU
+//! timeout_ms = 30000                   # wall clock, enforced by the daemon
+//!
+//! [alerts]
+//! webhooks = ["http://127.0.0.1:9000/hook"]
+//! attempts = 5
+//! backoff_ms = 500                     # doubled after every failed attempt
+//!
+//! [[guest]]
+//! name = "web"
+//! kernel = "test"                      # the built-in test kernel, or an ELF path
+//! memory = "64M"
+//! vcpus = 2
+//! cmdline = "fault=none"
+//! watchdog_ms = 1000
+//! degraded_below_hz = 500
+//! policy = "maintenance"               # restart | maintenance | rescue | hold
+//! core = false
+//! maintenance = { cmdline = "mode=maintenance", timeout_ms = 10000 }
+//! rescue = { cmdline = "fault=none tasks=4", failures = 3, window_ms = 60000, healthy_period_ms = 0 }
+//! ```
+//!
+//! Unknown keys are refused, and every refusal names the file, the key (with its line) and
+//! the reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Result, ServiceError};
+
+/// The name under which the built-in test kernel is configured.
+pub const TEST_KERNEL: &str = "test";
+
+/// A size in bytes: an integer, or a string such as `"64M"` or `"1G"`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Size {
+    /// Bytes.
+    Bytes(u64),
+    /// With a unit.
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self) -> std::result::Result<u64, String> {
+        match self {
+            Size::Bytes(b) => Ok(*b),
+            Size::Text(t) => parse_size(t),
+        }
+    }
+}
+
+/// Parses a memory size: a number of bytes with an optional K, M, G suffix (powers of
+/// 1024; "MiB" and "MB" are read the same).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: expected a number such as 64M or 1G"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        other => return Err(format!("invalid size {text:?}: unknown unit {other:?}")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("invalid size {text:?}: too large"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    max_parallel_diagnoses: Option<usize>,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    worker: RawWorker,
+    #[serde(default)]
+    alerts: RawAlerts,
+    #[serde(default)]
+    guest: Vec<RawGuest>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    socket: Option<PathBuf>,
+    tcp: Option<String>,
+    bearer_token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    executable: Option<PathBuf>,
+    address_space: Option<Size>,
+    cpu_seconds: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    #[serde(default)]
+    webhooks: Vec<String>,
+    attempts: Option<u32>,
+    backoff_ms: Option<u64>,
+    report_base_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuest {
+    name: String,
+    #[serde(default = "default_kernel")]
+    kernel: String,
+    memory: Option<Size>,
+    vcpus: Option<u32>,
+    #[serde(default)]
+    cmdline: String,
+    watchdog_ms: Option<u64>,
+    degraded_below_hz: Option<f64>,
+    #[serde(default)]
+    policy: Policy,
+    #[serde(default)]
+    core: bool,
+    rules: Option<PathBuf>,
+    maintenance: Option<RawImage>,
+    rescue: Option<RawRescue>,
+}
+
+fn default_kernel() -> String {
+    TEST_KERNEL.into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    kernel: Option<String>,
+    cmdline: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRescue {
+    kernel: Option<String>,
+    cmdline: Option<String>,
+    failures: Option<u32>,
+    window_ms: Option<u64>,
+    healthy_period_ms: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------
+// The checked configuration.
+
+/// What happens to a guest after its failure is diagnosed.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Boot it again from its primary image.
+    #[default]
+    Restart,
+    /// Boot its maintenance image, wait for maintenance-complete, then the primary image.
+    Maintenance,
+    /// Count failures; after N in a window boot the rescue image until flipped back.
+    Rescue,
+    /// Keep it frozen until an operator releases it.
+    Hold,
+}
+
+impl Policy {
+    /// The name as configured.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Restart => "restart",
+            Policy::Maintenance => "maintenance",
+            Policy::Rescue => "rescue",
+            Policy::Hold => "hold",
+        }
+    }
+}
+
+/// A kernel image and its command line.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// `test` or the path it was read from (also where its debug info is read from).
+    pub kernel_spec: String,
+    /// Its bytes.
+    pub kernel: Arc<[u8]>,
+    /// The command line.
+    pub cmdline: String,
+}
+
+impl Image {
+    /// The ELF the worker reads symbols and types from.
+    pub fn debuginfo_path(&self) -> PathBuf {
+        if self.kernel_spec == TEST_KERNEL {
+            PathBuf::from(ambulance_test_kernel::ELF_PATH)
+        } else {
+            PathBuf::from(&self.kernel_spec)
+        }
+    }
+}
+
+/// Maintenance image settings.
+#[derive(Clone, Debug)]
+pub struct Maintenance {
+    /// What to boot.
+    pub image: Image,
+    /// How long to wait for maintenance-complete before booting the primary anyway.
+    pub timeout: Duration,
+}
+
+/// Rescue image settings.
+#[derive(Clone, Debug)]
+pub struct Rescue {
+    /// What to boot while the boot flag says rescue.
+    pub image: Image,
+    /// Failures within `window` that flip the flag to rescue.
+    pub failures: u32,
+    /// The window.
+    pub window: Duration,
+    /// Healthy time on the rescue image after which the flag flips back (None: only an
+    /// operator flips it back).
+    pub healthy_period: Option<Duration>,
+}
+
+/// One supervised guest.
+#[derive(Clone, Debug)]
+pub struct GuestSpec {
+    /// Unique name (the API's guest id).
+    pub name: String,
+    /// The primary image.
+    pub primary: Image,
+    /// RAM in bytes.
+    pub memory_bytes: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Heartbeat stall that counts as a failure.
+    pub watchdog: Option<Duration>,
+    /// Heartbeat rate below which the guest is degraded.
+    pub degraded_below_hz: Option<f64>,
+    /// The recovery policy.
+    pub policy: Policy,
+    /// Write an ELF core with each report.
+    pub core: bool,
+    /// Declarative validation rules.
+    pub rules: Option<PathBuf>,
+    /// Maintenance image (always present for policy `maintenance`).
+    pub maintenance: Option<Maintenance>,
+    /// Rescue image (always present for policy `rescue`).
+    pub rescue: Option<Rescue>,
+}
+
+impl GuestSpec {
+    /// The VMM configuration that boots `image`.
+    pub fn vmm_config(&self, image: &Image) -> ambulance_vmm::GuestConfig {
+        let mut cfg = ambulance_vmm::GuestConfig::new(self.name.clone(), image.kernel.clone());
+        cfg.memory_bytes = self.memory_bytes;
+        cfg.vcpus = self.vcpus;
+        cfg.cmdline = image.cmdline.clone();
+        cfg.watchdog = self.watchdog;
+        cfg.degraded_below_hz = self.degraded_below_hz;
+        cfg
+    }
+}
+
+/// API listeners.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// The Unix socket (mode 0600).
+    pub socket: PathBuf,
+    /// An optional TCP listener, which requires `bearer_token`.
+    pub tcp: Option<SocketAddr>,
+    /// The token TCP clients must present.
+    pub bearer_token: Option<String>,
+}
+
+/// Diagnosis worker limits.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The program to run as `<program> worker` (default: this executable).
+    pub executable: Option<PathBuf>,
+    /// Address space allowed on top of the guest RAM the worker maps.
+    pub address_space_bytes: u64,
+    /// CPU seconds (RLIMIT_CPU).
+    pub cpu_seconds: u64,
+    /// Wall-clock limit, enforced by the daemon.
+    pub timeout: Duration,
+}
+
+/// Alert webhooks.
+#[derive(Clone, Debug)]
+pub struct AlertConfig {
+    /// `http://` URLs each failure is POSTed to.
+    pub webhooks: Vec<String>,
+    /// Attempts per alert.
+    pub attempts: u32,
+    /// First retry delay, doubled after each failed attempt.
+    pub backoff: Duration,
+    /// Base of the report URL in alerts (default: the TCP listener, else `unix:<socket>`).
+    pub report_base_url: Option<String>,
+}
+
+/// The checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the file came from (`<embedded defaults>` without one).
+    pub source: String,
+    /// Reports, index, socket.
+    pub data_dir: PathBuf,
+    /// Diagnoses running at once; more wait.
+    pub max_parallel_diagnoses: usize,
+    /// Listeners.
+    pub api: ApiConfig,
+    /// Worker limits.
+    pub worker: WorkerConfig,
+    /// Alerts.
+    pub alerts: AlertConfig,
+    /// Supervised guests.
+    pub guests: Vec<GuestSpec>,
+}
+
+/// The default data directory: `$XDG_STATE_HOME/ambulance`, else
+/// `~/.local/state/ambulance`, else `./ambulance-state`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("ambulance");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".local/state/ambulance");
+    }
+    PathBuf::from("ambulance-state")
+}
+
+/// The socket of a data directory.
+pub fn socket_in(data_dir: &Path) -> PathBuf {
+    data_dir.join("ambulance.sock")
+}
+
+/// The default socket (of the default data directory).
+pub fn default_socket() -> PathBuf {
+    socket_in(&default_data_dir())
+}
+
+/// Longest Unix socket path (sun_path holds 108 bytes with the NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
+impl Config {
+    /// The embedded defaults: default data directory, Unix socket API, no guests.
+    pub fn defaults() -> Config {
+        Config::parse("", "<embedded defaults>").expect("the embedded defaults are valid")
+    }
+
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| ServiceError::Config {
+            file: path.display().to_string(),
+            key: "(the file)".into(),
+            reason: format!("cannot read it: {e}"),
+        })?;
+        let mut cfg = Config::parse(&text, &path.display().to_string())?;
+        // Relative paths in the file are relative to the file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rebase(&mut cfg.data_dir);
+        rebase(&mut cfg.api.socket);
+        Ok(cfg)
+    }
+
+    /// Parses and checks configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(text, file, &e))?;
+        let bad = |key: String, reason: String| ServiceError::Config {
+            file: file.to_string(),
+            key,
+            reason,
+        };
+        let data_dir = raw.data_dir.unwrap_or_else(default_data_dir);
+        if data_dir.as_os_str().is_empty() {
+            return Err(bad("data_dir".into(), "is empty".into()));
+        }
+        let max_parallel_diagnoses = raw.max_parallel_diagnoses.unwrap_or(2);
+        if !(1..=64).contains(&max_parallel_diagnoses) {
+            return Err(bad(
+                "max_parallel_diagnoses".into(),
+                format!("is {max_parallel_diagnoses}; it must be 1..=64"),
+            ));
+        }
+        let socket = raw.api.socket.unwrap_or_else(|| socket_in(&data_dir));
+        if socket.as_os_str().len() > SOCKET_PATH_MAX {
+            return Err(bad(
+                "api.socket".into(),
+                format!(
+                    "{} is {} bytes long; a Unix socket path holds at most {SOCKET_PATH_MAX}",
+                    socket.display(),
+                    socket.as_os_str().len()
+                ),
+            ));
+        }
+        let tcp = raw
+            .api
+            .tcp
+            .as_deref()
+            .map(|t| {
+                t.parse::<SocketAddr>().map_err(|e| {
+                    bad(
+                        "api.tcp".into(),
+                        format!("{t:?} is not an address such as 127.0.0.1:7878: {e}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let bearer_token = raw.api.bearer_token.filter(|t| !t.is_empty());
+        if tcp.is_some() && bearer_token.is_none() {
+            return Err(bad(
+                "api.bearer_token".into(),
+                "a TCP listener (api.tcp) requires a non-empty bearer_token".into(),
+            ));
+        }
+        let address_space_bytes = raw
+            .worker
+            .address_space
+            .map(|s| s.bytes())
+            .transpose()
+            .map_err(|e| bad("worker.address_space".into(), e))?
+            .unwrap_or(4 << 30);
+        if address_space_bytes < 64 << 20 {
+            return Err(bad(
+                "worker.address_space".into(),
+                "must be at least 64M (the worker's own code and heap)".into(),
+            ));
+        }
+        let cpu_seconds = raw.worker.cpu_seconds.unwrap_or(120);
+        if cpu_seconds == 0 {
+            return Err(bad("worker.cpu_seconds".into(), "must be positive".into()));
+        }
+        let timeout_ms = raw.worker.timeout_ms.unwrap_or(60_000);
+        if timeout_ms < 100 {
+            return Err(bad(
+                "worker.timeout_ms".into(),
+                "must be at least 100 ms".into(),
+            ));
+        }
+        for (i, url) in raw.alerts.webhooks.iter().enumerate() {
+            crate::client::HttpUrl::parse(url)
+                .map_err(|e| bad(format!("alerts.webhooks[{i}]"), e.to_string()))?;
+        }
+        let attempts = raw.alerts.attempts.unwrap_or(5);
+        if !(1..=100).contains(&attempts) {
+            return Err(bad("alerts.attempts".into(), "must be 1..=100".into()));
+        }
+        let mut guests: Vec<GuestSpec> = Vec::new();
+        for (i, g) in raw.guest.into_iter().enumerate() {
+            let spec = guest_spec(g, i, &bad)?;
+            if guests.iter().any(|o| o.name == spec.name) {
+                return Err(bad(
+                    format!("guest[{i}].name"),
+                    format!(
+                        "{:?} is used by another guest; names must be unique",
+                        spec.name
+                    ),
+                ));
+            }
+            guests.push(spec);
+        }
+        Ok(Config {
+            source: file.to_string(),
+            data_dir,
+            max_parallel_diagnoses,
+            api: ApiConfig {
+                socket,
+                tcp,
+                bearer_token,
+            },
+            worker: WorkerConfig {
+                executable: raw.worker.executable,
+                address_space_bytes,
+                cpu_seconds,
+                timeout: Duration::from_millis(timeout_ms),
+            },
+            alerts: AlertConfig {
+                webhooks: raw.alerts.webhooks,
+                attempts,
+                backoff: Duration::from_millis(raw.alerts.backoff_ms.unwrap_or(500)),
+                report_base_url: raw.alerts.report_base_url,
+            },
+            guests,
+        })
+    }
+
+    /// The directory reports are stored in.
+    pub fn reports_dir(&self) -> PathBuf {
+        self.data_dir.join("reports")
+    }
+
+    /// The guest named `name`.
+    pub fn guest(&self, name: &str) -> Option<&GuestSpec> {
+        self.guests.iter().find(|g| g.name == name)
+    }
+}
+
+fn load_image(spec: &str) -> std::result::Result<Arc<[u8]>, String> {
+    if spec == TEST_KERNEL {
+        return Ok(Arc::from(ambulance_test_kernel::ELF));
+    }
+    std::fs::read(spec)
+        .map(Arc::from)
+        .map_err(|e| format!("cannot read kernel image {spec}: {e}"))
+}
+
+fn guest_spec(
+    g: RawGuest,
+    i: usize,
+    bad: &impl Fn(String, String) -> ServiceError,
+) -> Result<GuestSpec> {
+    let key = |k: &str| format!("guest[{i}] ({}).{k}", g.name);
+    if g.name.is_empty()
+        || !g
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(bad(
+            format!("guest[{i}].name"),
+            format!(
+                "{:?}: a name is 1 or more of A-Z a-z 0-9 - _ . (it appears in URLs and file names)",
+                g.name
+            ),
+        ));
+    }
+    let primary = Image {
+        kernel: load_image(&g.kernel).map_err(|e| bad(key("kernel"), e))?,
+        kernel_spec: g.kernel.clone(),
+        cmdline: g.cmdline.clone(),
+    };
+    let memory_bytes = g
+        .memory
+        .map(|m| m.bytes())
+        .transpose()
+        .map_err(|e| bad(key("memory"), e))?
+        .unwrap_or(64 << 20);
+    let sub_image =
+        |kernel: Option<String>, cmdline: Option<String>, default_cmdline: &str, k: &str| {
+            let spec = kernel.unwrap_or_else(|| g.kernel.clone());
+            Ok::<Image, ServiceError>(Image {
+                kernel: load_image(&spec).map_err(|e| bad(key(&format!("{k}.kernel")), e))?,
+                kernel_spec: spec,
+                cmdline: cmdline.unwrap_or_else(|| default_cmdline.to_string()),
+            })
+        };
+    let maintenance = match (g.maintenance, g.policy) {
+        (Some(m), _) => Some(Maintenance {
+            image: sub_image(m.kernel, m.cmdline, "mode=maintenance", "maintenance")?,
+            timeout: Duration::from_millis(m.timeout_ms.unwrap_or(30_000)),
+        }),
+        (None, Policy::Maintenance) => Some(Maintenance {
+            image: sub_image(None, None, "mode=maintenance", "maintenance")?,
+            timeout: Duration::from_secs(30),
+        }),
+        (None, _) => None,
+    };
+    let rescue_defaults = |r: Option<RawRescue>| -> Result<Rescue> {
+        let r = r.unwrap_or(RawRescue {
+            kernel: None,
+            cmdline: None,
+            failures: None,
+            window_ms: None,
+            healthy_period_ms: None,
+        });
+        let failures = r.failures.unwrap_or(3);
+        if failures == 0 {
+            return Err(bad(key("rescue.failures"), "must be at least 1".into()));
+        }
+        Ok(Rescue {
+            image: sub_image(r.kernel, r.cmdline, "fault=none tasks=4", "rescue")?,
+            failures,
+            window: Duration::from_millis(r.window_ms.unwrap_or(600_000)),
+            healthy_period: r
+                .healthy_period_ms
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis),
+        })
+    };
+    let rescue = match (g.rescue, g.policy) {
+        (Some(r), _) => Some(rescue_defaults(Some(r))?),
+        (None, Policy::Rescue) => Some(rescue_defaults(None)?),
+        (None, _) => None,
+    };
+    let spec = GuestSpec {
+        name: g.name.clone(),
+        primary,
+        memory_bytes,
+        vcpus: g.vcpus.unwrap_or(1),
+        watchdog: match g.watchdog_ms.unwrap_or(1000) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        },
+        degraded_below_hz: g.degraded_below_hz.filter(|&hz| hz != 0.0),
+        policy: g.policy,
+        core: g.core,
+        rules: g.rules,
+        maintenance,
+        rescue,
+    };
+    // Let the VMM check what it will refuse later (sizes, vCPUs, command lines).
+    let images = [
+        Some(("cmdline", &spec.primary)),
+        spec.maintenance
+            .as_ref()
+            .map(|m| ("maintenance.cmdline", &m.image)),
+        spec.rescue.as_ref().map(|r| ("rescue.cmdline", &r.image)),
+    ];
+    for (k, image) in images.into_iter().flatten() {
+        if let Err(e) = spec.vmm_config(image).validate() {
+            let reason = e.to_string();
+            let k = if reason.contains("memory") {
+                "memory"
+            } else if reason.contains("vcpus") {
+                "vcpus"
+            } else if reason.contains("watchdog") {
+                "watchdog_ms"
+            } else if reason.contains("degraded") {
+                "degraded_below_hz"
+            } else {
+                k
+            };
+            return Err(bad(key(k), reason));
+        }
+    }
+    Ok(spec)
+}
+
+/// A TOML or schema error with its line, column and the key it is about.
+fn syntax_error(text: &str, file: &str, e: &toml::de::Error) -> ServiceError {
+    let (key, position) = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map(|p| p + 1).unwrap_or(0) + 1;
+            let snippet = text
+                .get(span.clone())
+                .unwrap_or("")
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim();
+            (snippet.to_string(), format!("line {line}, column {column}"))
+        }
+        None => (String::new(), "somewhere".to_string()),
+    };
+    ServiceError::Config {
+        file: file.to_string(),
+        key: if key.is_empty() {
+            position
+        } else {
+            format!("{key} (at {position})")
+        },
+        reason: e.message().trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "a.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::defaults();
+        assert!(c.guests.is_empty());
+        assert_eq!(c.api.socket, socket_in(&c.data_dir));
+        assert!(c.api.tcp.is_none());
+    }
+
+    #[test]
+    fn a_full_config_parses() {
+        let c = Config::parse(
+            r#"
+data_dir = "/tmp/x"
+max_parallel_diagnoses = 3
+[api]
+tcp = "127.0.0.1:7000"
+bearer_token = "s3cret"
+[worker]
+address_space = "1G"
+timeout_ms = 5000
+[alerts]
+webhooks = ["http://127.0.0.1:9/hook"]
+[[guest]]
+name = "a"
+memory = "32M"
+vcpus = 2
+policy = "rescue"
+rescue = { failures = 2, window_ms = 1000, healthy_period_ms = 500 }
+[[guest]]
+name = "b"
+policy = "maintenance"
+"#,
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(c.max_parallel_diagnoses, 3);
+        assert_eq!(c.worker.address_space_bytes, 1 << 30);
+        assert_eq!(c.guests.len(), 2);
+        let r = c.guests[0].rescue.as_ref().unwrap();
+        assert_eq!(r.failures, 2);
+        assert_eq!(r.image.cmdline, "fault=none tasks=4");
+        assert_eq!(r.healthy_period, Some(Duration::from_millis(500)));
+        assert_eq!(c.guests[0].memory_bytes, 32 << 20);
+        let m = c.guests[1].maintenance.as_ref().unwrap();
+        assert_eq!(m.image.cmdline, "mode=maintenance");
+    }
+
+    #[test]
+    fn errors_name_file_key_and_line() {
+        let e = err("data_dir = \"/x\"\n[api]\nsockt = \"/y\"\n");
+        assert!(
+            e.contains("a.toml") && e.contains("sockt") && e.contains("line 3"),
+            "{e}"
+        );
+        let e = err("[[guest]]\nname = \"a\"\nmemory = \"lots\"\n");
+        assert!(
+            e.contains("guest[0] (a).memory") && e.contains("lots"),
+            "{e}"
+        );
+        let e = err("[[guest]]\nname = \"a\"\nmemory = \"8M\"\n");
+        assert!(
+            e.contains("guest[0] (a).memory") && e.contains("16 MiB"),
+            "{e}"
+        );
+        let e = err("[[guest]]\nname = \"a\"\npolicy = \"pray\"\n");
+        assert!(e.contains("pray") && e.contains("line 3"), "{e}");
+        let e = err("[api]\ntcp = \"127.0.0.1:1\"\n");
+        assert!(e.contains("api.bearer_token"), "{e}");
+        let e = err("[[guest]]\nname = \"a\"\n[[guest]]\nname = \"a\"\n");
+        assert!(e.contains("guest[1].name") && e.contains("unique"), "{e}");
+        let e = err("[[guest]]\nname = \"a/b\"\n");
+        assert!(e.contains("guest[0].name"), "{e}");
+        let e = err("[alerts]\nwebhooks = [\"ftp://x\"]\n");
+        assert!(e.contains("alerts.webhooks[0]"), "{e}");
+        let e = err("[[guest]]\nname = \"a\"\nkernel = \"/nonexistent/k.elf\"\n");
+        assert!(
+            e.contains("(a).kernel") && e.contains("/nonexistent/k.elf"),
+            "{e}"
+        );
+        let e = err("max_parallel_diagnoses = 0\n");
+        assert!(e.contains("max_parallel_diagnoses"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("3T").is_err());
+    }
+}

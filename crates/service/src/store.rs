@@ -1,0 +1,551 @@
+//! The durable report store: `reports/<id>.json`, `.txt` and optional `.core` in the data
+//! directory, and an index (redb) of every diagnosis, including those that failed, plus
+//! the persisted per-guest boot flags.
+//!
+//! Crash safety: every file is written under a `.tmp` name, fsynced and renamed, and the
+//! directory is fsynced; the JSON report is renamed into place last, and the index entry
+//! is committed after that. So a report is visible (in the index, hence in the API) only
+//! when all its files are complete. At start-up [`Store::open`] reconciles: stray `.tmp`
+//! files and leftovers of a report whose JSON never landed are removed, complete reports
+//! missing from the index are indexed, and index entries whose files are gone are dropped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ambulance_report::{Report, Severity};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::capture::{sync_dir, temp_path, write_atomically};
+use crate::error::{Result, ServiceError};
+
+const REPORTS: TableDefinition<&str, &str> = TableDefinition::new("reports");
+const BOOT: TableDefinition<&str, &str> = TableDefinition::new("boot_flags");
+
+/// Test hook: `AMBULANCE_TEST_STORE_PAUSE=<before-rename|before-index>:<ms>` makes the
+/// store sleep at that point of every report write (so a test can kill the daemon there).
+pub const PAUSE_ENV: &str = "AMBULANCE_TEST_STORE_PAUSE";
+
+/// Whether a diagnosis produced a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// A report is stored.
+    Ok,
+    /// The diagnosis failed; `error` says why.
+    DiagnosisFailed,
+}
+
+/// Findings by severity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeveritySummary {
+    /// The most severe finding.
+    pub worst: Option<Severity>,
+    /// Counts.
+    pub critical: u32,
+    /// Counts.
+    pub error: u32,
+    /// Counts.
+    pub warning: u32,
+    /// Counts.
+    pub info: u32,
+}
+
+/// One index entry: a diagnosis, with or without a report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The report id (also for failed diagnoses).
+    pub id: String,
+    /// The guest's name.
+    pub guest: String,
+    /// The failure cause.
+    pub cause: String,
+    /// When the failure happened (RFC 3339).
+    pub time: String,
+    /// The same, in milliseconds since the Unix epoch.
+    pub time_unix_ms: u64,
+    /// Ok or diagnosis_failed.
+    pub status: Status,
+    /// Why the diagnosis failed.
+    pub error: Option<String>,
+    /// Findings by severity.
+    pub severity: SeveritySummary,
+    /// The JSON report.
+    pub json: Option<PathBuf>,
+    /// The text rendering.
+    pub text: Option<PathBuf>,
+    /// The ELF core.
+    pub core: Option<PathBuf>,
+}
+
+/// Filters for [`Store::list`].
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only this guest.
+    pub guest: Option<String>,
+    /// Only failures at or after this time (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// Only this cause.
+    pub cause: Option<String>,
+}
+
+/// Which image a rescue-policy guest boots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootFlag {
+    /// The primary image.
+    #[default]
+    Primary,
+    /// The rescue image.
+    Rescue,
+}
+
+/// A guest's persisted boot flag and recent failures.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootState {
+    /// The flag.
+    pub flag: BootFlag,
+    /// Failure times (ms since the epoch) inside the current window.
+    pub failures: Vec<u64>,
+    /// Why the flag has its value.
+    pub reason: String,
+}
+
+/// What start-up reconciliation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Reconciled {
+    /// `.tmp` files removed.
+    pub temp_removed: usize,
+    /// Leftovers of reports whose JSON never landed, removed.
+    pub partial_removed: usize,
+    /// Complete reports that were not indexed, now indexed.
+    pub indexed: usize,
+    /// Index entries whose files were gone, dropped.
+    pub dropped: usize,
+}
+
+/// The store.
+pub struct Store {
+    dir: PathBuf,
+    db_path: PathBuf,
+    db: Database,
+    pause: Option<(String, Duration)>,
+}
+
+impl Store {
+    /// Opens (creating) `data_dir/reports` and `data_dir/index.redb`, then reconciles.
+    pub fn open(data_dir: &Path) -> Result<(Store, Reconciled)> {
+        let dir = data_dir.join("reports");
+        create_private_dir(data_dir)?;
+        create_private_dir(&dir)?;
+        let db_path = data_dir.join("index.redb");
+        let db = Database::create(&db_path).map_err(|e| ServiceError::Index {
+            path: db_path.clone(),
+            reason: format!(
+                "cannot open: {e} (is another ambulance serve using this data directory?)"
+            ),
+        })?;
+        let pause = std::env::var(PAUSE_ENV).ok().and_then(|v| {
+            let (point, ms) = v.split_once(':')?;
+            Some((point.to_string(), Duration::from_millis(ms.parse().ok()?)))
+        });
+        let store = Store {
+            dir,
+            db_path,
+            db,
+            pause,
+        };
+        // Create both tables so reads never find them missing.
+        store.write(|tx| {
+            tx.open_table(REPORTS)?;
+            tx.open_table(BOOT)?;
+            Ok(())
+        })?;
+        let reconciled = store.reconcile()?;
+        Ok((store, reconciled))
+    }
+
+    /// The reports directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn index_err(&self, e: impl std::fmt::Display) -> ServiceError {
+        ServiceError::Index {
+            path: self.db_path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn write(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<(), redb::Error>,
+    ) -> Result<()> {
+        let tx = self.db.begin_write().map_err(|e| self.index_err(e))?;
+        f(&tx).map_err(|e| self.index_err(e))?;
+        tx.commit().map_err(|e| self.index_err(e))
+    }
+
+    fn test_pause(&self, point: &str) {
+        if let Some((p, d)) = &self.pause {
+            if p == point {
+                tracing::warn!(point, ms = d.as_millis() as u64, "store: test pause");
+                std::thread::sleep(*d);
+            }
+        }
+    }
+
+    fn reconcile(&self) -> Result<Reconciled> {
+        let mut done = Reconciled::default();
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| ServiceError::io("cannot list", &self.dir, e))?;
+        let mut files: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| ServiceError::io("cannot list", &self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.ends_with(".tmp") {
+                std::fs::remove_file(&path)
+                    .map_err(|e| ServiceError::io("cannot remove", &path, e))?;
+                done.temp_removed += 1;
+                continue;
+            }
+            if let Some((id, ext)) = name.rsplit_once('.') {
+                if matches!(ext, "json" | "txt" | "core") {
+                    files.entry(id.to_string()).or_default().insert(ext.into());
+                }
+            }
+        }
+        let indexed: BTreeMap<String, IndexEntry> = self
+            .list(&Filter::default())?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        // Leftovers of a report whose JSON never landed.
+        for (id, exts) in &files {
+            if !exts.contains("json") && !indexed.contains_key(id) {
+                for ext in exts {
+                    let p = self.dir.join(format!("{id}.{ext}"));
+                    std::fs::remove_file(&p)
+                        .map_err(|e| ServiceError::io("cannot remove", &p, e))?;
+                    done.partial_removed += 1;
+                }
+            }
+        }
+        // Complete reports missing from the index.
+        for (id, exts) in &files {
+            if exts.contains("json") && !indexed.contains_key(id) {
+                let p = self.dir.join(format!("{id}.json"));
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| ServiceError::io("cannot read", &p, e))?;
+                match Report::from_json(&text) {
+                    Ok(report) if report.id == *id => {
+                        let entry = self.entry_for(&report, exts.contains("core"));
+                        self.put(&entry)?;
+                        done.indexed += 1;
+                    }
+                    Ok(report) => tracing::warn!(
+                        file = %p.display(),
+                        id = report.id,
+                        "report file name does not match its id; not indexed"
+                    ),
+                    Err(e) => tracing::warn!(file = %p.display(), "not a report; not indexed: {e}"),
+                }
+            }
+        }
+        // Index entries whose files are gone.
+        for (id, e) in &indexed {
+            let gone = e.status == Status::Ok && e.json.as_ref().is_none_or(|p| !p.exists());
+            if gone {
+                self.write(|tx| {
+                    tx.open_table(REPORTS)?.remove(id.as_str())?;
+                    Ok(())
+                })?;
+                done.dropped += 1;
+            }
+        }
+        if done != Reconciled::default() {
+            sync_dir(&self.dir)?;
+            tracing::info!(
+                temp_removed = done.temp_removed,
+                partial_removed = done.partial_removed,
+                indexed = done.indexed,
+                dropped = done.dropped,
+                "report store reconciled"
+            );
+        }
+        Ok(done)
+    }
+
+    fn entry_for(&self, report: &Report, core: bool) -> IndexEntry {
+        let mut severity = SeveritySummary {
+            worst: report.worst(),
+            ..Default::default()
+        };
+        for f in &report.findings {
+            match f.severity {
+                Severity::Critical => severity.critical += 1,
+                Severity::Error => severity.error += 1,
+                Severity::Warning => severity.warning += 1,
+                Severity::Info => severity.info += 1,
+            }
+        }
+        let base = self.dir.join(&report.id);
+        IndexEntry {
+            id: report.id.clone(),
+            guest: report.guest.name.clone(),
+            cause: report.failure.cause.clone(),
+            time: report.failure.time.clone(),
+            time_unix_ms: parse_rfc3339_ms(&report.failure.time).unwrap_or(0),
+            status: Status::Ok,
+            error: None,
+            severity,
+            json: Some(base.with_extension("json")),
+            text: Some(base.with_extension("txt")),
+            core: core.then(|| base.with_extension("core")),
+        }
+    }
+
+    fn put(&self, entry: &IndexEntry) -> Result<()> {
+        let json = serde_json::to_string(entry).map_err(|e| self.index_err(e))?;
+        self.write(|tx| {
+            tx.open_table(REPORTS)?
+                .insert(entry.id.as_str(), json.as_str())?;
+            Ok(())
+        })
+    }
+
+    /// Stores a report: its core (already written, fsynced, at `core_tmp`) renamed into
+    /// place, its text, then its JSON, then the index entry.
+    pub fn store_report(&self, report: &mut Report, core_tmp: Option<&Path>) -> Result<IndexEntry> {
+        let base = self.dir.join(&report.id);
+        if let Some(tmp) = core_tmp {
+            let core = base.with_extension("core");
+            std::fs::rename(tmp, &core).map_err(|e| ServiceError::io("cannot rename", tmp, e))?;
+            report
+                .artifacts
+                .insert("core".into(), core.display().to_string());
+        }
+        let text = base.with_extension("txt");
+        let json = base.with_extension("json");
+        write_atomically(&text, ambulance_report::text::render(report).as_bytes())?;
+        // The JSON goes last: its presence means the report is complete.
+        let tmp = temp_path(&json);
+        {
+            use std::io::Write;
+            let err = |e| ServiceError::io("cannot write", &tmp, e);
+            let mut f = std::fs::File::create(&tmp).map_err(err)?;
+            f.write_all(report.to_json().as_bytes()).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        self.test_pause("before-rename");
+        std::fs::rename(&tmp, &json).map_err(|e| ServiceError::io("cannot rename", &tmp, e))?;
+        sync_dir(&self.dir)?;
+        self.test_pause("before-index");
+        let entry = self.entry_for(report, core_tmp.is_some());
+        self.put(&entry)?;
+        Ok(entry)
+    }
+
+    /// Records a diagnosis that produced no report.
+    pub fn store_failure(
+        &self,
+        guest: &str,
+        cause: &str,
+        time: &str,
+        why: &str,
+    ) -> Result<IndexEntry> {
+        let entry = IndexEntry {
+            id: ambulance_diagnose::report_id(guest),
+            guest: guest.into(),
+            cause: cause.into(),
+            time: time.into(),
+            time_unix_ms: parse_rfc3339_ms(time).unwrap_or(0),
+            status: Status::DiagnosisFailed,
+            error: Some(format!("diagnosis failed: {why}")),
+            severity: SeveritySummary::default(),
+            json: None,
+            text: None,
+            core: None,
+        };
+        self.put(&entry)?;
+        Ok(entry)
+    }
+
+    /// Index entries matching `filter`, oldest first.
+    pub fn list(&self, filter: &Filter) -> Result<Vec<IndexEntry>> {
+        let tx = self.db.begin_read().map_err(|e| self.index_err(e))?;
+        let table = tx.open_table(REPORTS).map_err(|e| self.index_err(e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.index_err(e))? {
+            let (_, v) = row.map_err(|e| self.index_err(e))?;
+            let e: IndexEntry = serde_json::from_str(v.value()).map_err(|e| self.index_err(e))?;
+            let keep = filter.guest.as_ref().is_none_or(|g| *g == e.guest)
+                && filter.cause.as_ref().is_none_or(|c| *c == e.cause)
+                && filter.since_ms.is_none_or(|s| e.time_unix_ms >= s);
+            if keep {
+                out.push(e);
+            }
+        }
+        out.sort_by(|a, b| (a.time_unix_ms, &a.id).cmp(&(b.time_unix_ms, &b.id)));
+        Ok(out)
+    }
+
+    /// One index entry.
+    pub fn get(&self, id: &str) -> Result<Option<IndexEntry>> {
+        let tx = self.db.begin_read().map_err(|e| self.index_err(e))?;
+        let table = tx.open_table(REPORTS).map_err(|e| self.index_err(e))?;
+        let v = table.get(id).map_err(|e| self.index_err(e))?;
+        v.map(|v| serde_json::from_str(v.value()).map_err(|e| self.index_err(e)))
+            .transpose()
+    }
+
+    /// A guest's boot state (default: primary, no failures).
+    pub fn boot_state(&self, guest: &str) -> Result<BootState> {
+        let tx = self.db.begin_read().map_err(|e| self.index_err(e))?;
+        let table = tx.open_table(BOOT).map_err(|e| self.index_err(e))?;
+        let v = table.get(guest).map_err(|e| self.index_err(e))?;
+        Ok(v.and_then(|v| serde_json::from_str(v.value()).ok())
+            .unwrap_or_default())
+    }
+
+    /// Persists a guest's boot state.
+    pub fn set_boot_state(&self, guest: &str, state: &BootState) -> Result<()> {
+        let json = serde_json::to_string(state).map_err(|e| self.index_err(e))?;
+        self.write(|tx| {
+            tx.open_table(BOOT)?.insert(guest, json.as_str())?;
+            Ok(())
+        })
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ServiceError::io("cannot create directory", dir, e))
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time (`2026-05-01T10:00:00Z`, with optional
+/// fraction and `+hh:mm` offset).
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut ms = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        let digits = &frac[..n];
+        let padded = format!("{:0<3}", &digits[..n.min(3)]);
+        ms = padded.parse().ok()?;
+        rest = &frac[n..];
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+            let v = o[1..3].parse::<i64>().ok()? * 60 + o[4..6].parse::<i64>().ok()?;
+            if o.starts_with('-') {
+                -v
+            } else {
+                v
+            }
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    u64::try_from(secs * 1000 + ms).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips() {
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-22T06:23:15.139Z"),
+            Some(1_795_328_595_139)
+        );
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_ms("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(parse_rfc3339_ms("2026-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
+        let now = std::time::SystemTime::now();
+        let ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert_eq!(
+            parse_rfc3339_ms(&ambulance_diagnose::rfc3339(now)),
+            Some(ms)
+        );
+    }
+
+    #[test]
+    fn reconcile_removes_partials_and_indexes_complete_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, r) = Store::open(dir.path()).unwrap();
+        assert_eq!(r, Reconciled::default());
+        let f = store
+            .store_failure("g", "panic", "2026-01-01T00:00:00.000Z", "worker killed")
+            .unwrap();
+        assert_eq!(
+            store.get(&f.id).unwrap().unwrap().status,
+            Status::DiagnosisFailed
+        );
+        store
+            .set_boot_state(
+                "g",
+                &BootState {
+                    flag: BootFlag::Rescue,
+                    failures: vec![1, 2],
+                    reason: "test".into(),
+                },
+            )
+            .unwrap();
+        let reports = dir.path().join("reports");
+        std::fs::write(reports.join("x.json.tmp"), "{").unwrap();
+        std::fs::write(reports.join("partial.txt"), "half").unwrap();
+        std::fs::write(reports.join("gone.json"), "not json").unwrap();
+        drop(store);
+        let (store, r) = Store::open(dir.path()).unwrap();
+        assert_eq!(r.temp_removed, 1);
+        assert_eq!(r.partial_removed, 1);
+        assert_eq!(r.indexed, 0, "an unparseable report is not indexed");
+        assert!(!reports.join("partial.txt").exists());
+        assert!(
+            reports.join("gone.json").exists(),
+            "never delete a complete file"
+        );
+        assert_eq!(store.boot_state("g").unwrap().flag, BootFlag::Rescue);
+        assert_eq!(store.boot_state("h").unwrap().flag, BootFlag::Primary);
+        assert_eq!(store.list(&Filter::default()).unwrap().len(), 1);
+    }
+}

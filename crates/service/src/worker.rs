@@ -1,0 +1,406 @@
+//! The diagnosis worker: a separate process (`ambulance worker`, the daemon's own binary
+//! re-executed) that gets the frozen guest's RAM as an `O_RDONLY` descriptor over
+//! `SCM_RIGHTS`, maps it read-only, diagnoses and answers with the report.
+//!
+//! Protocol, on a Unix stream socket that is the worker's standard input:
+//!
+//! 1. daemon → worker: one byte with the RAM descriptor attached (`SCM_RIGHTS`);
+//! 2. daemon → worker: a [`Request`] as JSON, framed by a little-endian `u32` length;
+//! 3. worker → daemon: a [`Reply`], framed the same way; then the worker exits.
+//!
+//! The worker limits itself before reading anything (`RLIMIT_AS`: the guest RAM plus a
+//! budget; `RLIMIT_CPU`), and the daemon enforces a wall-clock timeout, killing the worker
+//! when it passes. Whatever happens to the worker — a crash, a kill, a hang — the daemon
+//! gets an error saying what, never a hang of its own.
+
+use std::fs::File;
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ambulance_diagnose::{diagnose, Options, Subject};
+use ambulance_introspect::debuginfo::DebugInfo;
+use ambulance_introspect::memory::LiveMemory;
+use ambulance_report::{FailureInfo, GuestInfo, Phase, Report, VcpuRegisters};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde::{Deserialize, Serialize};
+
+/// Test hook: the worker sleeps this many milliseconds after receiving its request and
+/// before diagnosing (so a test can kill it mid-diagnosis).
+pub const DELAY_ENV: &str = "AMBULANCE_WORKER_TEST_DELAY_MS";
+
+/// Largest message either side accepts.
+const MAX_MESSAGE: usize = 256 << 20;
+
+/// What the worker is asked to do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Request {
+    /// RAM layout: (guest-physical start, size, offset in the descriptor's file).
+    pub regions: Vec<(u64, u64, u64)>,
+    /// The guest.
+    pub guest: GuestInfo,
+    /// Why it is diagnosed.
+    pub failure: FailureInfo,
+    /// Every vCPU's registers as frozen.
+    pub vcpus: Vec<VcpuRegisters>,
+    /// Guest-physical address of the descriptor.
+    pub descriptor_gpa: Option<u64>,
+    /// The host's copy of the descriptor.
+    pub descriptor_bytes: Option<Vec<u8>>,
+    /// The kernel ELF to read symbols and types from.
+    pub debuginfo: Option<PathBuf>,
+    /// Declarative rules.
+    pub rules: Option<PathBuf>,
+    /// Write an ELF core here (the daemon renames it into the store).
+    pub core_path: Option<PathBuf>,
+    /// Phases before the worker (freeze, worker start).
+    pub timeline: Vec<Phase>,
+}
+
+/// The worker's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// The report.
+    Report(Box<Report>),
+    /// Why there is none.
+    Error(String),
+}
+
+/// The limits a worker runs under.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Address space on top of the guest RAM.
+    pub address_space_bytes: u64,
+    /// RLIMIT_CPU.
+    pub cpu_seconds: u64,
+    /// Wall clock.
+    pub timeout: Duration,
+}
+
+fn send_frame(s: &mut UnixStream, bytes: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "message too large"))?;
+    s.write_all(&len.to_le_bytes())?;
+    s.write_all(bytes)
+}
+
+fn recv_frame(s: &mut UnixStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("message of {len} bytes is larger than the {MAX_MESSAGE} accepted"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+// ---------------------------------------------------------------------------------------
+// Daemon side.
+
+/// Runs one diagnosis in a worker process: `program worker …`, RAM passed as `memory`
+/// (which must be `O_RDONLY`). `on_spawn` gets the worker's pid. Returns the report, or
+/// why there is none.
+pub fn run(
+    program: &Path,
+    limits: &Limits,
+    request: &Request,
+    memory: &File,
+    on_spawn: impl FnOnce(u32),
+) -> Result<Report, String> {
+    let started = Instant::now();
+    let deadline = started + limits.timeout;
+    let (mut ours, theirs) =
+        UnixStream::pair().map_err(|e| format!("cannot create the worker's socket: {e}"))?;
+    let ram: u64 = request.regions.iter().map(|r| r.1).sum();
+    let mut child = Command::new(program)
+        .arg("worker")
+        .arg("--address-space")
+        .arg(ram.saturating_add(limits.address_space_bytes).to_string())
+        .arg("--cpu-seconds")
+        .arg(limits.cpu_seconds.to_string())
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start the worker {}: {e}", program.display()))?;
+    on_spawn(child.id());
+    let result = talk(&mut ours, request, memory, deadline, started);
+    match result {
+        Ok(report) => {
+            let _ = child.wait();
+            Ok(report)
+        }
+        Err(Talk::TimedOut) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "the worker did not finish within {} ms and was killed",
+                limits.timeout.as_millis()
+            ))
+        }
+        Err(Talk::Worker(msg)) => {
+            let _ = child.wait();
+            Err(msg)
+        }
+        Err(Talk::Io(e)) => {
+            // The worker went away (or broke the protocol): say how it ended.
+            let status = wait_until(&mut child, deadline);
+            Err(match status {
+                Some(s) => match (s.code(), s.signal()) {
+                    (_, Some(sig)) => {
+                        format!("the worker was killed by signal {}", signal_name(sig))
+                    }
+                    (Some(code), _) => {
+                        format!("the worker exited with status {code} without a report ({e})")
+                    }
+                    _ => format!("the worker ended without a report ({e})"),
+                },
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    format!("the worker stopped answering ({e}) and was killed")
+                }
+            })
+        }
+    }
+}
+
+enum Talk {
+    TimedOut,
+    Worker(String),
+    Io(std::io::Error),
+}
+
+fn talk(
+    s: &mut UnixStream,
+    request: &Request,
+    memory: &File,
+    deadline: Instant,
+    started: Instant,
+) -> Result<Report, Talk> {
+    let left = || {
+        let l = deadline.saturating_duration_since(Instant::now());
+        if l.is_zero() {
+            Err(Talk::TimedOut)
+        } else {
+            Ok(l)
+        }
+    };
+    s.set_write_timeout(Some(left()?)).map_err(Talk::Io)?;
+    let fds = [memory.as_raw_fd()];
+    sendmsg::<()>(
+        s.as_raw_fd(),
+        &[IoSlice::new(b"M")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| Talk::Io(e.into()))?;
+    let mut request = request.clone();
+    request.timeline.push(Phase {
+        name: "worker_start".into(),
+        duration_us: started.elapsed().as_micros() as u64,
+    });
+    let body = serde_json::to_vec(&request)
+        .map_err(|e| Talk::Worker(format!("cannot encode the request: {e}")))?;
+    send_frame(s, &body).map_err(Talk::Io)?;
+    s.set_read_timeout(Some(left()?)).map_err(Talk::Io)?;
+    let reply = match recv_frame(s) {
+        Ok(r) => r,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(Talk::TimedOut)
+        }
+        Err(e) => return Err(Talk::Io(e)),
+    };
+    match serde_json::from_slice::<Reply>(&reply) {
+        Ok(Reply::Report(r)) => Ok(*r),
+        Ok(Reply::Error(e)) => Err(Talk::Worker(e)),
+        Err(e) => Err(Talk::Worker(format!(
+            "the worker's reply is not valid: {e}"
+        ))),
+    }
+}
+
+fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
+    // The socket closed, so the worker is ending: give it a moment to be reaped.
+    let until = deadline.min(Instant::now() + Duration::from_secs(2));
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
+            _ => return None,
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(nix::sys::signal::Signal::SIGXCPU) => "SIGXCPU (CPU-time limit reached)".into(),
+        Ok(s) => s.as_str().to_string(),
+        Err(_) => sig.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Worker side.
+
+/// The worker process: `ambulance worker --address-space BYTES --cpu-seconds N`, with the
+/// daemon's socket as standard input.
+pub fn main(address_space: u64, cpu_seconds: u64) -> ExitCode {
+    match worker(address_space, cpu_seconds) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ambulance worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn worker(address_space: u64, cpu_seconds: u64) -> Result<(), String> {
+    use nix::sys::resource::{setrlimit, Resource};
+    setrlimit(Resource::RLIMIT_AS, address_space, address_space)
+        .map_err(|e| format!("cannot limit the address space to {address_space} bytes: {e}"))?;
+    setrlimit(
+        Resource::RLIMIT_CPU,
+        cpu_seconds,
+        cpu_seconds.saturating_add(1),
+    )
+    .map_err(|e| format!("cannot limit CPU time to {cpu_seconds} s: {e}"))?;
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("cannot use standard input: {e}"))?;
+    let mut s = UnixStream::from(stdin);
+    let memory = receive_fd(&s)?;
+    let request = recv_frame(&mut s).map_err(|e| format!("cannot read the request: {e}"))?;
+    let reply = match serde_json::from_slice::<Request>(&request) {
+        Ok(request) => {
+            if let Some(ms) = std::env::var(DELAY_ENV).ok().and_then(|v| v.parse().ok()) {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            match diagnose_request(request, &memory) {
+                Ok(r) => Reply::Report(Box::new(r)),
+                Err(e) => Reply::Error(e),
+            }
+        }
+        Err(e) => Reply::Error(format!("the request is not valid: {e}")),
+    };
+    let body = serde_json::to_vec(&reply).map_err(|e| format!("cannot encode the reply: {e}"))?;
+    send_frame(&mut s, &body).map_err(|e| format!("cannot send the reply: {e}"))
+}
+
+fn receive_fd(s: &UnixStream) -> Result<File, String> {
+    let mut byte = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("cannot receive the guest RAM descriptor: {e}"))?;
+    let mut received: Option<OwnedFd> = None;
+    for c in msg
+        .cmsgs()
+        .map_err(|e| format!("bad control message: {e}"))?
+    {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: the kernel has just installed `fd` in this process's descriptor
+                // table for this message; nothing else refers to it, so we own it.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                if received.is_none() {
+                    received = Some(owned);
+                }
+            }
+        }
+    }
+    let fd = received.ok_or("the daemon sent no guest RAM descriptor")?;
+    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| format!("cannot inspect the guest RAM descriptor: {e}"))?;
+    if flags & libc::O_ACCMODE != libc::O_RDONLY {
+        return Err("the guest RAM descriptor is writable; a worker only accepts O_RDONLY".into());
+    }
+    Ok(File::from(fd))
+}
+
+fn diagnose_request(request: Request, memory: &File) -> Result<Report, String> {
+    let t = Instant::now();
+    let mapped = Arc::new(
+        LiveMemory::map(memory, &request.regions)
+            .map_err(|e| format!("cannot map guest RAM read-only: {e}"))?,
+    );
+    let mut timeline = request.timeline;
+    timeline.push(Phase {
+        name: "map".into(),
+        duration_us: t.elapsed().as_micros() as u64,
+    });
+    let t = Instant::now();
+    let debuginfo = request
+        .debuginfo
+        .as_deref()
+        .map(|p| {
+            DebugInfo::open(p)
+                .map(Arc::new)
+                .map_err(|e| format!("cannot read the kernel's debug info {}: {e}", p.display()))
+        })
+        .transpose()?;
+    let rules = request
+        .rules
+        .as_deref()
+        .map(ambulance_validate::rules::RuleSet::load)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    timeline.push(Phase {
+        name: "load_debuginfo".into(),
+        duration_us: t.elapsed().as_micros() as u64,
+    });
+    let options = Options {
+        debuginfo,
+        rules,
+        config: Default::default(),
+    };
+    let subject = Subject {
+        guest: request.guest,
+        failure: request.failure,
+        vcpus: request.vcpus,
+        descriptor_gpa: request.descriptor_gpa,
+        descriptor_bytes: request.descriptor_bytes,
+        vmcoreinfo: None,
+    };
+    let mut report =
+        diagnose(mapped.clone(), &subject, &options, timeline).map_err(|e| e.to_string())?;
+    if let Some(path) = &request.core_path {
+        let t = Instant::now();
+        crate::capture::write_core_file(
+            path,
+            &mapped,
+            &report,
+            options.debuginfo.as_deref(),
+            subject.descriptor_gpa.zip(subject.descriptor_bytes),
+        )
+        .map_err(|e| e.to_string())?;
+        report.timeline.push(Phase {
+            name: "core".into(),
+            duration_us: t.elapsed().as_micros() as u64,
+        });
+    }
+    Ok(report)
+}

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 
-use super::{map_readonly, Backing, PhysRange, PhysicalMemory, SegSpec, SegmentMap};
+use super::{map_readonly, Backing, SegSpec, SegmentMap};
 use crate::{Error, Result};
 
 /// `n_type` of a CPU's register note (name `CORE`).
@@ -287,21 +287,7 @@ impl ElfCore {
     }
 }
 
-impl PhysicalMemory for ElfCore {
-    fn read(&self, pa: u64, buf: &mut [u8]) -> Result<()> {
-        self.map.read(pa, buf)
-    }
-    #[inline]
-    fn slice(&self, pa: u64, len: usize) -> Option<&[u8]> {
-        self.map.slice(pa, len)
-    }
-    fn ranges(&self) -> Vec<PhysRange> {
-        self.map.ranges()
-    }
-    fn describe(&self) -> String {
-        self.map.name().to_string()
-    }
-}
+super::physical_memory_from_segment_map!(ElfCore);
 
 // ---------------------------------------------------------------------------------------
 
@@ -583,6 +569,7 @@ fn decode_prstatus(index: usize, desc: &[u8], path: &str) -> Result<PrStatus> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::memory::{PhysRange, PhysicalMemory};
     use proptest::prelude::*;
 
     /// A tiny ELF core writer for tests (goblin cannot write).

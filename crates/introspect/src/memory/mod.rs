@@ -334,21 +334,30 @@ impl LiveMemory {
     }
 }
 
-impl PhysicalMemory for LiveMemory {
-    fn read(&self, pa: u64, buf: &mut [u8]) -> Result<()> {
-        self.map.read(pa, buf)
-    }
-    #[inline]
-    fn slice(&self, pa: u64, len: usize) -> Option<&[u8]> {
-        self.map.slice(pa, len)
-    }
-    fn ranges(&self) -> Vec<PhysRange> {
-        self.map.ranges()
-    }
-    fn describe(&self) -> String {
-        self.map.name().to_string()
-    }
+/// Implements [`PhysicalMemory`] for a source whose bytes are all in its `map`
+/// ([`SegmentMap`]) and whose description is the map's name.
+macro_rules! physical_memory_from_segment_map {
+    ($source:ty) => {
+        impl $crate::memory::PhysicalMemory for $source {
+            fn read(&self, pa: u64, buf: &mut [u8]) -> $crate::Result<()> {
+                self.map.read(pa, buf)
+            }
+            #[inline]
+            fn slice(&self, pa: u64, len: usize) -> Option<&[u8]> {
+                self.map.slice(pa, len)
+            }
+            fn ranges(&self) -> Vec<$crate::memory::PhysRange> {
+                self.map.ranges()
+            }
+            fn describe(&self) -> String {
+                self.map.name().to_string()
+            }
+        }
+    };
 }
+pub(crate) use physical_memory_from_segment_map;
+
+physical_memory_from_segment_map!(LiveMemory);
 
 // ---------------------------------------------------------------------------------------
 // Raw images.

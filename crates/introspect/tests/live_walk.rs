@@ -141,10 +141,10 @@ fn walks_a_frozen_test_kernel_live_from_a_raw_image_and_from_an_elf_core() {
         Paging::Four
     };
     let rq = root(d, "run_queue");
-    let locked_off = offsets["OFFSET(Spinlock.locked)"];
 
     // Freeze at a moment when nobody holds the run queue lock (a freeze may land in the
-    // middle of an insertion, when the prev pointers are briefly inconsistent).
+    // middle of an insertion, when the prev pointers are briefly inconsistent). The
+    // root's `lock` is the address of the lock word itself.
     let mut attempt = 0;
     let (prog, export, frozen) = loop {
         attempt += 1;
@@ -157,9 +157,11 @@ fn walks_a_frozen_test_kernel_live_from_a_raw_image_and_from_an_elf_core() {
             .collect();
         let mem = LiveMemory::map(&export.file, &regions).expect("map guest RAM");
         let prog = Program::new(Arc::new(mem), d.page_table_root, paging);
-        if prog.read_u32(rq.lock + locked_off).unwrap() == 0 || attempt == 50 {
+        assert_ne!(rq.lock, 0, "the run queue declares its lock");
+        if prog.read_u32(rq.lock).unwrap() == 0 {
             break (prog, export, frozen);
         }
+        assert!(attempt < 200, "the run queue lock was held at 200 freezes in a row");
         guest.resume().expect("resume");
         std::thread::sleep(Duration::from_millis(3));
     };

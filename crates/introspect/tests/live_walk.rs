@@ -161,7 +161,10 @@ fn walks_a_frozen_test_kernel_live_from_a_raw_image_and_from_an_elf_core() {
         if prog.read_u32(rq.lock).unwrap() == 0 {
             break (prog, export, frozen);
         }
-        assert!(attempt < 200, "the run queue lock was held at 200 freezes in a row");
+        assert!(
+            attempt < 200,
+            "the run queue lock was held at 200 freezes in a row"
+        );
         guest.resume().expect("resume");
         std::thread::sleep(Duration::from_millis(3));
     };

@@ -10,8 +10,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ambulance_cli::live::{diagnose_and_write, Failure};
-use ambulance_vmm::{FailureCause, Guest, GuestConfig, Vmm};
+use ambulance_cli::live::freeze_and_diagnose;
+use ambulance_vmm::{Guest, GuestConfig, Vmm};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn guest(vmm: &Vmm, mem: u64) -> Guest {
@@ -37,17 +37,7 @@ fn one(
     core: bool,
 ) -> (Duration, u64) {
     let start = Instant::now();
-    let frozen = g.freeze().expect("freeze");
-    let summary = frozen.summary();
-    let cause = FailureCause::Operator;
-    let f = Failure {
-        cause: &cause,
-        vcpu: None,
-        detail: "benchmark",
-        frozen: &summary,
-        time: std::time::SystemTime::now(),
-    };
-    let w = diagnose_and_write(g, &f, options, dir, core).expect("diagnosis");
+    let w = freeze_and_diagnose(g, "benchmark", options, dir, core).expect("diagnosis");
     let elapsed = start.elapsed();
     let size = w
         .core

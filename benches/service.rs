@@ -10,11 +10,11 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use ambulance_service::capture::{diagnose_and_write, Failure};
+use ambulance_service::capture::freeze_and_diagnose;
 use ambulance_service::{Config, Service};
-use ambulance_vmm::{FailureCause, Guest};
+use ambulance_vmm::Guest;
 use criterion::Criterion;
 
 fn config(dir: &Path, guests: &[(&str, &str)]) -> Config {
@@ -60,17 +60,8 @@ fn overhead(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     group.sample_size(30);
     group.bench_function("in_process", |b| {
         b.iter(|| {
-            let frozen = g.freeze().expect("freeze");
-            let summary = frozen.summary();
-            let cause = FailureCause::Operator;
-            let f = Failure {
-                cause: &cause,
-                vcpu: None,
-                detail: "benchmark",
-                frozen: &summary,
-                time: SystemTime::now(),
-            };
-            let w = diagnose_and_write(&g, &f, &options, scratch.path(), false).expect("diagnosis");
+            let w = freeze_and_diagnose(&g, "benchmark", &options, scratch.path(), false)
+                .expect("diagnosis");
             let _ = std::fs::remove_file(&w.json);
             let _ = std::fs::remove_file(&w.text);
             g.resume().expect("resume");

@@ -7,12 +7,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambulance_cli::live::{diagnose_and_write, Failure};
+use ambulance_cli::live::freeze_and_diagnose;
 use ambulance_introspect::memory::{ElfCore, LiveMemory, PhysicalMemory};
 use ambulance_introspect::program::Program;
 use ambulance_introspect::symbols::Symbols;
 use ambulance_introspect::translate::Paging;
-use ambulance_vmm::FailureCause;
 use common::{poll_registered, test_guest, vmm};
 
 fn ensure(spec: &str) {
@@ -35,19 +34,9 @@ fn gdb_reads_a_global_and_our_reader_reads_the_ram_back() {
     let guest = vmm.start(test_guest("core", "fault=none")).unwrap();
     poll_registered(&guest, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300));
-    let frozen = guest.freeze().unwrap();
-    let summary = frozen.summary();
-    let cause = FailureCause::Operator;
-    let f = Failure {
-        cause: &cause,
-        vcpu: None,
-        detail: "core test",
-        frozen: &summary,
-        time: std::time::SystemTime::now(),
-    };
     let dir = tempfile::tempdir().unwrap();
     let options = ambulance_cli::diagnose_options(Some("test"), None, None, None).unwrap();
-    let w = diagnose_and_write(&guest, &f, &options, dir.path(), true).unwrap();
+    let w = freeze_and_diagnose(&guest, "core test", &options, dir.path(), true).unwrap();
     let core_path = w.core.expect("core written");
 
     // Our reader: every byte of RAM reads back as the live mapping has it.

@@ -8,9 +8,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use ambulance_cli::live::{diagnose_and_write, Failure, Written};
+use ambulance_cli::live::{diagnose_and_write, freeze_and_diagnose, Failure, Written};
 use ambulance_report::{Report, Severity};
-use ambulance_vmm::{EventKind, FailureCause, Guest, Vmm};
+use ambulance_vmm::{EventKind, Guest, Vmm};
 use common::{test_guest, vmm, wait_for_failure};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -259,17 +259,8 @@ fn healthy_guest_frozen_at_arbitrary_moments_has_no_findings() {
     while samples < 25 {
         pause = (pause * 7919 + 13) % 97;
         std::thread::sleep(Duration::from_millis(pause));
-        let frozen = guest.freeze().unwrap();
-        let summary = frozen.summary();
-        let cause = FailureCause::Operator;
-        let f = Failure {
-            cause: &cause,
-            vcpu: None,
-            detail: "sampled by a test",
-            frozen: &summary,
-            time: std::time::SystemTime::now(),
-        };
-        let w = diagnose_and_write(&guest, &f, &options, dir.path(), false).unwrap();
+        let w =
+            freeze_and_diagnose(&guest, "sampled by a test", &options, dir.path(), false).unwrap();
         let bad: Vec<_> = w
             .report
             .findings

@@ -166,6 +166,28 @@ pub fn subject_for(guest: &Guest, failure: &Failure<'_>) -> Subject {
     }
 }
 
+/// An operator-requested diagnosis in this process: freezes `guest` (it stays frozen; the
+/// caller resumes or releases it), diagnoses it with cause `operator`, and writes the
+/// outputs as [`diagnose_and_write`] does.
+pub fn freeze_and_diagnose(
+    guest: &Guest,
+    detail: &str,
+    options: &Options,
+    dir: &Path,
+    want_core: bool,
+) -> Result<Written> {
+    let frozen = guest.freeze()?;
+    let summary = frozen.summary();
+    let failure = Failure {
+        cause: &FailureCause::Operator,
+        vcpu: None,
+        detail,
+        frozen: &summary,
+        time: std::time::SystemTime::now(),
+    };
+    diagnose_and_write(guest, &failure, options, dir, want_core)
+}
+
 /// Diagnoses the frozen `guest` in this process and writes `<dir>/<id>.json` and `.txt`
 /// (and `.core`), each atomically.
 pub fn diagnose_and_write(

@@ -22,6 +22,7 @@
 
 pub mod debuginfo;
 pub mod error;
+pub mod linux;
 pub mod memory;
 pub mod object;
 pub mod program;

@@ -4,6 +4,7 @@
 //! guest exported in VMCOREINFO ([`crate::vmcoreinfo::Vmcoreinfo::types`]). Types are
 //! stored in an arena and referred to by [`TypeId`]; sources resolve them lazily.
 
+pub mod btf;
 pub mod dwarf;
 
 use std::sync::Arc;

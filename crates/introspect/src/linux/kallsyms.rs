@@ -1,0 +1,1 @@
+//! The kernel's kallsyms table, decoded from guest memory.

@@ -1,0 +1,1 @@
+//! BTF (BPF Type Format) as a [`TypeSource`](super::TypeSource).

@@ -295,6 +295,7 @@ pub fn diagnose(
         findings,
         log,
         artifacts: Default::default(),
+        kernel: None,
     })
 }
 

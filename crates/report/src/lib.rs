@@ -122,6 +122,81 @@ pub struct Report {
     /// Files written alongside (core dump), by kind.
     #[serde(default)]
     pub artifacts: BTreeMap<String, String>,
+    /// What was read out of a Linux kernel (release, dmesg, panic, tasks), for guests
+    /// that run Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelInfo>,
+}
+
+/// A Linux guest kernel as read from its memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KernelInfo {
+    /// `uname -r` (VMCOREINFO `OSRELEASE`).
+    pub release: Option<String>,
+    /// The kernel's GNU build ID (hex), from VMCOREINFO.
+    pub build_id: Option<String>,
+    /// The KASLR slide of the kernel image (VMCOREINFO `KERNELOFFSET`).
+    pub kaslr_offset: Option<Hex>,
+    /// The text after `Kernel panic - not syncing: `, when the kernel panicked.
+    pub panic_message: Option<String>,
+    /// The CPU that panicked (the kernel's `panic_cpu`), when it did.
+    pub panic_cpu: Option<u32>,
+    /// The printk ring buffer, oldest record first.
+    pub dmesg: Vec<DmesgRecord>,
+    /// Records the ring held but that could not be read (reserved, overwritten, garbage).
+    pub dmesg_dropped: u64,
+    /// Every task on `init_task.tasks`, in list order (the walk's result is also in
+    /// `structures`).
+    pub tasks: Vec<TaskInfo>,
+    /// Where symbols, types and VMCOREINFO came from, and what was missing.
+    pub sources: KernelSources,
+}
+
+/// One printk record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DmesgRecord {
+    /// The kernel's sequence number.
+    pub seq: u64,
+    /// Nanoseconds since boot (local clock).
+    pub timestamp_ns: u64,
+    /// Log level, 0 (emerg) .. 7 (debug).
+    pub level: u8,
+    /// The message (may span lines).
+    pub text: String,
+}
+
+/// One task (thread) of a Linux guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskInfo {
+    /// Thread id (`task_struct.pid`).
+    pub pid: i32,
+    /// Thread-group id (`task_struct.tgid`).
+    pub tgid: i32,
+    /// Command name (`task_struct.comm`).
+    pub comm: String,
+    /// State as `ps` shows it: `R`, `S`, `D`, `T`, `t`, `X`, `Z`, `P`, `I`.
+    pub state: String,
+    /// Address of the `task_struct`.
+    pub address: Hex,
+}
+
+/// Where the facts of a [`KernelInfo`] came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSources {
+    /// Where VMCOREINFO came from: `core-note`, `registration`, `memory-scan`,
+    /// `descriptor`; `None` without one.
+    pub vmcoreinfo: Option<String>,
+    /// Symbol sources used, best first: `dwarf` (debug-info ELF symbols), `kallsyms`,
+    /// `vmcoreinfo`.
+    pub symbols: Vec<String>,
+    /// Type sources used, best first: `dwarf`, `btf`, `vmcoreinfo`.
+    pub types: Vec<String>,
+    /// What could not be used and why (e.g. "BTF: …", "debug info: build ID …").
+    pub missing: Vec<String>,
 }
 
 /// The tool that wrote a report.

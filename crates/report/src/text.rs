@@ -1,12 +1,16 @@
 //! The report for people: what failed, the most severe findings first with their
-//! addresses, what was walked, the vCPUs, the timeline, then the tail of the guest's log.
+//! addresses, what was walked, the vCPUs, the timeline, then the tail of the guest's log;
+//! for Linux guests also the release and panic, the task list and the tail of dmesg.
 
 use std::fmt::Write;
 
-use crate::{Report, Severity};
+use crate::{KernelInfo, Report, Severity};
 
 /// How many log records the text shows (the JSON has all of them).
 pub const LOG_TAIL: usize = 30;
+
+/// How many dmesg records the text shows (the JSON has all of them).
+pub const DMESG_TAIL: usize = 40;
 
 /// Renders `report` as text.
 pub fn render(report: &Report) -> String {
@@ -28,6 +32,9 @@ pub fn render(report: &Report) -> String {
     );
     if !f.detail.is_empty() {
         let _ = writeln!(s, "  {}", f.detail);
+    }
+    if let Some(k) = &report.kernel {
+        kernel_summary(&mut s, k);
     }
 
     let count = |sev: Severity| report.findings.iter().filter(|x| x.severity == sev).count();
@@ -131,6 +138,10 @@ pub fn render(report: &Report) -> String {
         );
     }
 
+    if let Some(k) = &report.kernel {
+        kernel_details(&mut s, k);
+    }
+
     let _ = writeln!(
         s,
         "\nLog ({} records{}):",
@@ -159,6 +170,93 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(s, "\n{kind}: {path}");
     }
     s
+}
+
+/// The Linux kernel's identity and panic, under the failure line.
+fn kernel_summary(s: &mut String, k: &KernelInfo) {
+    let _ = writeln!(
+        s,
+        "Linux {}{}",
+        k.release.as_deref().unwrap_or("(release unknown)"),
+        k.kaslr_offset
+            .map(|o| format!(", KASLR offset {o}"))
+            .unwrap_or_default()
+    );
+    if let Some(m) = &k.panic_message {
+        let cpu = k
+            .panic_cpu
+            .map(|c| format!(" on CPU {c}"))
+            .unwrap_or_default();
+        let _ = writeln!(s, "  Kernel panic{cpu}: {m}");
+    }
+    let src = &k.sources;
+    let _ = writeln!(
+        s,
+        "  read with VMCOREINFO from {}, symbols from {}, types from {}",
+        src.vmcoreinfo.as_deref().unwrap_or("nowhere"),
+        list_or_none(&src.symbols),
+        list_or_none(&src.types)
+    );
+    for m in &src.missing {
+        let _ = writeln!(s, "  missing: {m}");
+    }
+}
+
+/// Tasks and the tail of dmesg.
+fn kernel_details(s: &mut String, k: &KernelInfo) {
+    if !k.tasks.is_empty() {
+        let _ = writeln!(s, "\nTasks ({}):", k.tasks.len());
+        let _ = writeln!(
+            s,
+            "  {:>7} {:>7} {:<2} {:<16} TASK",
+            "PID", "TGID", "ST", "COMM"
+        );
+        for t in &k.tasks {
+            let _ = writeln!(
+                s,
+                "  {:>7} {:>7} {:<2} {:<16} {}",
+                t.pid, t.tgid, t.state, t.comm, t.address
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\ndmesg ({} records{}{}):",
+        k.dmesg.len(),
+        if k.dmesg_dropped > 0 {
+            format!(", {} unreadable", k.dmesg_dropped)
+        } else {
+            String::new()
+        },
+        if k.dmesg.len() > DMESG_TAIL {
+            format!(", last {DMESG_TAIL}")
+        } else {
+            String::new()
+        }
+    );
+    for r in k
+        .dmesg
+        .iter()
+        .skip(k.dmesg.len().saturating_sub(DMESG_TAIL))
+    {
+        for line in r.text.lines() {
+            let _ = writeln!(
+                s,
+                "  <{}>[{:>5}.{:06}] {line}",
+                r.level,
+                r.timestamp_ns / 1_000_000_000,
+                (r.timestamp_ns / 1_000) % 1_000_000
+            );
+        }
+    }
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "nowhere".into()
+    } else {
+        v.join(", ")
+    }
 }
 
 fn micros(us: u64) -> String {

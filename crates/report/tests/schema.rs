@@ -89,6 +89,33 @@ pub fn sample() -> Report {
             text: "Kernel panic - not syncing: run_queue: list corruption".into(),
         }],
         artifacts: BTreeMap::new(),
+        kernel: Some(KernelInfo {
+            release: Some("6.1.0-56-cloud-amd64".into()),
+            build_id: Some("3b43fad5034874490492495d552c0af6a5fab235".into()),
+            kaslr_offset: Some(Hex(0x30e0_0000)),
+            panic_message: Some("sysrq triggered crash".into()),
+            panic_cpu: Some(0),
+            dmesg: vec![DmesgRecord {
+                seq: 412,
+                timestamp_ns: 3_449_482_000,
+                level: 0,
+                text: "Kernel panic - not syncing: sysrq triggered crash".into(),
+            }],
+            dmesg_dropped: 0,
+            tasks: vec![TaskInfo {
+                pid: 1,
+                tgid: 1,
+                comm: "init".into(),
+                state: "S".into(),
+                address: Hex(0xffff_8a3c_0110_0000),
+            }],
+            sources: KernelSources {
+                vmcoreinfo: Some("core-note".into()),
+                symbols: vec!["kallsyms".into(), "vmcoreinfo".into()],
+                types: vec!["btf".into(), "vmcoreinfo".into()],
+                missing: vec![],
+            },
+        }),
     }
 }
 
@@ -161,8 +188,22 @@ fn text_puts_the_worst_findings_first_and_ends_with_the_log() {
     );
     let text = text::render(&report);
     let critical = text.find("CRITICAL").unwrap();
-    let info = text.find("INFO").unwrap();
+    let info = text.find("INFO     locks").unwrap();
     assert!(critical < info, "{text}");
+    // A Linux guest's identity and panic come right under the failure, its tasks and
+    // dmesg before the log.
+    assert!(
+        text.contains("Linux 6.1.0-56-cloud-amd64, KASLR offset 0x30e00000\n  Kernel panic on CPU 0: sysrq triggered crash"),
+        "{text}"
+    );
+    assert!(
+        text.contains("      1       1 S  init             0xffff8a3c01100000"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<0>[    3.449482] Kernel panic - not syncing: sysrq triggered crash"),
+        "{text}"
+    );
     assert!(
         text.contains("at 0xffffffff80271fe8 (phys 0x271fe8)"),
         "{text}"

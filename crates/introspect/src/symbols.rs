@@ -76,6 +76,16 @@ pub struct Symbols {
     alloc_ranges: Vec<(u64, u64)>,
     build_id: Option<Vec<u8>>,
     from_dynsym: bool,
+    /// For tables not read from an ELF file (see [`Symbols::from_entries`]): what they
+    /// are, and that `lookup_addr` only names an address inside a symbol's extent.
+    entries_of: Option<String>,
+}
+
+/// The name indexes of a table sorted by address.
+struct Indexes {
+    raw: HashMap<Box<str>, usize>,
+    demangled: HashMap<Box<str>, usize>,
+    short: HashMap<Box<str>, Option<usize>>,
 }
 
 /// Parses an ELF image with goblin, turning a panic inside goblin (it has had some on
@@ -164,6 +174,69 @@ pub(crate) fn last_component(path: &str) -> &str {
     &path[start..]
 }
 
+/// Sorts `table` by address (among equals, best first) and indexes its names.
+fn index(table: &mut [Sym]) -> Indexes {
+    // By address; among equals, best first (typed, sized, global), then by name for a
+    // stable order.
+    table.sort_by(|a, b| {
+        a.addr
+            .cmp(&b.addr)
+            .then_with(|| b.rank().cmp(&a.rank()))
+            .then_with(|| a.raw.cmp(&b.raw))
+    });
+
+    let mut raw: HashMap<Box<str>, usize> = HashMap::with_capacity(table.len());
+    let mut demangled: HashMap<Box<str>, usize> = HashMap::new();
+    let mut short: HashMap<Box<str>, Option<usize>> = HashMap::new();
+    let better = |table: &[Sym], new: usize, old: usize| table[new].global && !table[old].global;
+    for i in 0..table.len() {
+        match raw.get_mut(&*table[i].raw) {
+            Some(old) => {
+                if better(table, i, *old) {
+                    *old = i;
+                }
+            }
+            None => {
+                raw.insert(table[i].raw.clone(), i);
+            }
+        }
+        let Some(path) = table[i].demangled.clone() else {
+            continue;
+        };
+        match demangled.get_mut(&*path) {
+            Some(old) => {
+                if better(table, i, *old) {
+                    *old = i;
+                }
+            }
+            None => {
+                demangled.insert(path.clone(), i);
+            }
+        }
+        let last = last_component(&path);
+        if last.is_empty() || last.len() == path.len() {
+            continue;
+        }
+        match short.get_mut(last) {
+            Some(slot) => {
+                if let Some(old) = *slot {
+                    if table[old].addr != table[i].addr {
+                        *slot = None;
+                    }
+                }
+            }
+            None => {
+                short.insert(last.into(), Some(i));
+            }
+        }
+    }
+    Indexes {
+        raw,
+        demangled,
+        short,
+    }
+}
+
 impl Symbols {
     /// Reads the symbol table of an ELF image; `load_offset` is added to every address.
     pub fn from_elf(bytes: &[u8], path: &str, load_offset: i64) -> Result<Symbols> {
@@ -221,61 +294,11 @@ impl Symbols {
                 typed: kind == STT_FUNC || kind == STT_OBJECT,
             });
         }
-        // By address; among equals, best first (typed, sized, global), then by name for a
-        // stable order.
-        table.sort_by(|a, b| {
-            a.addr
-                .cmp(&b.addr)
-                .then_with(|| b.rank().cmp(&a.rank()))
-                .then_with(|| a.raw.cmp(&b.raw))
-        });
-
-        let mut raw: HashMap<Box<str>, usize> = HashMap::with_capacity(table.len());
-        let mut demangled: HashMap<Box<str>, usize> = HashMap::new();
-        let mut short: HashMap<Box<str>, Option<usize>> = HashMap::new();
-        let better =
-            |table: &[Sym], new: usize, old: usize| table[new].global && !table[old].global;
-        for i in 0..table.len() {
-            match raw.get_mut(&*table[i].raw) {
-                Some(old) => {
-                    if better(&table, i, *old) {
-                        *old = i;
-                    }
-                }
-                None => {
-                    raw.insert(table[i].raw.clone(), i);
-                }
-            }
-            let Some(path) = table[i].demangled.clone() else {
-                continue;
-            };
-            match demangled.get_mut(&*path) {
-                Some(old) => {
-                    if better(&table, i, *old) {
-                        *old = i;
-                    }
-                }
-                None => {
-                    demangled.insert(path.clone(), i);
-                }
-            }
-            let last = last_component(&path);
-            if last.is_empty() || last.len() == path.len() {
-                continue;
-            }
-            match short.get_mut(last) {
-                Some(slot) => {
-                    if let Some(old) = *slot {
-                        if table[old].addr != table[i].addr {
-                            *slot = None;
-                        }
-                    }
-                }
-                None => {
-                    short.insert(last.into(), Some(i));
-                }
-            }
-        }
+        let Indexes {
+            raw,
+            demangled,
+            short,
+        } = index(&mut table);
 
         let alloc_ranges = elf
             .section_headers
@@ -297,7 +320,71 @@ impl Symbols {
             alloc_ranges,
             build_id: elf_build_id(elf, bytes),
             from_dynsym,
+            entries_of: None,
         })
+    }
+
+    /// A table from `(name, address, size)` entries that do not come from an ELF file,
+    /// such as the kernel's kallsyms read out of guest memory; `load_offset` is added to
+    /// every address. `description` says what the table is, e.g. "kallsyms in guest
+    /// memory": [`describe`](Self::describe) gives it with the symbol count.
+    ///
+    /// Names are taken as for ELF symbols (exact, demangled Rust path, last component),
+    /// all entries count as global. There are no sections to bound
+    /// [`lookup_addr`](Self::lookup_addr), so it names an address only when it lies
+    /// inside a symbol's extent (`[address, address + size)`), or is the address of a
+    /// symbol of size 0.
+    pub fn from_entries(
+        description: &str,
+        entries: impl IntoIterator<Item = (String, u64, u64)>,
+        load_offset: i64,
+    ) -> Symbols {
+        Self::from_bound_entries(
+            description,
+            entries
+                .into_iter()
+                .map(|(name, addr, size)| (name, addr, size, true)),
+            load_offset,
+        )
+    }
+
+    /// [`from_entries`](Self::from_entries) with a binding for each entry: `(name,
+    /// address, size, global)`. Among symbols sharing a name, a global one is found first.
+    pub(crate) fn from_bound_entries(
+        description: &str,
+        entries: impl IntoIterator<Item = (String, u64, u64, bool)>,
+        load_offset: i64,
+    ) -> Symbols {
+        let slide = load_offset as u64;
+        let mut table: Vec<Sym> = entries
+            .into_iter()
+            .filter(|(name, ..)| !name.is_empty())
+            .map(|(name, addr, size, global)| Sym {
+                demangled: demangle(&name).map(Into::into),
+                raw: name.into(),
+                addr: addr.wrapping_add(slide),
+                size,
+                global,
+                typed: true,
+            })
+            .collect();
+        let Indexes {
+            raw,
+            demangled,
+            short,
+        } = index(&mut table);
+        Symbols {
+            path: String::new(),
+            load_offset,
+            by_addr: table,
+            raw,
+            demangled,
+            short,
+            alloc_ranges: Vec::new(),
+            build_id: None,
+            from_dynsym: false,
+            entries_of: Some(description.to_string()),
+        }
     }
 
     /// The address of `name` (see the module documentation for the names accepted).
@@ -341,11 +428,14 @@ impl Symbols {
         let at = self.by_addr[end - 1].addr;
         let first = self.by_addr[..end].partition_point(|s| s.addr < at);
         let group = &self.by_addr[first..end];
-        // Among symbols at that address, one whose extent contains addr, else the best.
-        let sym = group
-            .iter()
-            .find(|s| s.size > 0 && addr - s.addr < s.size)
-            .unwrap_or(&group[0]);
+        // Among symbols at that address, one whose extent contains addr, else the best
+        // (for tables without sections: only at the address itself).
+        let containing = group.iter().find(|s| s.size > 0 && addr - s.addr < s.size);
+        let sym = match containing {
+            Some(s) => s,
+            None if self.entries_of.is_some() && addr != at => return None,
+            None => &group[0],
+        };
         Some((sym.display(), addr - sym.addr))
     }
 
@@ -376,8 +466,13 @@ impl Symbols {
 
     /// What this table is, for error messages.
     pub fn describe(&self) -> String {
-        let table = if self.from_dynsym { "dynsym" } else { "symtab" };
-        let mut s = format!("ELF {table} of {} ({} symbols", self.path, self.len());
+        let mut s = match &self.entries_of {
+            Some(what) => format!("{what} ({} symbols", self.len()),
+            None => {
+                let table = if self.from_dynsym { "dynsym" } else { "symtab" };
+                format!("ELF {table} of {} ({} symbols", self.path, self.len())
+            }
+        };
         if self.load_offset != 0 {
             let sign = if self.load_offset < 0 { "-" } else { "+" };
             let _ = write!(
@@ -473,6 +568,51 @@ mod tests {
         assert!(up.describe().contains("+0x200000"));
         assert!(down.describe().contains("-0x1000"));
         assert_eq!(up.load_offset(), 0x20_0000);
+    }
+
+    #[test]
+    fn tables_from_entries() {
+        let entries = vec![
+            ("b".to_string(), 0x2000, 0x10),
+            ("a".to_string(), 0x1000, 0x100),
+            ("alias".to_string(), 0x1000, 0x100),
+            ("edge".to_string(), 0x3000, 0),
+            (
+                "_ZN4core3fmt5write17h0123456789abcdefE".to_string(),
+                0x4000,
+                8,
+            ),
+            (String::new(), 0x5000, 1),
+        ];
+        let s = Symbols::from_entries("kallsyms in guest memory", entries.clone(), 0);
+        assert_eq!(s.len(), 5);
+        assert_eq!(s.describe(), "kallsyms in guest memory (5 symbols)");
+        assert_eq!(s.get("b"), Some(0x2000));
+        assert_eq!(s.get("core::fmt::write"), Some(0x4000));
+        assert_eq!(s.get_sized("a"), Some((0x1000, 0x100)));
+        assert_eq!(s.lookup_addr(0x10ff), Some(("a", 0xff)));
+        // Only inside an extent, or at a symbol of unknown size.
+        assert_eq!(s.lookup_addr(0x1100), None);
+        assert_eq!(s.lookup_addr(0x2010), None);
+        assert_eq!(s.lookup_addr(0x3000), Some(("edge", 0)));
+        assert_eq!(s.lookup_addr(0x3001), None);
+        assert_eq!(s.lookup_addr(0xfff), None);
+        assert!(s.build_id().is_none());
+        let up = Symbols::from_entries("x", entries, -0x800);
+        assert_eq!(up.get("b"), Some(0x1800));
+        assert_eq!(up.lookup_addr(0x1808), Some(("b", 8)));
+        assert!(up.describe().ends_with("(5 symbols, load offset -0x800)"));
+        // Among entries sharing a name, a global one is found.
+        let s = Symbols::from_bound_entries(
+            "t",
+            [
+                ("dup".to_string(), 0x10, 1, false),
+                ("dup".to_string(), 0x20, 1, true),
+                ("dup".to_string(), 0x30, 1, false),
+            ],
+            0,
+        );
+        assert_eq!(s.get("dup"), Some(0x20));
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //!   scanning for it;
 //! * [`kallsyms`]: the kernel's compressed symbol table, located through VMCOREINFO's
 //!   `SYMBOL(kallsyms_*)` entries;
-//! * [`printk`]: the lockless printk ring buffer (Linux ≥ 5.10) as dmesg records.
+//! * [`printk`]: the lockless printk ring buffer (Linux ≥ 5.10) as dmesg records;
+//! * [`tasks`]: the task list from `init_task.tasks`, with pid, comm and state.
 
 pub mod kallsyms;
 pub mod printk;
+pub mod tasks;
 
 use crate::memory::PhysicalMemory;
 use crate::{Error, Result};
@@ -124,18 +126,15 @@ mod tests {
         let n = note(text);
         ram[0x9000..0x9000 + n.len()].copy_from_slice(&n);
         let mem = RawImage::from_bytes(ram, 0x10_0000);
-        assert_eq!(
-            scan_vmcoreinfo(&mem),
-            Some((0x10_9000, text.to_string()))
-        );
-        assert_eq!(
-            vmcoreinfo_note_at(&mem, 0x10_9000, 4096).unwrap(),
-            text
-        );
+        assert_eq!(scan_vmcoreinfo(&mem), Some((0x10_9000, text.to_string())));
+        assert_eq!(vmcoreinfo_note_at(&mem, 0x10_9000, 4096).unwrap(), text);
         let e = vmcoreinfo_note_at(&mem, 0x10_3000, 4096).unwrap_err();
         assert!(e.to_string().contains("OSRELEASE"), "{e}");
         let e = vmcoreinfo_note_at(&mem, 0x10_4000, 4096).unwrap_err();
-        assert!(e.to_string().contains("no \"VMCOREINFO\" note header"), "{e}");
+        assert!(
+            e.to_string().contains("no \"VMCOREINFO\" note header"),
+            "{e}"
+        );
         let e = vmcoreinfo_note_at(&mem, 0x10_9000, 1 << 30).unwrap_err();
         assert!(e.to_string().contains("size"), "{e}");
         let e = vmcoreinfo_note_at(&mem, 0x1_0000_0000, 4096).unwrap_err();

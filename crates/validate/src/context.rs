@@ -6,7 +6,6 @@ use std::rc::Rc;
 
 use ambulance_abi::descriptor::{root_flags, Descriptor, Root, RootKind};
 use ambulance_introspect::program::Program;
-use ambulance_introspect::types::TypeKind;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::{self, ListWalk, WalkEnd, WalkLimits};
 use ambulance_report::{
@@ -43,6 +42,10 @@ pub struct Context<'a> {
     pub descriptor_bytes: Option<&'a [u8]>,
     /// Where the guest keeps it (guest-physical).
     pub descriptor_gpa: Option<u64>,
+    /// Roots the host derived from what it knows of the guest's kernel (Linux's task
+    /// list), for guests that registered no descriptor. Validators see them as they see
+    /// registered roots.
+    pub kernel_roots: &'a [Root],
     /// VMCOREINFO (from the descriptor, a core note or a memory scan).
     pub vmcoreinfo: Option<&'a Vmcoreinfo>,
     /// The kernel's ELF image (debug info), to compare read-only memory with.
@@ -69,6 +72,7 @@ impl<'a> Context<'a> {
             descriptor: None,
             descriptor_bytes: None,
             descriptor_gpa: None,
+            kernel_roots: &[],
             vmcoreinfo: None,
             kernel_elf: None,
             failure,
@@ -78,9 +82,12 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// The declared roots (none without a registration).
+    /// The roots to validate: those the guest registered, or, without a registration,
+    /// those derived from its kernel.
     pub fn roots(&self) -> &'a [Root] {
-        self.descriptor.map(|d| d.roots.as_slice()).unwrap_or(&[])
+        self.descriptor
+            .map(|d| d.roots.as_slice())
+            .unwrap_or(self.kernel_roots)
     }
 
     /// The root with this name.
@@ -271,21 +278,8 @@ impl<'a> Context<'a> {
 
     /// Offset of `member` in `type_name`, from DWARF or VMCOREINFO.
     pub fn member_offset(&self, type_name: &str, member: &str) -> Option<u64> {
-        if let Ok((source, id)) = self.program.find_type(type_name) {
-            let mut ty = source.get(id).ok()?;
-            for _ in 0..16 {
-                match ty.kind {
-                    TypeKind::Typedef { target } => ty = source.get(target).ok()?,
-                    _ => break,
-                }
-            }
-            if let Some(m) = ty
-                .members
-                .iter()
-                .find(|m| m.name.as_deref() == Some(member))
-            {
-                return Some(m.offset);
-            }
+        if let Ok(off) = self.program.offset_of(type_name, member) {
+            return Some(off);
         }
         self.vmcoreinfo?.offset(type_name, member)
     }

@@ -1,6 +1,7 @@
 //! End-of-stack magic: the lowest word of every task's stack still holds
 //! `STACK_END_MAGIC`, as Linux checks in `schedule()`. A task type is any root element
-//! type with a `stack_base` member; the magic comes from `NUMBER(STACK_END_MAGIC)`.
+//! type with a `stack_base` member, or Linux's `task_struct` (its `stack` member); the
+//! magic comes from `NUMBER(STACK_END_MAGIC)`, else Linux's value.
 
 use std::collections::HashSet;
 
@@ -27,6 +28,22 @@ impl StackEnd {
     }
 }
 
+/// The member holding the lowest address of an element's stack, and its offset.
+fn stack_member(
+    ctx: &Context<'_>,
+    root: &ambulance_abi::descriptor::Root,
+) -> Option<(&'static str, u64)> {
+    if let Some(o) = ctx.member_offset(&root.type_name, "stack_base") {
+        return Some(("stack_base", o));
+    }
+    if root.type_name == "task_struct" {
+        return ctx
+            .member_offset("task_struct", "stack")
+            .map(|o| ("stack", o));
+    }
+    None
+}
+
 impl Validator for StackEnd {
     fn name(&self) -> &str {
         NAME
@@ -37,9 +54,7 @@ impl Validator for StackEnd {
     }
 
     fn applicable(&self, ctx: &Context<'_>) -> bool {
-        ctx.roots()
-            .iter()
-            .any(|r| ctx.member_offset(&r.type_name, "stack_base").is_some())
+        ctx.roots().iter().any(|r| stack_member(ctx, r).is_some())
     }
 
     fn run(&self, ctx: &Context<'_>, out: &mut Vec<Finding>) {
@@ -49,13 +64,10 @@ impl Validator for StackEnd {
         let mut roots: Vec<_> = ctx
             .roots()
             .iter()
-            .filter_map(|r| {
-                ctx.member_offset(&r.type_name, "stack_base")
-                    .map(|o| (r, o))
-            })
+            .filter_map(|r| stack_member(ctx, r).map(|m| (r, m)))
             .collect();
         roots.sort_by_key(|(r, _)| r.kind != RootKind::Array);
-        for (root, off) in roots {
+        for (root, (member, off)) in roots {
             for e in ctx.elements(root).elements.iter() {
                 if !seen.insert(e.addr) {
                     continue;
@@ -63,6 +75,10 @@ impl Validator for StackEnd {
                 let Ok(base) = ctx.program.read_u64(e.addr + off) else {
                     continue;
                 };
+                // A Linux task that has exited keeps its task_struct but not its stack.
+                if base == 0 && member == "stack" {
+                    continue;
+                }
                 match ctx.program.read_u64(base) {
                     Ok(v) if v == magic => {}
                     Ok(v) => out.push(ctx.finding(
@@ -70,7 +86,7 @@ impl Validator for StackEnd {
                         Severity::Critical,
                         &root.name,
                         Some(e.index),
-                        Some("stack_base"),
+                        Some(member),
                         Some(base),
                         hex(magic),
                         hex(v),
@@ -88,7 +104,7 @@ impl Validator for StackEnd {
                         Severity::Error,
                         &root.name,
                         Some(e.index),
-                        Some("stack_base"),
+                        Some(member),
                         Some(base),
                         hex(magic),
                         "unreadable".into(),

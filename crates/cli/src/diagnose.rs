@@ -75,12 +75,18 @@ pub fn run(args: DiagnoseArgs) -> Result<(), CliError> {
         name: "map".into(),
         duration_us: t.elapsed().as_micros() as u64,
     };
+    // The guest kernel's build ID: registered in its descriptor, or (Linux) in VMCOREINFO.
     let guest_build_id = subject
         .descriptor_bytes
         .as_deref()
         .and_then(|b| ambulance_abi::descriptor::parse(b).ok())
         .map(|d| d.build_id)
-        .filter(|b| !b.is_empty());
+        .filter(|b| !b.is_empty())
+        .or_else(|| {
+            let text = subject.vmcoreinfo.as_deref()?;
+            let info = ambulance_introspect::vmcoreinfo::Vmcoreinfo::parse(text).ok()?;
+            info.build_id().map(<[u8]>::to_vec)
+        });
     let options = crate::diagnose_options(
         None,
         args.debuginfo

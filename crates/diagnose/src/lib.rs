@@ -9,6 +9,8 @@
 //! A core written by Ambulance carries the registration descriptor and the failure as
 //! notes, so an offline diagnosis of it finds what the live one found.
 
+pub mod linux;
+
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -59,8 +61,11 @@ pub struct Subject {
     pub descriptor_gpa: Option<u64>,
     /// The host's copy of the descriptor (taken at registration).
     pub descriptor_bytes: Option<Vec<u8>>,
-    /// VMCOREINFO from elsewhere than the descriptor (a core note, a memory scan).
+    /// VMCOREINFO from elsewhere than the descriptor (a core note, a registration).
+    /// Without it or a descriptor, the diagnosis scans guest RAM for the kernel's note.
     pub vmcoreinfo: Option<String>,
+    /// Where `vmcoreinfo` came from (`core-note`, `registration`), for the report.
+    pub vmcoreinfo_origin: Option<String>,
 }
 
 impl Subject {
@@ -135,6 +140,7 @@ impl Subject {
             descriptor_gpa,
             descriptor_bytes,
             vmcoreinfo: core.vmcoreinfo().map(str::to_string),
+            vmcoreinfo_origin: core.vmcoreinfo().map(|_| "core-note".to_string()),
         }
     }
 }
@@ -163,10 +169,30 @@ pub fn diagnose(
         .descriptor_bytes
         .as_deref()
         .and_then(|b| descriptor::parse(b).ok());
-    let vmcoreinfo_text = descriptor
-        .as_ref()
-        .and_then(|d| d.vmcoreinfo.clone())
-        .or_else(|| subject.vmcoreinfo.clone());
+    // VMCOREINFO: registered in the descriptor, handed over (core note, Linux agent's
+    // registration), or — for a guest that registered nothing — found by scanning RAM.
+    let (vmcoreinfo_text, vmcoreinfo_origin) = match (
+        descriptor.as_ref().and_then(|d| d.vmcoreinfo.clone()),
+        &subject.vmcoreinfo,
+    ) {
+        (Some(text), _) => (Some(text), Some("descriptor".to_string())),
+        (None, Some(text)) => (
+            Some(text.clone()),
+            Some(
+                subject
+                    .vmcoreinfo_origin
+                    .clone()
+                    .unwrap_or_else(|| "provided".into()),
+            ),
+        ),
+        (None, None) if descriptor.is_none() => {
+            match ambulance_introspect::linux::scan_vmcoreinfo(memory.as_ref()) {
+                Some((_, text)) => (Some(text), Some("memory-scan".to_string())),
+                None => (None, None),
+            }
+        }
+        (None, None) => (None, None),
+    };
     let mut notes = Vec::new();
     let vmcoreinfo = match vmcoreinfo_text.as_deref().map(Vmcoreinfo::parse) {
         Some(Ok(v)) => Some(v),
@@ -208,11 +234,32 @@ pub fn diagnose(
                 .find(|&c| c != 0)
         })
         .ok_or(Error::NoPageTables)?;
+    let limits = WalkLimits {
+        max_nodes: options.config.max_nodes,
+        time_budget: std::time::Duration::from_millis(options.config.walk_budget_ms),
+    };
     let mut program = Program::new(memory, root, if la57 { Paging::Five } else { Paging::Four });
     if let Some(v) = &vmcoreinfo {
         program = program.with_vmcoreinfo(v.clone());
     }
-    if let Some(d) = &options.debuginfo {
+    // A guest that registered no descriptor but has VMCOREINFO is Linux: the host's
+    // knowledge of Linux supplies symbols, types and roots.
+    let linux = vmcoreinfo.as_ref().filter(|_| descriptor.is_none());
+    let mut sources = ambulance_report::KernelSources {
+        vmcoreinfo: vmcoreinfo_origin,
+        ..Default::default()
+    };
+    let mut kernel_roots = Vec::new();
+    if let Some(v) = linux {
+        program = linux::load(
+            program,
+            v,
+            options.debuginfo.as_deref(),
+            limits,
+            &mut sources,
+        );
+        kernel_roots = linux::roots(&program, limits, &mut sources);
+    } else if let Some(d) = &options.debuginfo {
         let load_offset = descriptor.as_ref().map_or(0, |d| d.load_offset);
         match d.symbols_at(load_offset) {
             Ok(s) => program = program.with_symbols(s),
@@ -228,11 +275,8 @@ pub fn diagnose(
         duration_us: t.elapsed().as_micros() as u64,
     });
 
-    let limits = WalkLimits {
-        max_nodes: options.config.max_nodes,
-        time_budget: std::time::Duration::from_millis(options.config.walk_budget_ms),
-    };
     let mut ctx = Context::new(&program, &subject.failure, &subject.vcpus, limits);
+    ctx.kernel_roots = &kernel_roots;
     ctx.descriptor = descriptor.as_ref();
     ctx.descriptor_bytes = subject.descriptor_bytes.as_deref();
     ctx.descriptor_gpa = subject.descriptor_gpa;
@@ -260,6 +304,15 @@ pub fn diagnose(
     timeline.push(Phase {
         name: "log".into(),
         duration_us: t.elapsed().as_micros() as u64,
+    });
+    let kernel = linux.map(|v| {
+        let t = Instant::now();
+        let k = linux::kernel_info(&ctx, v, sources, limits);
+        timeline.push(Phase {
+            name: "kernel".into(),
+            duration_us: t.elapsed().as_micros() as u64,
+        });
+        k
     });
     let structures = ctx.structures();
     let registration = descriptor.as_ref().map(|d| RegistrationSummary {
@@ -295,7 +348,7 @@ pub fn diagnose(
         findings,
         log,
         artifacts: Default::default(),
-        kernel: None,
+        kernel,
     })
 }
 

@@ -163,6 +163,7 @@ pub fn subject_for(guest: &Guest, failure: &Failure<'_>) -> Subject {
         descriptor_gpa: registration.as_ref().map(|r| r.gpa),
         descriptor_bytes: registration.as_ref().map(|r| r.bytes.clone()),
         vmcoreinfo: None,
+        vmcoreinfo_origin: None,
     }
 }
 

@@ -384,6 +384,7 @@ fn diagnose_request(request: Request, memory: &File) -> Result<Report, String> {
         descriptor_gpa: request.descriptor_gpa,
         descriptor_bytes: request.descriptor_bytes,
         vmcoreinfo: None,
+        vmcoreinfo_origin: None,
     };
     let mut report =
         diagnose(mapped.clone(), &subject, &options, timeline).map_err(|e| e.to_string())?;

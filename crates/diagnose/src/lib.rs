@@ -251,13 +251,12 @@ pub fn diagnose(
     };
     let mut kernel_roots = Vec::new();
     if let Some(v) = linux {
-        program = linux::load(
-            program,
-            v,
-            options.debuginfo.as_deref(),
-            limits,
-            &mut sources,
-        );
+        timeline.push(Phase {
+            name: "translate".into(),
+            duration_us: t.elapsed().as_micros() as u64,
+        });
+        let d = options.debuginfo.as_deref();
+        program = linux::load(program, v, d, limits, &mut sources, &mut timeline);
         kernel_roots = linux::roots(&program, limits, &mut sources);
     } else if let Some(d) = &options.debuginfo {
         let load_offset = descriptor.as_ref().map_or(0, |d| d.load_offset);
@@ -270,10 +269,12 @@ pub fn diagnose(
             Err(e) => notes.push(format!("kernel types unusable: {e}")),
         }
     }
-    timeline.push(Phase {
-        name: "translate+types".into(),
-        duration_us: t.elapsed().as_micros() as u64,
-    });
+    if linux.is_none() {
+        timeline.push(Phase {
+            name: "translate+types".into(),
+            duration_us: t.elapsed().as_micros() as u64,
+        });
+    }
 
     let mut ctx = Context::new(&program, &subject.failure, &subject.vcpus, limits);
     ctx.kernel_roots = &kernel_roots;

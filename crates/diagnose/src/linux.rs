@@ -10,6 +10,8 @@
 //! * [`kernel_info`] reads the report's `kernel` section: release, dmesg from the printk
 //!   ring, the panic message and CPU, the tasks.
 
+use std::time::Instant;
+
 use ambulance_abi::descriptor::{Root, RootKind};
 use ambulance_introspect::debuginfo::{hex, DebugInfo};
 use ambulance_introspect::linux::kallsyms::Kallsyms;
@@ -19,7 +21,7 @@ use ambulance_introspect::program::Program;
 use ambulance_introspect::types::btf::BtfTypes;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::WalkLimits;
-use ambulance_report::{DmesgRecord, Hex, KernelInfo, KernelSources, TaskInfo};
+use ambulance_report::{DmesgRecord, Hex, KernelInfo, KernelSources, Phase, TaskInfo};
 use ambulance_validate::Context;
 
 /// Linux's largest NR_CPUS on x86-64; a `panic_cpu` beyond it is garbage.
@@ -36,9 +38,17 @@ pub fn load(
     debuginfo: Option<&DebugInfo>,
     limits: WalkLimits,
     sources: &mut KernelSources,
+    timeline: &mut Vec<Phase>,
 ) -> Program {
+    let mut phase = |name: &str, since: Instant| {
+        timeline.push(Phase {
+            name: name.into(),
+            duration_us: since.elapsed().as_micros() as u64,
+        })
+    };
     let mut have_types = false;
     let mut have_symbols = false;
+    let t = Instant::now();
     if let Some(d) = debuginfo {
         match usable_debuginfo(d, vmcoreinfo) {
             Err(why) => sources.missing.push(why),
@@ -62,7 +72,11 @@ pub fn load(
             }
         }
     }
+    if have_symbols {
+        phase("debuginfo", t);
+    }
     if !have_symbols {
+        let t = Instant::now();
         match Kallsyms::read(&program, vmcoreinfo, limits) {
             Ok(k) => {
                 program = program.with_symbols(k.into_symbols());
@@ -70,8 +84,10 @@ pub fn load(
             }
             Err(e) => sources.missing.push(e.to_string()),
         }
+        phase("kallsyms", t);
     }
     if !have_types {
+        let t = Instant::now();
         let range = program
             .symbol("__start_BTF")
             .and_then(|start| Ok((start, program.symbol("__stop_BTF")?)));
@@ -82,6 +98,7 @@ pub fn load(
             }
             Err(e) => sources.missing.push(format!("BTF: {e}")),
         }
+        phase("btf", t);
     }
     sources.symbols.push("vmcoreinfo".into());
     sources.types.push("vmcoreinfo".into());

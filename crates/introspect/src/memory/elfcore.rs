@@ -285,6 +285,12 @@ impl ElfCore {
     pub fn vmcoreinfo(&self) -> Option<&str> {
         self.vmcoreinfo.as_deref()
     }
+
+    /// The offset in the core file of guest-physical `pa`, when the file holds its byte
+    /// (for tools that patch or carve a core).
+    pub fn file_offset(&self, pa: u64) -> Option<u64> {
+        self.map.backing_offset(pa).map(|(_, offset)| offset)
+    }
 }
 
 super::physical_memory_from_segment_map!(ElfCore);
@@ -699,6 +705,14 @@ pub(crate) mod tests {
         assert_eq!(core.slice(0x10_0000, 2), Some(&[0xcc, 0xcc][..]));
         let err = core.read(0x3000, &mut b).unwrap_err();
         assert!(err.to_string().contains("0x3000"), "{err}");
+        // File offsets: the byte the file holds for an address, none in a zero tail.
+        let bytes = sample().write();
+        let at = core.file_offset(0x1ffe).unwrap() as usize;
+        assert_eq!(&bytes[at..at + 2], &[254, 255]);
+        let at = core.file_offset(0x10_0000).unwrap() as usize;
+        assert_eq!(bytes[at], 0xcc);
+        assert_eq!(core.file_offset(0x2800), None);
+        assert_eq!(core.file_offset(0x3000), None);
         assert_eq!(
             core.ranges(),
             vec![

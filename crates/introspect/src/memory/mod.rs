@@ -176,6 +176,13 @@ impl SegmentMap {
         self.segs.get(i).filter(|s| s.start <= pa)
     }
 
+    /// Where guest-physical `pa` lies in its backing: (backing, byte offset), when the
+    /// backing holds it (not in a zero tail).
+    pub(crate) fn backing_offset(&self, pa: u64) -> Option<(usize, u64)> {
+        let s = self.find(pa)?;
+        (pa < s.file_end).then(|| (s.backing, s.offset as u64 + (pa - s.start)))
+    }
+
     #[inline]
     pub(crate) fn slice(&self, pa: u64, len: usize) -> Option<&[u8]> {
         let s = self.find(pa)?;

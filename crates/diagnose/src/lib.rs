@@ -169,39 +169,9 @@ pub fn diagnose(
         .descriptor_bytes
         .as_deref()
         .and_then(|b| descriptor::parse(b).ok());
-    // VMCOREINFO: registered in the descriptor, handed over (core note, Linux agent's
-    // registration), or — for a guest that registered nothing — found by scanning RAM.
-    let (vmcoreinfo_text, vmcoreinfo_origin) = match (
-        descriptor.as_ref().and_then(|d| d.vmcoreinfo.clone()),
-        &subject.vmcoreinfo,
-    ) {
-        (Some(text), _) => (Some(text), Some("descriptor".to_string())),
-        (None, Some(text)) => (
-            Some(text.clone()),
-            Some(
-                subject
-                    .vmcoreinfo_origin
-                    .clone()
-                    .unwrap_or_else(|| "provided".into()),
-            ),
-        ),
-        (None, None) if descriptor.is_none() => {
-            match ambulance_introspect::linux::scan_vmcoreinfo(memory.as_ref()) {
-                Some((_, text)) => (Some(text), Some("memory-scan".to_string())),
-                None => (None, None),
-            }
-        }
-        (None, None) => (None, None),
-    };
     let mut notes = Vec::new();
-    let vmcoreinfo = match vmcoreinfo_text.as_deref().map(Vmcoreinfo::parse) {
-        Some(Ok(v)) => Some(v),
-        Some(Err(e)) => {
-            notes.push(format!("VMCOREINFO unusable: {e}"));
-            None
-        }
-        None => None,
-    };
+    let (vmcoreinfo, vmcoreinfo_origin) =
+        find_vmcoreinfo(memory.as_ref(), descriptor.as_ref(), subject, &mut notes);
     let la57 = descriptor
         .as_ref()
         .is_some_and(|d| d.flags & FLAG_LA57 != 0)
@@ -219,13 +189,7 @@ pub fn diagnose(
     let root = descriptor
         .as_ref()
         .map(|d| d.page_table_root)
-        .or_else(|| {
-            let v = vmcoreinfo.as_ref()?;
-            let pgd = v.symbol("swapper_pg_dir")?;
-            let phys_base = v.number("phys_base")?;
-            pgd.checked_sub(LINUX_START_KERNEL_MAP)
-                .map(|p| p.wrapping_add(phys_base as u64))
-        })
+        .or_else(|| vmcoreinfo.as_ref().and_then(linux::page_table_root))
         .or_else(|| {
             subject
                 .vcpus
@@ -351,6 +315,51 @@ pub fn diagnose(
         artifacts: Default::default(),
         kernel,
     })
+}
+
+/// VMCOREINFO and where it came from: registered in the descriptor, handed over (core
+/// note, the Linux agent's registration), or — for a guest that registered no descriptor
+/// — found by scanning RAM for the kernel's note, also when what was handed over is
+/// unusable (garbage, or without the translation entries).
+fn find_vmcoreinfo(
+    memory: &dyn PhysicalMemory,
+    descriptor: Option<&Descriptor>,
+    subject: &Subject,
+    notes: &mut Vec<String>,
+) -> (Option<Vmcoreinfo>, Option<String>) {
+    let given = match descriptor {
+        Some(d) => d.vmcoreinfo.clone().map(|t| (t, "descriptor".to_string())),
+        None => subject.vmcoreinfo.clone().map(|t| {
+            let origin = subject.vmcoreinfo_origin.clone();
+            (t, origin.unwrap_or_else(|| "provided".into()))
+        }),
+    };
+    if let Some((text, origin)) = given {
+        match Vmcoreinfo::parse(&text) {
+            Ok(v) if descriptor.is_some() || v.symbol("swapper_pg_dir").is_some() => {
+                return (Some(v), Some(origin))
+            }
+            Ok(_) => notes.push(format!(
+                "VMCOREINFO from {origin} has no SYMBOL(swapper_pg_dir); not used"
+            )),
+            Err(e) => notes.push(format!("VMCOREINFO from {origin} unusable: {e}")),
+        }
+    }
+    if descriptor.is_some() {
+        return (None, None);
+    }
+    match ambulance_introspect::linux::scan_vmcoreinfo(memory)
+        .map(|(pa, text)| (pa, Vmcoreinfo::parse(&text)))
+    {
+        Some((_, Ok(v))) => (Some(v), Some("memory-scan".into())),
+        Some((pa, Err(e))) => {
+            notes.push(format!(
+                "VMCOREINFO note found in RAM at {pa:#x} is unusable: {e}"
+            ));
+            (None, None)
+        }
+        None => (None, None),
+    }
 }
 
 /// A report id: UTC time, guest name, and a random part.

@@ -10,6 +10,7 @@
 //! * [`kernel_info`] reads the report's `kernel` section: release, dmesg from the printk
 //!   ring, the panic message and CPU, the tasks.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use ambulance_abi::descriptor::{Root, RootKind};
@@ -17,7 +18,9 @@ use ambulance_introspect::debuginfo::{hex, DebugInfo};
 use ambulance_introspect::linux::kallsyms::Kallsyms;
 use ambulance_introspect::linux::printk;
 use ambulance_introspect::linux::tasks::{read_task, task_list_head, TaskLayout};
+use ambulance_introspect::memory::PhysicalMemory;
 use ambulance_introspect::program::Program;
+use ambulance_introspect::translate::Paging;
 use ambulance_introspect::types::btf::BtfTypes;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::WalkLimits;
@@ -29,6 +32,42 @@ const MAX_CPUS: u32 = 8192;
 
 /// The name of the task-list root in findings and "structures walked".
 pub const TASKS_ROOT: &str = "init_task.tasks";
+
+/// The physical address of the kernel's page tables: `swapper_pg_dir`'s kernel-image
+/// address minus `__START_KERNEL_map`, plus `phys_base` (signed: negative when the kernel
+/// runs below where it was linked).
+pub fn page_table_root(vmcoreinfo: &Vmcoreinfo) -> Option<u64> {
+    let pgd = vmcoreinfo.symbol("swapper_pg_dir")?;
+    let phys_base = vmcoreinfo.number("phys_base")?;
+    pgd.checked_sub(crate::LINUX_START_KERNEL_MAP)
+        .map(|p| p.wrapping_add(phys_base as u64))
+}
+
+/// A [`Program`] over a Linux guest's memory from its VMCOREINFO alone: translation
+/// through `swapper_pg_dir` (4 or 5 levels as `NUMBER(pgtable_l5_enabled)` says), then
+/// symbols and types as [`load`] finds them. What was missing is in `sources`.
+pub fn program(
+    memory: Arc<dyn PhysicalMemory>,
+    vmcoreinfo: &Vmcoreinfo,
+    debuginfo: Option<&DebugInfo>,
+    sources: &mut KernelSources,
+) -> Result<Program, crate::Error> {
+    let root = page_table_root(vmcoreinfo).ok_or(crate::Error::NoPageTables)?;
+    let paging = if vmcoreinfo.number("pgtable_l5_enabled") == Some(1) {
+        Paging::Five
+    } else {
+        Paging::Four
+    };
+    let program = Program::new(memory, root, paging).with_vmcoreinfo(vmcoreinfo.clone());
+    Ok(load(
+        program,
+        vmcoreinfo,
+        debuginfo,
+        WalkLimits::default(),
+        sources,
+        &mut Vec::new(),
+    ))
+}
 
 /// Gives `program` the kernel's symbols and types; says in `sources` where they came from
 /// and what was missing.
@@ -93,7 +132,7 @@ pub fn load(
             .and_then(|start| Ok((start, program.symbol("__stop_BTF")?)));
         match range.and_then(|(start, stop)| BtfTypes::from_guest(&program, start, stop)) {
             Ok(btf) => {
-                program = program.with_types(std::sync::Arc::new(btf));
+                program = program.with_types(Arc::new(btf));
                 sources.types.push("btf".into());
             }
             Err(e) => sources.missing.push(format!("BTF: {e}")),

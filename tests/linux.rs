@@ -1,0 +1,323 @@
+//! Unmodified Linux, offline: Debian's cloud kernel panicked by sysrq under QEMU (TCG),
+//! dumped with `dump-guest-memory`, and diagnosed by `ambulance diagnose --core` — with
+//! nothing but the dump (kallsyms and BTF from guest memory) and with the `-dbg`
+//! vmlinux (DWARF). The report must agree with what the guest itself printed on its
+//! serial console: the panic line, every printk line, every process.
+
+mod linux_guest;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use ambulance_diagnose::{diagnose, Options, Subject};
+use ambulance_introspect::memory::ElfCore;
+use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
+use linux_guest::{console_printk_lines, console_processes, fixture, panicked_dump, Dump};
+use serde_json::Value;
+
+/// One panicked guest's dump, shared by the tests of this file.
+fn dump() -> &'static Dump {
+    static DUMP: OnceLock<Dump> = OnceLock::new();
+    DUMP.get_or_init(|| panicked_dump(&fixture(false), 256))
+}
+
+fn ambulance(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ambulance"))
+        .args(args)
+        .output()
+        .expect("ambulance runs")
+}
+
+fn diagnose_core(core: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["diagnose", "--core", core.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = ambulance(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON report")
+}
+
+/// Everything the report must say about this guest, whatever the type source.
+fn check_against_console(report: &Value, console: &str) {
+    let k = &report["kernel"];
+    let version = std::fs::read_to_string(fixture(false).join("VERSION")).unwrap();
+    let release = k["release"].as_str().expect("kernel.release");
+    assert!(
+        version.starts_with(&format!("linux-image-{release} ")),
+        "{release} vs {version}"
+    );
+    assert_eq!(
+        k["kaslr_offset"].as_str().map(|s| s.starts_with("0x")),
+        Some(true)
+    );
+
+    // The panic message is the console's panic line.
+    let panic_line = console
+        .lines()
+        .find_map(|l| l.split_once("Kernel panic - not syncing: ").map(|x| x.1))
+        .expect("the console shows the panic")
+        .trim_end();
+    assert_eq!(k["panic_message"], panic_line);
+    assert_eq!(panic_line, "sysrq triggered crash");
+    assert_eq!(
+        k["panic_cpu"].as_u64().map(|c| c < 2),
+        Some(true),
+        "{}",
+        k["panic_cpu"]
+    );
+
+    // dmesg: every printk line the console printed is a record line, in order, with the
+    // same timestamp and text. The console prints levels below 7 (the default
+    // loglevel); records logged after the panic notifier paused the guest may be in the
+    // ring without having reached the console.
+    let on_console = console_printk_lines(console);
+    let mut from_report = Vec::new();
+    for r in k["dmesg"].as_array().expect("kernel.dmesg") {
+        if r["level"].as_u64().unwrap() >= 7 {
+            continue;
+        }
+        let ns = r["timestamp_ns"].as_u64().unwrap();
+        let stamp = format!("{:5}.{:06}", ns / 1_000_000_000, ns / 1000 % 1_000_000);
+        for line in r["text"].as_str().unwrap().lines() {
+            from_report.push((stamp.trim_start().to_string(), line.to_string()));
+        }
+    }
+    assert!(on_console.len() > 100, "{} console lines", on_console.len());
+    assert!(
+        from_report.len() >= on_console.len(),
+        "{} record lines for {} console lines",
+        from_report.len(),
+        on_console.len()
+    );
+    for (i, (c, r)) in on_console.iter().zip(&from_report).enumerate() {
+        assert_eq!(c, r, "console printk line {i} differs from dmesg");
+    }
+    let seqs: Vec<u64> = k["dmesg"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "records in order");
+    assert_eq!(k["dmesg_dropped"], 0);
+
+    // Tasks: every process init listed is there with its command — except `ps`, which
+    // listed them and has exited, and the 1-second `sleep` of init's loop, which may
+    // have been replaced. Kernel workers show their workqueue after the name in ps.
+    let tasks = k["tasks"].as_array().expect("kernel.tasks");
+    let listed = console_processes(console);
+    assert!(listed.len() > 40, "{listed:?}");
+    let mut missing = Vec::new();
+    for (pid, comm) in &listed {
+        let found = tasks.iter().any(|t| {
+            let c = t["comm"].as_str().unwrap();
+            t["pid"] == *pid && (c == comm || (c.starts_with("kworker/") && comm.starts_with(c)))
+        });
+        if !found {
+            missing.push((*pid, comm.clone()));
+        }
+    }
+    missing.retain(|(_, c)| c != "ps");
+    assert!(
+        missing.len() <= 1 && missing.iter().all(|(_, c)| c == "sleep"),
+        "processes printed by init but not in the report: {missing:?}"
+    );
+    let init = tasks.iter().find(|t| t["pid"] == 1).expect("pid 1");
+    assert_eq!(init["comm"], "init");
+    assert!(tasks.iter().all(|t| {
+        ["R", "S", "D", "T", "t", "X", "Z", "P", "I"].contains(&t["state"].as_str().unwrap())
+    }));
+
+    // Healthy until sysrq: the task list walks completely, no list or stack findings.
+    let walk = report["structures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["structure"] == "init_task.tasks")
+        .expect("the task list is walked");
+    assert_eq!(walk["end"]["kind"], "complete");
+    assert_eq!(walk["count"].as_u64().unwrap() as usize, tasks.len());
+    let bad: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["validator"] == "list-integrity" || f["validator"] == "stack-end")
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[test]
+fn offline_from_guest_memory_alone() {
+    let d = dump();
+    let report = diagnose_core(&d.core, &[]);
+    check_against_console(&report, &d.console);
+    let sources = &report["kernel"]["sources"];
+    assert_eq!(sources["vmcoreinfo"], "core-note");
+    assert_eq!(sources["symbols"][0], "kallsyms");
+    assert_eq!(sources["types"][0], "btf");
+    assert_eq!(sources["missing"], serde_json::json!([]), "{sources}");
+    // Two vCPUs from the dump's NT_PRSTATUS notes.
+    assert_eq!(report["vcpus"].as_array().unwrap().len(), 2);
+
+    // The text rendering says the same.
+    let out = ambulance(&[
+        "diagnose",
+        "--core",
+        d.core.to_str().unwrap(),
+        "--format",
+        "text",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Kernel panic on CPU "), "{text}");
+    assert!(text.contains(": sysrq triggered crash"), "{text}");
+    assert!(
+        text.contains("symbols from kallsyms, vmcoreinfo, types from btf, vmcoreinfo"),
+        "{text}"
+    );
+}
+
+#[test]
+fn offline_with_the_debug_info_package() {
+    let d = dump();
+    let vmlinux = fixture(true).join("vmlinux");
+    let with = diagnose_core(&d.core, &["--debuginfo", vmlinux.to_str().unwrap()]);
+    check_against_console(&with, &d.console);
+    let sources = &with["kernel"]["sources"];
+    assert_eq!(sources["symbols"][0], "dwarf");
+    assert_eq!(sources["types"][0], "dwarf");
+    // The same answers as without it.
+    let without = diagnose_core(&d.core, &[]);
+    for key in ["release", "panic_message", "panic_cpu", "dmesg", "tasks"] {
+        assert_eq!(with["kernel"][key], without["kernel"][key], "kernel.{key}");
+    }
+}
+
+#[test]
+fn a_corrupted_tasks_prev_is_reported_at_its_task() {
+    let d = dump();
+    let report = diagnose_core(&d.core, &[]);
+    let tasks = report["kernel"]["tasks"].as_array().unwrap();
+    let addr =
+        |i: usize| u64::from_str_radix(&tasks[i]["address"].as_str().unwrap()[2..], 16).unwrap();
+    let victim = addr(10);
+
+    // Where the victim's tasks.prev lives in the file.
+    let core = ElfCore::open(&d.core).unwrap();
+    let info = Vmcoreinfo::parse(core.vmcoreinfo().unwrap()).unwrap();
+    let mut sources = Default::default();
+    let program =
+        ambulance_diagnose::linux::program(Arc::new(core), &info, None, &mut sources).unwrap();
+    let prev_va = victim + program.offset_of("task_struct", "tasks.prev").unwrap();
+    assert_eq!(
+        program.read_u64(prev_va).unwrap(),
+        addr(9) + program.offset_of("task_struct", "tasks").unwrap(),
+        "prev points at the previous task's link"
+    );
+    let pa = program.translate(prev_va).unwrap();
+    let core = ElfCore::open(&d.core).unwrap();
+    let at = core.file_offset(pa).expect("the dump holds the task") as usize;
+
+    let mut bytes = std::fs::read(&d.core).unwrap();
+    let wrong = addr(20) + program.offset_of("task_struct", "tasks").unwrap();
+    bytes[at..at + 8].copy_from_slice(&wrong.to_le_bytes());
+    let copy = d.dir.path().join("vmcore.corrupt");
+    std::fs::write(&copy, &bytes).unwrap();
+
+    let report = diagnose_core(&copy, &[]);
+    let f: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["validator"] == "list-integrity")
+        .collect();
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0]["severity"], "critical");
+    assert_eq!(f[0]["structure"]["root"], "init_task.tasks");
+    assert_eq!(f[0]["structure"]["path"], "prev");
+    assert_eq!(f[0]["address"]["virt"], format!("{victim:#x}"));
+    assert_eq!(f[0]["found"], format!("{wrong:#x}"));
+    let _ = std::fs::remove_file(copy);
+}
+
+#[test]
+fn missing_btf_degrades_the_report_and_says_so() {
+    let d = dump();
+    let core = ElfCore::open(&d.core).unwrap();
+    let info = Vmcoreinfo::parse(core.vmcoreinfo().unwrap()).unwrap();
+    let mut sources = Default::default();
+    let program =
+        ambulance_diagnose::linux::program(Arc::new(core), &info, None, &mut sources).unwrap();
+    let start = program.symbol("__start_BTF").unwrap();
+    let pa = program.translate(start).unwrap();
+    let core = ElfCore::open(&d.core).unwrap();
+    let at = core.file_offset(pa).unwrap() as usize;
+    let mut bytes = std::fs::read(&d.core).unwrap();
+    bytes[at..at + 4].copy_from_slice(b"junk");
+    let copy = d.dir.path().join("vmcore.nobtf");
+    std::fs::write(&copy, &bytes).unwrap();
+
+    let report = diagnose_core(&copy, &[]);
+    let k = &report["kernel"];
+    let missing = k["sources"]["missing"].as_array().unwrap();
+    assert!(
+        missing
+            .iter()
+            .any(|m| m.as_str().unwrap().starts_with("BTF: ")),
+        "{missing:?}"
+    );
+    assert!(
+        missing
+            .iter()
+            .any(|m| m.as_str().unwrap().contains("task_struct")),
+        "{missing:?}"
+    );
+    assert_eq!(k["sources"]["types"], serde_json::json!(["vmcoreinfo"]));
+    // What VMCOREINFO alone describes is still there: dmesg and the panic message.
+    assert_eq!(k["panic_message"], "sysrq triggered crash");
+    assert!(k["dmesg"].as_array().unwrap().len() > 100);
+    assert_eq!(k["tasks"], serde_json::json!([]));
+    let _ = std::fs::remove_file(copy);
+}
+
+#[test]
+fn garbage_vmcoreinfo_falls_back_to_the_note_in_ram() {
+    let d = dump();
+    let core = Arc::new(ElfCore::open(&d.core).unwrap());
+    let mut subject = Subject::from_core(&core);
+    subject.vmcoreinfo = Some("\u{1}\u{2}garbage=\nSYMBOL(x)=zz\n".repeat(50));
+    let report = diagnose(core, &subject, &Options::default(), Vec::new()).unwrap();
+    let k = report.kernel.expect("still a Linux report");
+    assert_eq!(k.sources.vmcoreinfo.as_deref(), Some("memory-scan"));
+    assert_eq!(k.panic_message.as_deref(), Some("sysrq triggered crash"));
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.message.contains("VMCOREINFO from core-note")),
+        "{:#?}",
+        report.findings
+    );
+}
+
+#[test]
+fn debug_info_of_another_build_is_refused_naming_both_ids() {
+    let d = dump();
+    let out = ambulance(&[
+        "diagnose",
+        "--core",
+        d.core.to_str().unwrap(),
+        "--debuginfo",
+        ambulance_test_kernel::ELF_PATH,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let core = ElfCore::open(&d.core).unwrap();
+    let info = Vmcoreinfo::parse(core.vmcoreinfo().unwrap()).unwrap();
+    let guest = ambulance_introspect::debuginfo::hex(info.build_id().unwrap());
+    assert!(err.contains(&guest) && err.contains("build ID"), "{err}");
+    assert!(err.contains(ambulance_test_kernel::ELF_PATH), "{err}");
+}

@@ -40,6 +40,9 @@ pub struct DebugInfo {
     path: PathBuf,
     bytes: Arc<ElfBytes>,
     symbols: Symbols,
+    /// Symbol tables with a KASLR slide applied, by slide: a guest kernel's slide rarely
+    /// changes between diagnoses, and rebuilding a vmlinux's table takes tens of ms.
+    slid: std::sync::Mutex<Vec<(i64, Arc<Symbols>)>>,
     dwarf: std::result::Result<Arc<DwarfTypes>, String>,
     build_id: Option<Vec<u8>>,
 }
@@ -100,6 +103,7 @@ impl DebugInfo {
             path: PathBuf::from(name),
             bytes,
             symbols,
+            slid: Default::default(),
             dwarf,
             build_id,
         })
@@ -189,9 +193,24 @@ impl DebugInfo {
         &self.symbols
     }
 
-    /// The ELF symbols with a load offset (KASLR slide) applied.
-    pub fn symbols_at(&self, load_offset: i64) -> Result<Symbols> {
-        Symbols::from_elf(&self.bytes, &self.path.display().to_string(), load_offset)
+    /// The ELF symbols with a load offset (KASLR slide) applied; the last few slides'
+    /// tables are kept.
+    pub fn symbols_at(&self, load_offset: i64) -> Result<Arc<Symbols>> {
+        const KEEP: usize = 4;
+        let mut slid = self.slid.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, s)) = slid.iter().find(|(o, _)| *o == load_offset) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(Symbols::from_elf(
+            &self.bytes,
+            &self.path.display().to_string(),
+            load_offset,
+        )?);
+        if slid.len() == KEEP {
+            slid.remove(0);
+        }
+        slid.push((load_offset, s.clone()));
+        Ok(s)
     }
 
     /// The DWARF types, or why there are none.
@@ -243,6 +262,9 @@ mod tests {
             slid.get("HEARTBEAT"),
             info.symbols().get("HEARTBEAT").map(|a| a + 0x1000)
         );
+        // The slid table is kept for the next diagnosis at the same slide.
+        assert!(Arc::ptr_eq(&slid, &info.symbols_at(0x1000).unwrap()));
+        assert!(!Arc::ptr_eq(&slid, &info.symbols_at(0x2000).unwrap()));
         let types = info.types().unwrap();
         let task = types.get(types.find("Task").unwrap()).unwrap();
         assert_eq!(task.size, Some(104));

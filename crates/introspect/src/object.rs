@@ -548,7 +548,7 @@ pub(crate) mod tests {
         }
     }
 
-    const DIRECT: u64 = 0xffff_8880_0000_0000;
+    pub(crate) const DIRECT: u64 = 0xffff_8880_0000_0000;
 
     /// Types modelled on the test kernel's `Task` plus oddities: an anonymous union, a
     /// typedef chain, bitfields, a signed field, a C string pointer.
@@ -666,10 +666,13 @@ pub(crate) mod tests {
         t
     }
 
-    const TASK0: u64 = 0x10_0000;
-    const STR: u64 = 0x10_0ffa; // a string crossing into the next page
+    pub(crate) const TASK0: u64 = 0x10_0000;
+    pub(crate) const STR: u64 = 0x10_0ffa; // a string crossing into the next page
 
-    fn program() -> Program {
+    /// A small guest for type sources' tests: four 96-byte tasks at [`TASK0`] on a
+    /// circular list (link at +32), a string at [`STR`], `extra` bytes where asked, all
+    /// in a 2 MiB direct map at `DIRECT`. No types.
+    pub(crate) fn task_guest(extra: &[(u64, &[u8])]) -> Program {
         let mut b =
             PageTableBuilder::new(vec![0u8; 4 << 20], 0x1000, 0x8_0000, Paging::Four).unwrap();
         b.map_range(DIRECT, 0, 2 << 20, 2 << 20, true, true)
@@ -694,15 +697,23 @@ pub(crate) mod tests {
                 at + 72,
                 &((0b10110u32 << 3) | (0b1010 << 8)).to_le_bytes(),
             );
+            put(ram, at + 80, &(-(i as i32 % 2)).to_le_bytes());
+            put(ram, at + 88, &(1u64 << 40).to_le_bytes());
         }
         put(ram, STR, b"hello, world\0");
+        for (at, bytes) in extra {
+            put(ram, *at, bytes);
+        }
         let root = b.root();
         Program::new(
             Arc::new(RawImage::from_bytes(b.into_ram(), 0)),
             root,
             Paging::Four,
         )
-        .with_types(Arc::new(types()))
+    }
+
+    fn program() -> Program {
+        task_guest(&[]).with_types(Arc::new(types()))
     }
 
     #[test]

@@ -753,9 +753,7 @@ impl TypeSource for BtfTypes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::RawImage;
     use crate::object::{offset_of, Object};
-    use crate::translate::{PageTableBuilder, Paging};
 
     /// Builds BTF blobs, one record at a time; returns ids in order.
     struct Builder {
@@ -1147,46 +1145,11 @@ mod tests {
         assert!(Arc::ptr_eq(&get(&b, 23), &get(&b, 23)));
     }
 
-    const DIRECT: u64 = 0xffff_8880_0000_0000;
-    const TASK0: u64 = 0x10_0000;
-    const STR: u64 = 0x10_0ffa;
+    use crate::object::tests::{DIRECT, TASK0};
     const BLOB: u64 = 0x18_0ff0;
 
     fn program(blob: &[u8]) -> Program {
-        let mut b =
-            PageTableBuilder::new(vec![0u8; 4 << 20], 0x1000, 0x8_0000, Paging::Four).unwrap();
-        b.map_range(DIRECT, 0, 2 << 20, 2 << 20, true, true)
-            .unwrap();
-        let ram = b.ram_mut();
-        let put = |ram: &mut [u8], at: u64, v: &[u8]| {
-            ram[at as usize..at as usize + v.len()].copy_from_slice(v)
-        };
-        for i in 0..4u64 {
-            let at = TASK0 + i * 96;
-            put(ram, at, &0x6b73_6174_7562_6d61u64.to_le_bytes());
-            put(ram, at + 8, &(i as u32 + 1).to_le_bytes());
-            put(ram, at + 12, &(-5i16).to_le_bytes());
-            put(ram, at + 16, format!("task{i}\0").as_bytes());
-            let next = if i == 3 { TASK0 } else { TASK0 + (i + 1) * 96 };
-            put(ram, at + 32, &(DIRECT + next + 32).to_le_bytes());
-            put(ram, at + 48, &0x1122_3344_5566_7788u64.to_le_bytes());
-            put(ram, at + 56, &(DIRECT + STR).to_le_bytes());
-            put(
-                ram,
-                at + 72,
-                &((0b10110u32 << 3) | (0b1010 << 8)).to_le_bytes(),
-            );
-            put(ram, at + 80, &(-(i as i32 % 2)).to_le_bytes());
-            put(ram, at + 88, &(1u64 << 40).to_le_bytes());
-        }
-        put(ram, STR, b"hello, world\0");
-        put(ram, BLOB, blob);
-        let root = b.root();
-        Program::new(
-            Arc::new(RawImage::from_bytes(b.into_ram(), 0)),
-            root,
-            Paging::Four,
-        )
+        crate::object::tests::task_guest(&[(BLOB, blob)])
     }
 
     #[test]

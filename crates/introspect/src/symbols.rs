@@ -21,12 +21,17 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use goblin::elf::section_header::{SHF_ALLOC, SHN_ABS, SHN_UNDEF};
 use goblin::elf::sym::{STB_GLOBAL, STB_WEAK, STT_FILE, STT_FUNC, STT_OBJECT, STT_SECTION};
 use goblin::elf::Elf;
 
 use crate::{Error, Result};
+
+/// Names to symbols: keys share the table's names, hashed with foldhash (a kernel has
+/// ~100k symbols; SipHash and a copy of every name were most of the indexing time).
+type NameMap<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
 
 /// Largest symbol count accepted (a distribution vmlinux has ~200k).
 const MAX_SYMBOLS: usize = 20_000_000;
@@ -35,9 +40,9 @@ const MAX_SYMBOLS: usize = 20_000_000;
 #[derive(Clone, Debug)]
 struct Sym {
     /// The name as in the file.
-    raw: Box<str>,
+    raw: Arc<str>,
     /// Demangled path without hash, when the name is a mangled Rust name.
-    demangled: Option<Box<str>>,
+    demangled: Option<Arc<str>>,
     /// Address with the load offset applied.
     addr: u64,
     /// Size in bytes (0 when unknown, e.g. linker-script labels).
@@ -67,11 +72,11 @@ pub struct Symbols {
     /// Sorted by address, then best first among equal addresses.
     by_addr: Vec<Sym>,
     /// Raw name → index into `by_addr`.
-    raw: HashMap<Box<str>, usize>,
+    raw: NameMap<usize>,
     /// Demangled path → index.
-    demangled: HashMap<Box<str>, usize>,
+    demangled: NameMap<usize>,
     /// Last path component → index, or `None` when ambiguous.
-    short: HashMap<Box<str>, Option<usize>>,
+    short: NameMap<Option<usize>>,
     /// Address ranges of allocated sections (slid), for bounding `lookup_addr`.
     alloc_ranges: Vec<(u64, u64)>,
     build_id: Option<Vec<u8>>,
@@ -83,9 +88,9 @@ pub struct Symbols {
 
 /// The name indexes of a table sorted by address.
 struct Indexes {
-    raw: HashMap<Box<str>, usize>,
-    demangled: HashMap<Box<str>, usize>,
-    short: HashMap<Box<str>, Option<usize>>,
+    raw: NameMap<usize>,
+    demangled: NameMap<usize>,
+    short: NameMap<Option<usize>>,
 }
 
 /// Parses an ELF image with goblin, turning a panic inside goblin (it has had some on
@@ -185,9 +190,10 @@ fn index(table: &mut [Sym]) -> Indexes {
             .then_with(|| a.raw.cmp(&b.raw))
     });
 
-    let mut raw: HashMap<Box<str>, usize> = HashMap::with_capacity(table.len());
-    let mut demangled: HashMap<Box<str>, usize> = HashMap::new();
-    let mut short: HashMap<Box<str>, Option<usize>> = HashMap::new();
+    let mut raw: NameMap<usize> =
+        NameMap::with_capacity_and_hasher(table.len(), Default::default());
+    let mut demangled: NameMap<usize> = NameMap::default();
+    let mut short: NameMap<Option<usize>> = NameMap::default();
     let better = |table: &[Sym], new: usize, old: usize| table[new].global && !table[old].global;
     for i in 0..table.len() {
         match raw.get_mut(&*table[i].raw) {
@@ -343,7 +349,7 @@ impl Symbols {
             description,
             entries
                 .into_iter()
-                .map(|(name, addr, size)| (name, addr, size, true)),
+                .map(|(name, addr, size)| (Arc::from(name), addr, size, true)),
             load_offset,
         )
     }
@@ -352,7 +358,7 @@ impl Symbols {
     /// address, size, global)`. Among symbols sharing a name, a global one is found first.
     pub(crate) fn from_bound_entries(
         description: &str,
-        entries: impl IntoIterator<Item = (String, u64, u64, bool)>,
+        entries: impl IntoIterator<Item = (Arc<str>, u64, u64, bool)>,
         load_offset: i64,
     ) -> Symbols {
         let slide = load_offset as u64;
@@ -361,7 +367,7 @@ impl Symbols {
             .filter(|(name, ..)| !name.is_empty())
             .map(|(name, addr, size, global)| Sym {
                 demangled: demangle(&name).map(Into::into),
-                raw: name.into(),
+                raw: name,
                 addr: addr.wrapping_add(slide),
                 size,
                 global,
@@ -606,9 +612,9 @@ mod tests {
         let s = Symbols::from_bound_entries(
             "t",
             [
-                ("dup".to_string(), 0x10, 1, false),
-                ("dup".to_string(), 0x20, 1, true),
-                ("dup".to_string(), 0x30, 1, false),
+                ("dup".into(), 0x10, 1, false),
+                ("dup".into(), 0x20, 1, true),
+                ("dup".into(), 0x30, 1, false),
             ],
             0,
         );

@@ -621,7 +621,7 @@ impl Kallsyms {
     pub fn into_symbols(self) -> Symbols {
         let entries = self.entries.iter().map(|e| {
             (
-                self.name_of(e).to_string(),
+                std::sync::Arc::from(self.name_of(e)),
                 e.addr,
                 e.size,
                 e.kind.is_ascii_uppercase(),

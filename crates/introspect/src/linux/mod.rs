@@ -15,9 +15,10 @@ pub mod tasks;
 use crate::memory::PhysicalMemory;
 use crate::{Error, Result};
 
-/// The kernel's VMCOREINFO note buffer is one page (`VMCOREINFO_NOTE_SIZE` on x86-64
-/// with 4 KiB pages); no note we accept is larger.
-pub const VMCOREINFO_NOTE_MAX: usize = 4096;
+/// The largest VMCOREINFO note buffer accepted. The kernel's (`VMCOREINFO_NOTE_SIZE`) is
+/// a page of text plus the note headers — 0x1024 bytes on x86-64 with 4 KiB pages, as
+/// `/sys/kernel/vmcoreinfo` reports it; two pages leave room for larger pages' headers.
+pub const VMCOREINFO_NOTE_MAX: usize = 8192;
 
 /// The ELF note name Linux gives VMCOREINFO, NUL-terminated and padded to 4 bytes.
 const NOTE_NAME: &[u8; 12] = b"VMCOREINFO\0\0";
@@ -135,6 +136,8 @@ mod tests {
             e.to_string().contains("no \"VMCOREINFO\" note header"),
             "{e}"
         );
+        // The size /sys/kernel/vmcoreinfo gives on x86-64.
+        assert_eq!(vmcoreinfo_note_at(&mem, 0x10_9000, 0x1024).unwrap(), text);
         let e = vmcoreinfo_note_at(&mem, 0x10_9000, 1 << 30).unwrap_err();
         assert!(e.to_string().contains("size"), "{e}");
         let e = vmcoreinfo_note_at(&mem, 0x1_0000_0000, 4096).unwrap_err();

@@ -1,11 +1,13 @@
 //! The `ambulance` command line.
 //!
 //! Each subcommand lives in its own module: [`run`] boots one guest and prints its events,
+//! [`attach`] diagnoses a guest QEMU runs (live, through QMP and its RAM file),
 //! [`demo`] shows the whole flow on three guests with the service's embedded defaults,
 //! [`serve`] runs the daemon, [`client`] holds the commands that talk to it (`status`,
 //! `reports`, `report`, `diagnose --guest`, `release`), and [`diagnose`] diagnoses an ELF
 //! core offline.
 
+pub mod attach;
 pub mod client;
 pub mod demo;
 pub mod diagnose;
@@ -62,6 +64,9 @@ struct Cli {
 enum Command {
     /// Boot one guest and print its events until it fails or the duration ends.
     Run(run::RunArgs),
+    /// Attach to a guest QEMU runs (QMP and its RAM file), wait for it to panic (or
+    /// --now), diagnose it and print the report.
+    Attach(attach::AttachArgs),
     /// Boot three test guests, crash one, diagnose it, and show that the others keep running.
     Demo(demo::DemoArgs),
     /// Diagnose a guest offline from an ELF core (--core), or ask the daemon to diagnose a
@@ -101,6 +106,7 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Attach(args) => attach::run(args),
         Command::Demo(args) => demo::demo(args),
         Command::Diagnose(args) => diagnose::run(args),
         Command::Serve(args) => serve::run(args),

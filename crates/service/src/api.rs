@@ -5,7 +5,7 @@
 //! | `GET /v1/guests` | every guest's status |
 //! | `GET /v1/guests/{id}` | one guest's status |
 //! | `POST /v1/guests/{id}/diagnose` | freeze a running guest briefly, diagnose, resume; answers the index entry |
-//! | `POST /v1/guests/{id}/release` | `{"action": "restart" \| "destroy"}` (default restart) for a held guest |
+//! | `POST /v1/guests/{id}/release` | `{"action": "restart" \| "destroy"}` (default restart) for a held guest (a guest QEMU runs: `system_reset` and run, or `quit`) |
 //! | `POST /v1/guests/{id}/boot-flag` | `{"flag": "primary" \| "rescue"}` |
 //! | `GET /v1/reports?guest=&since=&cause=` | index entries (`since`: RFC 3339 or Unix seconds) |
 //! | `GET /v1/reports/{id}` | the JSON report, or its text with `Accept: text/plain` |

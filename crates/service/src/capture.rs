@@ -220,21 +220,38 @@ pub fn diagnose_and_write(
         },
     ];
     let subject = subject_for(guest, failure);
-    let mut report = diagnose(memory.clone(), &subject, options, timeline)
+    let report = diagnose(memory.clone(), &subject, options, timeline)
         .map_err(|e| ServiceError::Diagnosis(e.to_string()))?;
+    write_outputs(
+        dir,
+        report,
+        memory.as_ref(),
+        options.debuginfo.as_deref(),
+        subject.descriptor_gpa.zip(subject.descriptor_bytes.clone()),
+        subject.vmcoreinfo.clone(),
+        want_core,
+    )
+}
 
+/// Writes `report` into `dir` as `<id>.json` and `<id>.txt` and, with `want_core`, the
+/// guest's `memory` as `<id>.core` (see [`write_core_file`]) — each atomically — and makes
+/// the directory entries durable. The report records the core among its artifacts and
+/// the time writing took.
+pub fn write_outputs(
+    dir: &Path,
+    mut report: Report,
+    memory: &LiveMemory,
+    debuginfo: Option<&DebugInfo>,
+    descriptor: Option<(u64, Vec<u8>)>,
+    vmcoreinfo: Option<String>,
+    want_core: bool,
+) -> Result<Written> {
     std::fs::create_dir_all(dir).map_err(|e| ServiceError::io("cannot create", dir, e))?;
     let t = Instant::now();
     let base = dir.join(&report.id);
     let core = if want_core {
         let path = base.with_extension("core");
-        write_core_file(
-            &path,
-            memory.as_ref(),
-            &report,
-            options.debuginfo.as_deref(),
-            subject.descriptor_gpa.zip(subject.descriptor_bytes.clone()),
-        )?;
+        write_core_file(&path, memory, &report, debuginfo, descriptor, vmcoreinfo)?;
         report
             .artifacts
             .insert("core".into(), path.display().to_string());
@@ -263,15 +280,17 @@ pub fn diagnose_and_write(
 }
 
 /// Writes (and fsyncs) an ELF core of `memory` for `report` at `path`: one `PT_LOAD` per
-/// RAM range, `NT_PRSTATUS` per vCPU, VMCOREINFO and the descriptor from the host's copy,
-/// the failure and guest as Ambulance notes, and the kernel image's segments as virtual
-/// windows when its debug info is known.
+/// RAM range, `NT_PRSTATUS` per vCPU, VMCOREINFO (the descriptor's, else `vmcoreinfo` —
+/// a Linux guest's note text) and the descriptor from the host's copy, the failure and
+/// guest as Ambulance notes, and the kernel image's segments as virtual windows when its
+/// debug info is known.
 pub fn write_core_file(
     path: &Path,
     memory: &LiveMemory,
     report: &Report,
     debuginfo: Option<&DebugInfo>,
     descriptor: Option<(u64, Vec<u8>)>,
+    vmcoreinfo: Option<String>,
 ) -> Result<()> {
     let ram: Vec<RamRange<'_>> = memory
         .ranges()
@@ -291,7 +310,8 @@ pub fn write_core_file(
     let vmcoreinfo = descriptor
         .as_ref()
         .and_then(|(_, bytes)| ambulance_abi::descriptor::parse(bytes).ok())
-        .and_then(|d| d.vmcoreinfo);
+        .and_then(|d| d.vmcoreinfo)
+        .or(vmcoreinfo);
     let direct_map_base = vmcoreinfo
         .as_deref()
         .and_then(|v| ambulance_introspect::vmcoreinfo::Vmcoreinfo::parse(v).ok())

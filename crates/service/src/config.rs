@@ -31,6 +31,15 @@
 //! core = false
 //! maintenance = { cmdline = "mode=maintenance", timeout_ms = 10000 }
 //! rescue = { cmdline = "fault=none tasks=4", failures = 3, window_ms = 60000, healthy_period_ms = 0 }
+//!
+//! [[guest]]                            # a guest QEMU runs (Linux, unmodified)
+//! name = "db"
+//! kind = "qemu"
+//! qmp = "/run/qemu/db.qmp"             # -qmp unix:PATH,server=on,wait=off
+//! memory_file = "/dev/shm/db.ram"      # its memory-backend-file (default: QEMU's mem-path)
+//! registration = "/run/ambulance/db.reg"   # optional: the Linux agent's serial port
+//! debuginfo = "/usr/lib/debug/boot/vmlinux-6.1.0-…"   # optional
+//! policy = "hold"                      # restart | hold
 //! ```
 //!
 //! Unknown keys are refused, and every refusal names the file, the key (with its line) and
@@ -137,8 +146,9 @@ struct RawAlerts {
 #[serde(deny_unknown_fields)]
 struct RawGuest {
     name: String,
-    #[serde(default = "default_kernel")]
-    kernel: String,
+    #[serde(default)]
+    kind: Kind,
+    kernel: Option<String>,
     memory: Option<Size>,
     vcpus: Option<u32>,
     #[serde(default)]
@@ -152,10 +162,31 @@ struct RawGuest {
     rules: Option<PathBuf>,
     maintenance: Option<RawImage>,
     rescue: Option<RawRescue>,
+    qmp: Option<PathBuf>,
+    memory_file: Option<PathBuf>,
+    registration: Option<PathBuf>,
+    debuginfo: Option<PathBuf>,
 }
 
-fn default_kernel() -> String {
-    TEST_KERNEL.into()
+/// Who runs a guest.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Ambulance's own VMM boots and runs it (`kernel`, `memory`, … say how).
+    #[default]
+    Vmm,
+    /// QEMU runs it; Ambulance attaches through QMP and its RAM file.
+    Qemu,
+}
+
+impl Kind {
+    /// The name as configured.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Vmm => "vmm",
+            Kind::Qemu => "qemu",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,9 +307,38 @@ pub struct GuestSpec {
     pub maintenance: Option<Maintenance>,
     /// Rescue image (always present for policy `rescue`).
     pub rescue: Option<Rescue>,
+    /// For a guest QEMU runs (`kind = "qemu"`): how to reach it. Such a guest has no
+    /// image Ambulance boots (`primary` is empty and unused), and its policy is `restart`
+    /// or `hold`.
+    pub qemu: Option<QemuGuest>,
+}
+
+/// How to reach a guest QEMU runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QemuGuest {
+    /// QEMU's QMP socket (`-qmp unix:PATH,server=on,wait=off`).
+    pub qmp: PathBuf,
+    /// The guest's RAM file (its `memory-backend-file`); default: the `mem-path` QEMU
+    /// reports.
+    pub memory_file: Option<PathBuf>,
+    /// The registration socket Ambulance listens on for the Linux agent (QEMU connects a
+    /// serial port to it).
+    pub registration: Option<PathBuf>,
+    /// The guest kernel's debug info (e.g. Debian's `-dbg` vmlinux), used when its build
+    /// ID matches.
+    pub debuginfo: Option<PathBuf>,
 }
 
 impl GuestSpec {
+    /// Whether QEMU runs this guest.
+    pub fn kind(&self) -> Kind {
+        if self.qemu.is_some() {
+            Kind::Qemu
+        } else {
+            Kind::Vmm
+        }
+    }
+
     /// The VMM configuration that boots `image`.
     pub fn vmm_config(&self, image: &Image) -> ambulance_vmm::GuestConfig {
         let mut cfg = ambulance_vmm::GuestConfig::new(self.name.clone(), image.kernel.clone());
@@ -395,6 +455,17 @@ impl Config {
         };
         rebase(&mut cfg.data_dir);
         rebase(&mut cfg.api.socket);
+        for g in &mut cfg.guests {
+            if let Some(q) = &mut g.qemu {
+                rebase(&mut q.qmp);
+                for p in [&mut q.memory_file, &mut q.registration, &mut q.debuginfo]
+                    .into_iter()
+                    .flatten()
+                {
+                    rebase(p);
+                }
+            }
+        }
         Ok(cfg)
     }
 
@@ -544,7 +615,8 @@ fn guest_spec(
     i: usize,
     bad: &impl Fn(String, String) -> ServiceError,
 ) -> Result<GuestSpec> {
-    let key = |k: &str| format!("guest[{i}] ({}).{k}", g.name);
+    let guest_name = g.name.clone();
+    let key = |k: &str| format!("guest[{i}] ({guest_name}).{k}");
     if g.name.is_empty()
         || !g
             .name
@@ -559,9 +631,26 @@ fn guest_spec(
             ),
         ));
     }
+    if g.kind == Kind::Qemu {
+        return qemu_guest_spec(g, &key, bad);
+    }
+    for (k, set) in [
+        ("qmp", g.qmp.is_some()),
+        ("memory_file", g.memory_file.is_some()),
+        ("registration", g.registration.is_some()),
+        ("debuginfo", g.debuginfo.is_some()),
+    ] {
+        if set {
+            return Err(bad(
+                key(k),
+                "applies only to a guest QEMU runs (kind = \"qemu\")".into(),
+            ));
+        }
+    }
+    let kernel = g.kernel.clone().unwrap_or_else(|| TEST_KERNEL.into());
     let primary = Image {
-        kernel: load_image(&g.kernel).map_err(|e| bad(key("kernel"), e))?,
-        kernel_spec: g.kernel.clone(),
+        kernel: load_image(&kernel).map_err(|e| bad(key("kernel"), e))?,
+        kernel_spec: kernel.clone(),
         cmdline: g.cmdline.clone(),
     };
     let memory_bytes = g
@@ -572,7 +661,7 @@ fn guest_spec(
         .unwrap_or(64 << 20);
     let sub_image =
         |kernel: Option<String>, cmdline: Option<String>, default_cmdline: &str, k: &str| {
-            let spec = kernel.unwrap_or_else(|| g.kernel.clone());
+            let spec = kernel.unwrap_or_else(|| primary.kernel_spec.clone());
             Ok::<Image, ServiceError>(Image {
                 kernel: load_image(&spec).map_err(|e| bad(key(&format!("{k}.kernel")), e))?,
                 kernel_spec: spec,
@@ -632,6 +721,7 @@ fn guest_spec(
         rules: g.rules,
         maintenance,
         rescue,
+        qemu: None,
     };
     // Let the VMM check what it will refuse later (sizes, vCPUs, command lines).
     let images = [
@@ -659,6 +749,83 @@ fn guest_spec(
         }
     }
     Ok(spec)
+}
+
+/// A guest QEMU runs: its QMP socket and files; everything about booting it is QEMU's.
+fn qemu_guest_spec(
+    g: RawGuest,
+    key: &impl Fn(&str) -> String,
+    bad: &impl Fn(String, String) -> ServiceError,
+) -> Result<GuestSpec> {
+    let boots = "does not apply to a guest QEMU runs (kind = \"qemu\"): QEMU's command line says how it boots";
+    for (k, set) in [
+        ("kernel", g.kernel.is_some()),
+        ("memory", g.memory.is_some()),
+        ("vcpus", g.vcpus.is_some()),
+        ("cmdline", !g.cmdline.is_empty()),
+        ("watchdog_ms", g.watchdog_ms.is_some()),
+        ("degraded_below_hz", g.degraded_below_hz.is_some()),
+        ("maintenance", g.maintenance.is_some()),
+        ("rescue", g.rescue.is_some()),
+    ] {
+        if set {
+            return Err(bad(key(k), boots.into()));
+        }
+    }
+    if matches!(g.policy, Policy::Maintenance | Policy::Rescue) {
+        return Err(bad(
+            key("policy"),
+            format!(
+                "{:?} needs an image Ambulance boots; a guest QEMU runs takes \"restart\" (system_reset and run again) or \"hold\"",
+                g.policy.name()
+            ),
+        ));
+    }
+    let qmp = g.qmp.ok_or_else(|| {
+        bad(
+            key("qmp"),
+            "is required for a guest QEMU runs: the path of its QMP socket (-qmp unix:PATH,server=on,wait=off)".into(),
+        )
+    })?;
+    for (k, p) in [
+        ("qmp", Some(&qmp)),
+        ("registration", g.registration.as_ref()),
+    ] {
+        if let Some(p) = p {
+            if p.as_os_str().is_empty() || p.as_os_str().len() > SOCKET_PATH_MAX {
+                return Err(bad(
+                    key(k),
+                    format!(
+                        "{:?} is not a usable Unix socket path (1 to {SOCKET_PATH_MAX} bytes)",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(GuestSpec {
+        name: g.name.clone(),
+        primary: Image {
+            kernel_spec: String::new(),
+            kernel: Arc::from(Vec::new()),
+            cmdline: String::new(),
+        },
+        memory_bytes: 0,
+        vcpus: 0,
+        watchdog: None,
+        degraded_below_hz: None,
+        policy: g.policy,
+        core: g.core,
+        rules: g.rules,
+        maintenance: None,
+        rescue: None,
+        qemu: Some(QemuGuest {
+            qmp,
+            memory_file: g.memory_file,
+            registration: g.registration,
+            debuginfo: g.debuginfo,
+        }),
+    })
 }
 
 /// A TOML or schema error with its line, column and the key it is about.
@@ -779,6 +946,50 @@ policy = "maintenance"
         );
         let e = err("max_parallel_diagnoses = 0\n");
         assert!(e.contains("max_parallel_diagnoses"), "{e}");
+    }
+
+    #[test]
+    fn qemu_guests_parse_and_refuse_what_does_not_apply() {
+        let c = Config::parse(
+            "[[guest]]\nname = \"db\"\nkind = \"qemu\"\nqmp = \"/run/db.qmp\"\n\
+             registration = \"/run/db.reg\"\npolicy = \"hold\"\ncore = true\n",
+            "a.toml",
+        )
+        .unwrap();
+        let g = &c.guests[0];
+        assert_eq!(g.kind(), Kind::Qemu);
+        let q = g.qemu.as_ref().unwrap();
+        assert_eq!(q.qmp, PathBuf::from("/run/db.qmp"));
+        assert_eq!(q.registration, Some(PathBuf::from("/run/db.reg")));
+        assert_eq!(q.memory_file, None);
+        assert_eq!(g.policy, Policy::Hold);
+        let q = |extra: &str| {
+            err(&format!(
+                "[[guest]]\nname = \"db\"\nkind = \"qemu\"\n{extra}"
+            ))
+        };
+        let e = q("");
+        assert!(
+            e.contains("guest[0] (db).qmp") && e.contains("required"),
+            "{e}"
+        );
+        let e = q("qmp = \"/q\"\npolicy = \"maintenance\"\n");
+        assert!(e.contains("(db).policy") && e.contains("restart"), "{e}");
+        let e = q("qmp = \"/q\"\npolicy = \"rescue\"\n");
+        assert!(e.contains("(db).policy"), "{e}");
+        let e = q("qmp = \"/q\"\nrescue = { failures = 2 }\n");
+        assert!(e.contains("(db).rescue") && e.contains("QEMU"), "{e}");
+        let e = q("qmp = \"/q\"\nkernel = \"test\"\n");
+        assert!(e.contains("(db).kernel"), "{e}");
+        let e = q("qmp = \"/q\"\nkind2 = 1\n");
+        assert!(e.contains("kind2"), "{e}");
+        let e = err("[[guest]]\nname = \"a\"\nkind = \"xen\"\n");
+        assert!(e.contains("xen"), "{e}");
+        let e = err("[[guest]]\nname = \"a\"\nqmp = \"/q\"\n");
+        assert!(
+            e.contains("guest[0] (a).qmp") && e.contains("kind = \"qemu\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The ambulance daemon (`ambulance serve`): supervises guests on KVM, diagnoses each
-//! failure in an isolated worker process, stores reports durably, serves them over an
-//! HTTP API (Unix socket, optionally TCP with a bearer token), alerts webhooks, exports
-//! metrics and applies each guest's recovery policy.
+//! The ambulance daemon (`ambulance serve`): supervises guests — its own VMM's on KVM, and
+//! guests QEMU runs, through QMP — diagnoses each failure in an isolated worker process,
+//! stores reports durably, serves them over an HTTP API (Unix socket, optionally TCP with
+//! a bearer token), alerts webhooks, exports metrics and applies each guest's recovery
+//! policy.
 //!
 //! * [`config`]: the TOML configuration and its embedded defaults;
 //! * [`supervisor`]: guests, failures, the diagnosis queue and recovery policies;

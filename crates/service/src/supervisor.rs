@@ -2,20 +2,31 @@
 //! failure in a worker process (at most `max_parallel_diagnoses` at once, the rest
 //! queue), stores the report, alerts, and applies the guest's recovery policy. Only the
 //! failed guest is ever frozen; nothing here pauses another.
+//!
+//! Guests QEMU runs (`kind = "qemu"`) are followed through QMP instead of the VMM: the
+//! supervisor connects to each one's QMP socket (retrying while QEMU is not up, and again
+//! whenever the connection ends), listens on its registration socket for the Linux
+//! agent, and on `GUEST_PANICKED` captures the paused guest (registers from QEMU, its RAM
+//! file opened read-only) and diagnoses it through the same worker path. Their policy is
+//! `hold` (stay paused) or `restart` (`system_reset`, then run).
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use ambulance_vmm::{Event, EventKind, FailureCause, FrozenSummary, Guest, GuestState, Vmm};
+use ambulance_diagnose::Subject;
+use ambulance_qemu::{ConnectOptions, Qmp, RamFile};
+use ambulance_report::FailureInfo;
+use ambulance_vmm::{Event, EventKind, FailureCause, Guest, GuestState, Vmm};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, Semaphore};
 
 use crate::alerts::{self, Alert};
 use crate::capture::{subject_for, Failure};
-use crate::config::{Config, GuestSpec, Image, Policy};
+use crate::config::{Config, GuestSpec, Image, Kind, Policy, QemuGuest};
 use crate::error::{Result, ServiceError};
 use crate::metrics::Metrics;
 use crate::store::{BootFlag, BootState, Filter, IndexEntry, Reconciled, Status, Store};
@@ -98,6 +109,63 @@ struct Slot {
     operator_diagnosis: bool,
     /// A failure that arrived meanwhile.
     pending: Option<FailureJob>,
+    /// A guest QEMU runs: the connection to it.
+    qemu: Option<QemuSlot>,
+}
+
+/// What the supervisor knows of a guest QEMU runs.
+#[derive(Default)]
+struct QemuSlot {
+    /// The QMP connection, while there is one.
+    qmp: Option<Qmp>,
+    /// Its RAM file (read-only) and layout, found when connecting.
+    ram: Option<Arc<RamFile>>,
+    /// vCPUs (`query-cpus-fast`).
+    vcpus: u32,
+    /// QEMU's pid.
+    pid: Option<u32>,
+    /// QEMU's version.
+    version: Option<String>,
+    /// QEMU's run state as last seen.
+    run_state: Option<String>,
+    /// The Linux agent's registration channel.
+    listener: Option<Arc<ambulance_qemu::Listener>>,
+}
+
+/// A guest QEMU runs, as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct QemuStatus {
+    /// Whether the supervisor is connected to its QMP socket.
+    pub connected: bool,
+    /// The QMP socket.
+    pub qmp: PathBuf,
+    /// QEMU's run state as last seen (`running`, `paused`, `guest-panicked`, …).
+    pub run_state: Option<String>,
+    /// QEMU's pid.
+    pub pid: Option<u32>,
+    /// QEMU's version.
+    pub version: Option<String>,
+    /// vCPUs.
+    pub vcpus: Option<u32>,
+    /// RAM bytes.
+    pub memory_bytes: Option<u64>,
+    /// The RAM file mapped at diagnosis.
+    pub memory_file: Option<PathBuf>,
+    /// The registration socket, when configured.
+    pub registration_socket: Option<PathBuf>,
+    /// The Linux agent's latest registration.
+    pub registration: Option<QemuRegistration>,
+}
+
+/// A Linux agent's registration, as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct QemuRegistration {
+    /// Guest-physical address of the VMCOREINFO note (`0x…`).
+    pub vmcoreinfo: String,
+    /// Its buffer's size.
+    pub size: u64,
+    /// The kernel release.
+    pub release: String,
 }
 
 /// A guest's status, as the API shows it.
@@ -105,6 +173,8 @@ struct Slot {
 pub struct GuestStatus {
     /// Its name (the API's id).
     pub name: String,
+    /// Who runs it: `vmm` or `qemu`.
+    pub kind: Kind,
     /// What the supervisor is doing with it.
     pub state: State,
     /// The image it runs.
@@ -131,8 +201,10 @@ pub struct GuestStatus {
     pub worker_pid: Option<u32>,
     /// The status the maintenance image reported last.
     pub last_maintenance_status: Option<u32>,
-    /// Why its last boot failed.
+    /// Why its last boot failed (a guest QEMU runs: why the supervisor is not attached).
     pub boot_error: Option<String>,
+    /// A guest QEMU runs: the connection to it.
+    pub qemu: Option<QemuStatus>,
 }
 
 /// The running service.
@@ -168,10 +240,11 @@ impl Service {
     /// [`Service::run`]. Must be called inside a tokio runtime.
     pub fn new(config: Config) -> Result<Arc<Service>> {
         let (store, reconciled) = Store::open(&config.data_dir)?;
+        let vmm_guests = config.guests.iter().any(|g| g.kind() == Kind::Vmm);
         let vmm = match Vmm::new() {
             Ok(v) => Some(v),
-            Err(e) if config.guests.is_empty() => {
-                tracing::warn!("no VMM ({e}); serving reports only");
+            Err(e) if !vmm_guests => {
+                tracing::warn!("no VMM ({e}); serving reports and guests QEMU runs only");
                 None
             }
             Err(e) => return Err(e.into()),
@@ -206,6 +279,7 @@ impl Service {
                         boot_error: None,
                         operator_diagnosis: false,
                         pending: None,
+                        qemu: spec.qemu.as_ref().map(|_| QemuSlot::default()),
                     },
                 )
             })
@@ -273,10 +347,18 @@ impl Service {
                     ServiceError::Invalid(format!("cannot start the event thread: {e}"))
                 })?;
         }
-        let names: Vec<String> = lock(&self.slots).keys().cloned().collect();
-        for name in names {
-            let image = self.flag_image(&name);
-            self.boot(&name, image);
+        let guests: Vec<(String, Option<QemuGuest>)> = lock(&self.slots)
+            .iter()
+            .map(|(n, s)| (n.clone(), s.spec.qemu.clone()))
+            .collect();
+        for (name, qemu) in guests {
+            match qemu {
+                Some(q) => self.follow_qemu_guest(&name, q)?,
+                None => {
+                    let image = self.flag_image(&name);
+                    self.boot(&name, image);
+                }
+            }
         }
         let svc = self.clone();
         self.runtime.spawn(async move {
@@ -290,9 +372,14 @@ impl Service {
         Ok(())
     }
 
-    /// Destroys every guest.
+    /// Destroys every guest Ambulance runs (guests QEMU runs are left to QEMU).
     pub fn shutdown(&self) {
         for slot in lock(&self.slots).values_mut() {
+            if let Some(q) = &mut slot.qemu {
+                q.qmp = None;
+                q.listener = None;
+                continue;
+            }
             if let Some(g) = slot.guest.take() {
                 g.destroy();
             }
@@ -344,6 +431,9 @@ impl Service {
         let Some(slot) = slots.get_mut(name) else {
             return;
         };
+        if slot.qemu.is_some() {
+            return;
+        }
         let outcome = match slot.guest.take() {
             Some(g) if slot.image == kind => g.restart().map(|()| g),
             old => {
@@ -410,14 +500,20 @@ impl Service {
                 let job = (|| {
                     let mut slots = lock(&self.slots);
                     let slot = slots.get_mut(name)?;
+                    let guest = slot.guest.clone()?;
+                    let failure = Failure {
+                        cause,
+                        vcpu: *vcpu,
+                        detail,
+                        frozen,
+                        time: e.time,
+                    };
                     let job = FailureJob {
                         name: name.clone(),
-                        guest: slot.guest.clone()?,
-                        cause: cause.clone(),
-                        vcpu: *vcpu,
-                        detail: detail.clone(),
-                        frozen: frozen.clone(),
-                        time: e.time,
+                        cause: cause.name().to_string(),
+                        subject: subject_for(&guest, &failure),
+                        memory: JobMemory::Vmm(guest),
+                        freeze_us: frozen.freeze_latency_us,
                         operator: false,
                     };
                     if slot.operator_diagnosis {
@@ -474,8 +570,9 @@ impl Service {
         let permit = self.permits.clone().acquire_owned().await;
         let svc = self.clone();
         let name = job.name.clone();
-        let cause = job.cause.name().to_string();
+        let cause = job.cause.clone();
         let operator = job.operator;
+        let qemu = matches!(job.memory, JobMemory::Qemu { .. });
         let outcome = tokio::task::spawn_blocking(move || {
             let entry = svc.diagnose_and_store(&job);
             drop(permit);
@@ -490,7 +587,12 @@ impl Service {
             }
         };
         self.after_diagnosis(&name, &cause, entry.as_ref(), operator);
-        if !operator {
+        if operator {
+            return;
+        }
+        if qemu {
+            self.apply_qemu_policy(&name).await;
+        } else {
             let svc = self.clone();
             let _ = tokio::task::spawn_blocking(move || svc.apply_policy(&name)).await;
         }
@@ -503,21 +605,14 @@ impl Service {
             let mut slots = lock(&self.slots);
             let slot = slots.get_mut(&job.name)?;
             slot.state = State::Diagnosing;
-            (
-                Self::image(&slot.spec, slot.image).debuginfo_path(),
-                slot.spec.rules.clone(),
-                slot.spec.core,
-            )
+            let debuginfo = match &slot.spec.qemu {
+                Some(q) => q.debuginfo.clone(),
+                None => Some(Self::image(&slot.spec, slot.image).debuginfo_path()),
+            };
+            (debuginfo, slot.spec.rules.clone(), slot.spec.core)
         };
         let (debuginfo, rules, want_core) = spec_image;
-        let failure = Failure {
-            cause: &job.cause,
-            vcpu: job.vcpu,
-            detail: &job.detail,
-            frozen: &job.frozen,
-            time: job.time,
-        };
-        let subject = subject_for(&job.guest, &failure);
+        let subject = &job.subject;
         let time = subject.failure.time.clone();
         let core_tmp = want_core.then(|| {
             self.store.dir().join(format!(
@@ -527,40 +622,47 @@ impl Service {
             ))
         });
         let result: std::result::Result<ambulance_report::Report, String> = (|| {
-            let export = job
-                .guest
-                .memory_export()
-                .map_err(|e| format!("cannot export guest RAM: {e}"))?;
+            let (file, regions): (File, Vec<(u64, u64, u64)>) = match &job.memory {
+                JobMemory::Vmm(guest) => {
+                    let export = guest
+                        .memory_export()
+                        .map_err(|e| format!("cannot export guest RAM: {e}"))?;
+                    let regions = export
+                        .regions
+                        .iter()
+                        .map(|r| (r.gpa, r.size, r.file_offset))
+                        .collect();
+                    (export.file, regions)
+                }
+                JobMemory::Qemu { ram } => (
+                    ram.file
+                        .try_clone()
+                        .map_err(|e| format!("cannot pass the guest RAM file on: {e}"))?,
+                    ram.regions(),
+                ),
+            };
             let request = worker::Request {
-                regions: export
-                    .regions
-                    .iter()
-                    .map(|r| (r.gpa, r.size, r.file_offset))
-                    .collect(),
+                regions,
                 guest: subject.guest.clone(),
                 failure: subject.failure.clone(),
                 vcpus: subject.vcpus.clone(),
                 descriptor_gpa: subject.descriptor_gpa,
                 descriptor_bytes: subject.descriptor_bytes.clone(),
-                debuginfo: Some(debuginfo),
+                debuginfo,
                 rules,
                 core_path: core_tmp.clone(),
                 timeline: vec![ambulance_report::Phase {
                     name: "freeze".into(),
-                    duration_us: job.frozen.freeze_latency_us,
+                    duration_us: job.freeze_us,
                 }],
+                vmcoreinfo: subject.vmcoreinfo.clone(),
+                vmcoreinfo_origin: subject.vmcoreinfo_origin.clone(),
             };
-            worker::run(
-                &self.worker_program,
-                &self.limits,
-                &request,
-                &export.file,
-                |pid| {
-                    if let Some(s) = lock(&self.slots).get_mut(&job.name) {
-                        s.worker_pid = Some(pid);
-                    }
-                },
-            )
+            worker::run(&self.worker_program, &self.limits, &request, &file, |pid| {
+                if let Some(s) = lock(&self.slots).get_mut(&job.name) {
+                    s.worker_pid = Some(pid);
+                }
+            })
         })();
         if let Some(s) = lock(&self.slots).get_mut(&job.name) {
             s.worker_pid = None;
@@ -573,7 +675,7 @@ impl Service {
                 entry.or_else(|e| {
                     self.store.store_failure(
                         &job.name,
-                        job.cause.name(),
+                        &job.cause,
                         &time,
                         &format!("cannot store the report: {e}"),
                     )
@@ -583,8 +685,7 @@ impl Service {
                 if let Some(p) = &core_tmp {
                     let _ = std::fs::remove_file(p);
                 }
-                self.store
-                    .store_failure(&job.name, job.cause.name(), &time, &why)
+                self.store.store_failure(&job.name, &job.cause, &time, &why)
             }
         };
         match stored {
@@ -767,9 +868,29 @@ impl Service {
             let slots = lock(&self.slots);
             let s = slots.get(name)?;
             let g = s.guest.as_ref();
+            let qemu = s.qemu.as_ref().zip(s.spec.qemu.as_ref()).map(|(q, spec)| {
+                let registration = q.listener.as_ref().and_then(|l| l.latest());
+                QemuStatus {
+                    connected: q.qmp.as_ref().is_some_and(|c| !c.is_closed()),
+                    qmp: spec.qmp.clone(),
+                    run_state: q.run_state.clone(),
+                    pid: q.pid,
+                    version: q.version.clone(),
+                    vcpus: q.ram.as_ref().map(|_| q.vcpus),
+                    memory_bytes: q.ram.as_ref().map(|r| r.layout.size),
+                    memory_file: q.ram.as_ref().map(|r| r.path.clone()),
+                    registration_socket: spec.registration.clone(),
+                    registration: registration.map(|r| QemuRegistration {
+                        vmcoreinfo: format!("{:#x}", r.vmcoreinfo_pa),
+                        size: r.vmcoreinfo_size,
+                        release: r.release,
+                    }),
+                }
+            });
             (
                 GuestStatus {
                     name: name.to_string(),
+                    kind: s.spec.kind(),
                     state: s.state,
                     image: s.image,
                     policy: s.spec.policy,
@@ -777,13 +898,15 @@ impl Service {
                     vmm_state: g.map(Guest::state),
                     generation: g.map(Guest::generation),
                     heartbeat: g.and_then(Guest::heartbeat),
-                    registered: g.is_some_and(|g| g.registration().is_some()),
+                    registered: g.is_some_and(|g| g.registration().is_some())
+                        || qemu.as_ref().is_some_and(|q| q.registration.is_some()),
                     failures: s.failures,
                     last_failure: s.last_failure.clone(),
                     last_report: s.last_report.clone(),
                     worker_pid: s.worker_pid,
                     last_maintenance_status: s.last_maintenance_status,
                     boot_error: s.boot_error.clone(),
+                    qemu,
                 },
                 s.spec.rescue.is_some(),
             )
@@ -827,10 +950,22 @@ impl Service {
                     s.state.name()
                 )));
             }
-            s.state = State::Queued;
-            s.guest
-                .clone()
-                .ok_or_else(|| ServiceError::Conflict(format!("guest {name} has no VM")))?
+            if s.qemu.is_some() {
+                s.state = State::Queued;
+                s.operator_diagnosis = true;
+                None
+            } else {
+                let g = s
+                    .guest
+                    .clone()
+                    .ok_or_else(|| ServiceError::Conflict(format!("guest {name} has no VM")))?;
+                s.state = State::Queued;
+                s.operator_diagnosis = true;
+                Some(g)
+            }
+        };
+        let Some(guest) = guest else {
+            return self.diagnose_qemu_now(name).await;
         };
         let permit = self.permits.clone().acquire_owned().await;
         let svc = self.clone();
@@ -844,14 +979,20 @@ impl Service {
                     return Err(ServiceError::from(e));
                 }
             };
+            let summary = frozen.summary();
+            let failure = Failure {
+                cause: &FailureCause::Operator,
+                vcpu: None,
+                detail: "operator request",
+                frozen: &summary,
+                time: SystemTime::now(),
+            };
             let job = FailureJob {
                 name: name.clone(),
-                guest: guest.clone(),
-                cause: FailureCause::Operator,
-                vcpu: None,
-                detail: "operator request".into(),
-                frozen: frozen.summary(),
-                time: SystemTime::now(),
+                cause: "operator".into(),
+                subject: subject_for(&guest, &failure),
+                memory: JobMemory::Vmm(guest.clone()),
+                freeze_us: summary.freeze_latency_us,
                 operator: true,
             };
             let entry = svc.diagnose_and_store(&job);
@@ -896,7 +1037,7 @@ impl Service {
     /// Releases a held guest: `restart` boots it again (into the image its boot flag
     /// names), `destroy` frees its VM.
     pub async fn release(self: &Arc<Self>, name: &str, destroy: bool) -> Result<GuestStatus> {
-        {
+        let qemu = {
             let mut slots = lock(&self.slots);
             let s = slots
                 .get_mut(name)
@@ -907,13 +1048,18 @@ impl Service {
                     s.state.name()
                 )));
             }
-            if destroy {
+            let qemu = s.qemu.is_some();
+            if destroy && !qemu {
                 if let Some(g) = s.guest.take() {
                     g.destroy();
                 }
                 s.state = State::Stopped;
                 tracing::info!(guest = name, "held guest released: destroyed");
             }
+            qemu
+        };
+        if qemu {
+            return self.release_qemu(name, destroy).await;
         }
         if !destroy {
             tracing::info!(guest = name, "held guest released: restarting");
@@ -981,13 +1127,509 @@ impl Service {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Guests QEMU runs.
+
+/// How long to wait between attempts to reach a guest's QMP socket.
+const QEMU_RETRY: Duration = Duration::from_secs(1);
+
+impl Service {
+    /// Starts following a guest QEMU runs: its registration socket now, its QMP socket
+    /// from a task that reconnects for as long as the service runs.
+    fn follow_qemu_guest(self: &Arc<Self>, name: &str, spec: QemuGuest) -> Result<()> {
+        if let Some(path) = &spec.registration {
+            let listener = ambulance_qemu::Listener::bind(path)
+                .map_err(|e| ServiceError::Invalid(format!("guest {name}: {e}")))?;
+            if let Some(q) = lock(&self.slots)
+                .get_mut(name)
+                .and_then(|s| s.qemu.as_mut())
+            {
+                q.listener = Some(Arc::new(listener));
+            }
+        }
+        let svc = self.clone();
+        let name = name.to_string();
+        self.runtime
+            .spawn(async move { svc.watch_qemu(name, spec).await });
+        Ok(())
+    }
+
+    /// Connects, follows events until the connection ends, and starts again.
+    async fn watch_qemu(self: Arc<Self>, name: String, spec: QemuGuest) {
+        let mut last_error: Option<String> = None;
+        loop {
+            match self.attach_qemu(&name, &spec).await {
+                Ok(events) => {
+                    last_error = None;
+                    self.follow_qemu_events(&name, events).await;
+                    tracing::warn!(guest = name, qmp = %spec.qmp.display(), "QEMU's QMP connection ended; reconnecting");
+                    if let Some(s) = lock(&self.slots).get_mut(&name) {
+                        if let Some(q) = &mut s.qemu {
+                            q.qmp = None;
+                            q.run_state = None;
+                        }
+                        if matches!(s.state, State::Running | State::Held) {
+                            s.state = State::Stopped;
+                        }
+                        s.boot_error = Some("QEMU's QMP connection ended".into());
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    if last_error.as_deref() != Some(why.as_str()) {
+                        tracing::warn!(guest = name, "cannot attach to QEMU (retrying): {why}");
+                    }
+                    if let Some(s) = lock(&self.slots).get_mut(&name) {
+                        s.boot_error = Some(why.clone());
+                    }
+                    last_error = Some(why);
+                }
+            }
+            tokio::time::sleep(QEMU_RETRY).await;
+        }
+    }
+
+    /// Connects to QEMU, finds and checks the guest's RAM file, and records the guest as
+    /// running (or handles a panic that happened while nobody watched).
+    async fn attach_qemu(
+        self: &Arc<Self>,
+        name: &str,
+        spec: &QemuGuest,
+    ) -> ambulance_qemu::Result<ambulance_qemu::Events> {
+        let options = ConnectOptions {
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(10),
+        };
+        let (qmp, events) = Qmp::connect(&spec.qmp, options).await?;
+        let ram = RamFile::discover(&qmp, spec.memory_file.as_deref()).await?;
+        let vcpus = qmp.query_cpus().await?.len() as u32;
+        let status = qmp.query_status().await?;
+        tracing::info!(
+            guest = name,
+            qemu = qmp.version(),
+            pid = qmp.peer_pid().unwrap_or(0),
+            vcpus,
+            memory_bytes = ram.layout.size,
+            memory_file = %ram.path.display(),
+            run_state = status.status,
+            "attached to QEMU"
+        );
+        let panicked_unseen = {
+            let mut slots = lock(&self.slots);
+            let Some(s) = slots.get_mut(name) else {
+                return Ok(events);
+            };
+            let q = s.qemu.get_or_insert_with(QemuSlot::default);
+            q.qmp = Some(qmp);
+            q.ram = Some(Arc::new(ram));
+            q.vcpus = vcpus;
+            q.pid = q.qmp.as_ref().and_then(Qmp::peer_pid);
+            q.version = q.qmp.as_ref().map(|c| c.version().to_string());
+            q.run_state = Some(status.status.clone());
+            s.boot_error = None;
+            let panicked = status.status == "guest-panicked";
+            if s.state == State::Held && panicked {
+                false
+            } else {
+                s.state = State::Running;
+                s.booted_at = Instant::now();
+                panicked
+            }
+        };
+        if panicked_unseen {
+            let detail = "the guest had panicked when Ambulance attached to QEMU".to_string();
+            let failure = qemu_failure("panic", detail, BTreeMap::new(), SystemTime::now());
+            let svc = self.clone();
+            let name = name.to_string();
+            self.runtime
+                .spawn(async move { svc.on_qemu_failure(&name, failure).await });
+        }
+        Ok(events)
+    }
+
+    async fn follow_qemu_events(self: &Arc<Self>, name: &str, mut events: ambulance_qemu::Events) {
+        while let Some(e) = events.next().await {
+            tracing::debug!(guest = name, event = e.name, data = %e.data, "QEMU event");
+            let run_state = match e.name.as_str() {
+                "STOP" => Some("paused"),
+                "RESUME" => Some("running"),
+                "GUEST_PANICKED" => Some("guest-panicked"),
+                "SHUTDOWN" => Some("shutdown"),
+                _ => None,
+            };
+            let listener = match lock(&self.slots)
+                .get_mut(name)
+                .and_then(|s| s.qemu.as_mut())
+            {
+                Some(q) => {
+                    if let Some(st) = run_state {
+                        q.run_state = Some(st.to_string());
+                    }
+                    q.listener.clone()
+                }
+                None => None,
+            };
+            match e.name.as_str() {
+                "GUEST_PANICKED" => {
+                    let data: BTreeMap<String, serde_json::Value> = match &e.data {
+                        serde_json::Value::Object(m) => {
+                            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+                        }
+                        _ => BTreeMap::new(),
+                    };
+                    let action = data
+                        .get("action")
+                        .and_then(|a| a.as_str())
+                        .unwrap_or("?")
+                        .to_string();
+                    let failure = qemu_failure(
+                        "panic",
+                        format!("QEMU reported GUEST_PANICKED (action {action})"),
+                        data,
+                        e.time,
+                    );
+                    let svc = self.clone();
+                    let name = name.to_string();
+                    self.runtime
+                        .spawn(async move { svc.on_qemu_failure(&name, failure).await });
+                }
+                "RESET" => {
+                    // A new boot registers anew.
+                    if let Some(l) = listener {
+                        l.forget();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A guest QEMU runs failed: capture it and queue its diagnosis (or keep it for
+    /// after an operator's diagnosis that has it frozen).
+    async fn on_qemu_failure(self: Arc<Self>, name: &str, failure: FailureInfo) {
+        self.metrics.failure(&failure.cause);
+        {
+            let mut slots = lock(&self.slots);
+            let Some(slot) = slots.get_mut(name) else {
+                return;
+            };
+            slot.failures += 1;
+            slot.last_failure = Some(failure.cause.clone());
+            if !slot.operator_diagnosis {
+                if slot.state != State::Running {
+                    tracing::warn!(
+                        guest = name,
+                        state = slot.state.name(),
+                        cause = failure.cause,
+                        "failure while not running; not diagnosed again"
+                    );
+                    return;
+                }
+                slot.state = State::Queued;
+            }
+        }
+        let cause = failure.cause.clone();
+        let time = failure.time.clone();
+        let job = match self.capture_qemu(name, failure, false).await {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::error!(guest = name, "cannot capture the guest for diagnosis: {e}");
+                let entry = self.store.store_failure(
+                    name,
+                    &cause,
+                    &time,
+                    &format!("cannot capture the guest: {e}"),
+                );
+                let entry = entry.ok();
+                if let Some(e) = &entry {
+                    if let Some(s) = lock(&self.slots).get_mut(name) {
+                        s.last_report = Some(e.id.clone());
+                    }
+                }
+                self.after_diagnosis(name, &cause, entry.as_ref(), false);
+                self.apply_qemu_policy(name).await;
+                return;
+            }
+        };
+        let pending = {
+            let mut slots = lock(&self.slots);
+            match slots.get_mut(name) {
+                Some(s) if s.operator_diagnosis => {
+                    s.pending = Some(job);
+                    None
+                }
+                _ => Some(job),
+            }
+        };
+        if let Some(job) = pending {
+            self.handle_failure(job).await;
+        }
+    }
+
+    /// Freezes a guest QEMU runs (`stop`, unless already paused), takes its registers,
+    /// and reads the Linux agent's registered VMCOREINFO note out of its RAM.
+    async fn capture_qemu(
+        &self,
+        name: &str,
+        failure: FailureInfo,
+        operator: bool,
+    ) -> std::result::Result<FailureJob, String> {
+        let (qmp, ram, vcpus, pid, listener) = {
+            let slots = lock(&self.slots);
+            let q = slots
+                .get(name)
+                .and_then(|s| s.qemu.as_ref())
+                .ok_or("not a guest QEMU runs")?;
+            (
+                q.qmp.clone().ok_or("not connected to QEMU")?,
+                q.ram.clone().ok_or("its RAM file is not known")?,
+                q.vcpus,
+                q.pid,
+                q.listener.clone(),
+            )
+        };
+        let t = Instant::now();
+        let status = qmp.query_status().await.map_err(|e| e.to_string())?;
+        if status.running {
+            qmp.stop().await.map_err(|e| e.to_string())?;
+        }
+        let registers = qmp.registers().await.map_err(|e| e.to_string())?;
+        let freeze_us = t.elapsed().as_micros() as u64;
+        let registration = listener.as_ref().and_then(|l| l.latest());
+        let vmcoreinfo = match &registration {
+            Some(r) => {
+                let ram = ram.clone();
+                let r2 = r.clone();
+                match tokio::task::spawn_blocking(move || {
+                    let mem = ram.map().map_err(|e| e.to_string())?;
+                    ambulance_qemu::registration::vmcoreinfo_text(&mem, &r2)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                {
+                    Ok(Ok(text)) => Some(text),
+                    Ok(Err(e)) => {
+                        tracing::warn!(guest = name, "the registered VMCOREINFO is unusable, falling back to a RAM scan: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            guest = name,
+                            "reading the registered VMCOREINFO ended abnormally: {e}"
+                        );
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let subject = Subject {
+            guest: ambulance_report::GuestInfo {
+                name: name.to_string(),
+                id: u64::from(pid.unwrap_or(0)),
+                generation: 0,
+                memory_bytes: ram.layout.size,
+                vcpus,
+            },
+            failure,
+            vcpus: registers,
+            descriptor_gpa: None,
+            descriptor_bytes: None,
+            vmcoreinfo_origin: vmcoreinfo.as_ref().map(|_| "registration".to_string()),
+            vmcoreinfo,
+        };
+        Ok(FailureJob {
+            name: name.to_string(),
+            cause: subject.failure.cause.clone(),
+            subject,
+            memory: JobMemory::Qemu { ram },
+            freeze_us,
+            operator,
+        })
+    }
+
+    /// The policy of a guest QEMU runs: `hold` leaves it paused; `restart` resets it and
+    /// runs it again.
+    async fn apply_qemu_policy(&self, name: &str) {
+        let Some(policy) = lock(&self.slots).get(name).map(|s| s.spec.policy) else {
+            return;
+        };
+        match policy {
+            Policy::Restart => {
+                if let Err(e) = self.restart_qemu(name).await {
+                    tracing::error!(guest = name, "cannot restart the guest: {e}");
+                    if let Some(s) = lock(&self.slots).get_mut(name) {
+                        s.state = State::Held;
+                        s.boot_error = Some(format!("restart failed: {e}"));
+                    }
+                }
+            }
+            _ => {
+                if let Some(s) = lock(&self.slots).get_mut(name) {
+                    s.state = State::Held;
+                }
+                tracing::info!(
+                    guest = name,
+                    "guest held paused for forensics; release it to go on"
+                );
+            }
+        }
+    }
+
+    /// `system_reset`, then — once QEMU has left the panicked state — `cont`.
+    async fn restart_qemu(&self, name: &str) -> std::result::Result<(), String> {
+        let (qmp, listener) = {
+            let slots = lock(&self.slots);
+            let q = slots
+                .get(name)
+                .and_then(|s| s.qemu.as_ref())
+                .ok_or("not a guest QEMU runs")?;
+            (
+                q.qmp.clone().ok_or("not connected to QEMU")?,
+                q.listener.clone(),
+            )
+        };
+        qmp.system_reset().await.map_err(|e| e.to_string())?;
+        if let Some(l) = listener {
+            l.forget();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = qmp.query_status().await.map_err(|e| match e {
+                ambulance_qemu::Error::Closed { .. } => format!(
+                    "QEMU exited on system_reset (was it started with -no-reboot or -action reboot=shutdown?): {e}"
+                ),
+                e => e.to_string(),
+            })?;
+            if st.running {
+                break;
+            }
+            if !matches!(
+                st.status.as_str(),
+                "guest-panicked" | "internal-error" | "shutdown"
+            ) {
+                qmp.cont().await.map_err(|e| e.to_string())?;
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("QEMU still says {} after system_reset", st.status));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(s) = lock(&self.slots).get_mut(name) {
+            s.state = State::Running;
+            s.booted_at = Instant::now();
+            s.boot_error = None;
+        }
+        tracing::info!(guest = name, "guest reset and running again");
+        Ok(())
+    }
+
+    /// An operator's diagnosis of a running guest QEMU runs: pause, diagnose, resume.
+    async fn diagnose_qemu_now(self: &Arc<Self>, name: &str) -> Result<IndexEntry> {
+        let permit = self.permits.clone().acquire_owned().await;
+        let failure = qemu_failure(
+            "operator",
+            "operator request".into(),
+            BTreeMap::new(),
+            SystemTime::now(),
+        );
+        let job = match self.capture_qemu(name, failure, true).await {
+            Ok(job) => job,
+            Err(e) => {
+                self.end_operator_diagnosis(name);
+                return Err(ServiceError::Diagnosis(format!(
+                    "cannot capture guest {name}: {e}"
+                )));
+            }
+        };
+        let svc = self.clone();
+        let entry = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            svc.diagnose_and_store(&job)
+        })
+        .await
+        .map_err(|e| {
+            ServiceError::Diagnosis(format!("the diagnosis task ended abnormally: {e}"))
+        })?;
+        self.after_diagnosis(name, "operator", entry.as_ref(), true);
+        self.end_operator_diagnosis(name);
+        let resume = self.guest(name).is_some_and(|g| g.state == State::Running);
+        if resume {
+            let qmp = lock(&self.slots)
+                .get(name)
+                .and_then(|s| s.qemu.as_ref())
+                .and_then(|q| q.qmp.clone());
+            if let Some(qmp) = qmp {
+                qmp.cont().await.map_err(|e| {
+                    ServiceError::Diagnosis(format!("cannot resume guest {name}: {e}"))
+                })?;
+            }
+        }
+        entry.ok_or_else(|| ServiceError::Diagnosis("the diagnosis could not be recorded".into()))
+    }
+
+    /// Releases a held guest QEMU runs: `restart` resets it and runs it again, `destroy`
+    /// asks QEMU to quit.
+    async fn release_qemu(self: &Arc<Self>, name: &str, destroy: bool) -> Result<GuestStatus> {
+        if destroy {
+            let qmp = lock(&self.slots)
+                .get(name)
+                .and_then(|s| s.qemu.as_ref())
+                .and_then(|q| q.qmp.clone());
+            if let Some(qmp) = qmp {
+                qmp.quit()
+                    .await
+                    .map_err(|e| ServiceError::Conflict(format!("cannot stop QEMU: {e}")))?;
+            }
+            if let Some(s) = lock(&self.slots).get_mut(name) {
+                s.state = State::Stopped;
+            }
+            tracing::info!(guest = name, "held guest released: QEMU asked to quit");
+        } else {
+            tracing::info!(guest = name, "held guest released: resetting");
+            self.restart_qemu(name)
+                .await
+                .map_err(|e| ServiceError::Conflict(format!("cannot restart guest {name}: {e}")))?;
+        }
+        self.guest(name)
+            .ok_or_else(|| ServiceError::NotFound(format!("no guest named {name:?}")))
+    }
+}
+
+/// The report's view of a failure of a guest QEMU runs.
+fn qemu_failure(
+    cause: &str,
+    detail: String,
+    data: BTreeMap<String, serde_json::Value>,
+    time: SystemTime,
+) -> FailureInfo {
+    FailureInfo {
+        cause: cause.to_string(),
+        detail,
+        time: ambulance_diagnose::rfc3339(time),
+        vcpu: None,
+        data,
+    }
+}
+
+/// A frozen guest waiting for (or in) its diagnosis.
 struct FailureJob {
     name: String,
-    guest: Guest,
-    cause: FailureCause,
-    vcpu: Option<u32>,
-    detail: String,
-    frozen: FrozenSummary,
-    time: SystemTime,
+    /// The failure cause's name.
+    cause: String,
+    /// Everything known about the guest and the failure but its memory.
+    subject: Subject,
+    memory: JobMemory,
+    /// How long freezing took (µs).
+    freeze_us: u64,
     operator: bool,
+}
+
+/// Where a job's guest RAM comes from.
+enum JobMemory {
+    /// The VMM exports it at diagnosis time.
+    Vmm(Guest),
+    /// A guest QEMU runs: its RAM file, open read-only.
+    Qemu { ram: Arc<RamFile> },
 }

@@ -60,6 +60,13 @@ pub struct Request {
     pub core_path: Option<PathBuf>,
     /// Phases before the worker (freeze, worker start).
     pub timeline: Vec<Phase>,
+    /// VMCOREINFO text handed over from elsewhere than a descriptor (a Linux guest's
+    /// registration); without it and a descriptor the diagnosis scans guest RAM for it.
+    #[serde(default)]
+    pub vmcoreinfo: Option<String>,
+    /// Where `vmcoreinfo` came from (`registration`), for the report.
+    #[serde(default)]
+    pub vmcoreinfo_origin: Option<String>,
 }
 
 /// The worker's answer.
@@ -383,8 +390,8 @@ fn diagnose_request(request: Request, memory: &File) -> Result<Report, String> {
         vcpus: request.vcpus,
         descriptor_gpa: request.descriptor_gpa,
         descriptor_bytes: request.descriptor_bytes,
-        vmcoreinfo: None,
-        vmcoreinfo_origin: None,
+        vmcoreinfo: request.vmcoreinfo,
+        vmcoreinfo_origin: request.vmcoreinfo_origin,
     };
     let mut report =
         diagnose(mapped.clone(), &subject, &options, timeline).map_err(|e| e.to_string())?;
@@ -396,6 +403,7 @@ fn diagnose_request(request: Request, memory: &File) -> Result<Report, String> {
             &report,
             options.debuginfo.as_deref(),
             subject.descriptor_gpa.zip(subject.descriptor_bytes),
+            subject.vmcoreinfo,
         )
         .map_err(|e| e.to_string())?;
         report.timeline.push(Phase {

@@ -1,17 +1,16 @@
 //! A real Linux guest for the end-to-end tests and benchmarks: Debian's cloud kernel with
 //! a busybox initramfs (fixtures/linux/build.sh, cached outside the repository), booted
 //! under QEMU with TCG (KVM cannot boot Linux on these hosts) with its RAM in a shared
-//! file, pvpanic, the vmcoreinfo device and a QMP socket; and a small QMP client to wait
-//! for GUEST_PANICKED and dump the guest.
+//! file, pvpanic, the vmcoreinfo device, a QMP socket and optionally the Linux agent's
+//! registration port; QMP through the product's client (`ambulance_qemu`).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{json, Value};
+use ambulance_qemu::{ConnectOptions, Events, Qmp};
+use serde_json::json;
 
 /// Builds (or finds in the cache) the Linux fixture; its directory. With `dbg`, the
 /// matching `-dbg` vmlinux (DWARF) is fetched too, as `vmlinux` in that directory.
@@ -37,69 +36,34 @@ pub fn fixture(dbg: bool) -> PathBuf {
     )
 }
 
-/// A QMP connection (synchronous; enough for tests).
-pub struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+/// A runtime for the async QMP client ([`ambulance_qemu::Qmp`]) in synchronous tests.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
 }
 
-impl Qmp {
-    /// Connects (retrying until `deadline` while QEMU starts) and leaves capabilities
-    /// negotiation.
-    pub fn connect(path: &Path, deadline: Instant) -> Qmp {
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => panic!("cannot connect to QMP at {}: {e}", path.display()),
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
-        let mut q = Qmp {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        };
-        q.line(); // greeting
-        q.execute("qmp_capabilities", json!({}));
-        q
-    }
+/// Connects to a guest's QMP socket (waiting up to a minute for QEMU to listen).
+pub async fn connect(qmp: &Path) -> (Qmp, Events) {
+    let options = ConnectOptions {
+        connect_timeout: Duration::from_secs(60),
+        command_timeout: Duration::from_secs(120),
+    };
+    Qmp::connect(qmp, options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
 
-    fn line(&mut self) -> Value {
-        let mut s = String::new();
-        self.reader.read_line(&mut s).expect("QMP answers");
-        serde_json::from_str(&s).unwrap_or_else(|e| panic!("bad QMP line {s:?}: {e}"))
+/// Waits until QEMU says the guest panicked (`GUEST_PANICKED`, or a `guest-panicked`
+/// run state when the event came before this connection).
+pub async fn wait_for_panic(qmp: &Qmp, events: &mut Events, guest: &Guest, timeout: Duration) {
+    if qmp.query_status().await.unwrap().status == "guest-panicked" {
+        return;
     }
-
-    /// Runs a command; its reply (events seen meanwhile are dropped).
-    pub fn execute(&mut self, cmd: &str, args: Value) -> Value {
-        writeln!(
-            self.writer,
-            "{}",
-            json!({"execute": cmd, "arguments": args})
-        )
-        .unwrap();
-        loop {
-            let v = self.line();
-            if v.get("event").is_none() {
-                assert!(v.get("error").is_none(), "QMP {cmd}: {v}");
-                return v;
-            }
-        }
-    }
-
-    /// Waits for event `name`.
-    pub fn wait_event(&mut self, name: &str, deadline: Instant) -> Value {
-        loop {
-            assert!(Instant::now() < deadline, "no {name} event in time");
-            let v = self.line();
-            if v["event"] == name {
-                return v;
-            }
-        }
+    if let Err(e) = events.wait_for(&["GUEST_PANICKED"], timeout).await {
+        panic!("{e}; the console says:\n{}", guest.console_text());
     }
 }
 
@@ -113,10 +77,15 @@ pub struct Boot {
     /// Seconds after init's process listing before it panics the kernel with sysrq
     /// (`None`: it does not).
     pub panic_after: Option<u32>,
+    /// Connect a second serial port (the guest's ttyS1) to this Unix socket and have
+    /// init run the Linux agent on it (`ambulance.register=ttyS1`).
+    pub registration: Option<PathBuf>,
     /// Extra kernel command-line words.
     pub cmdline: String,
     /// Extra QEMU arguments.
     pub qemu_args: Vec<String>,
+    /// `-no-reboot`: QEMU exits when the guest (or QMP's `system_reset`) resets it.
+    pub no_reboot: bool,
 }
 
 impl Default for Boot {
@@ -125,16 +94,19 @@ impl Default for Boot {
             memory_mib: 256,
             cpus: 2,
             panic_after: Some(1),
+            registration: None,
             cmdline: String::new(),
             qemu_args: Vec::new(),
+            no_reboot: true,
         }
     }
 }
 
-/// A running QEMU guest; killed on drop.
-pub struct Guest {
-    child: Child,
-    /// Where its files are.
+/// Where a guest's files go: a fresh temporary directory with the QMP socket, the RAM
+/// file and the console log (known before QEMU starts, so that a test can start
+/// `ambulance attach` or a daemon first).
+pub struct GuestPaths {
+    /// The directory (removed on drop).
     pub dir: tempfile::TempDir,
     /// The QMP socket.
     pub qmp: PathBuf,
@@ -144,23 +116,59 @@ pub struct Guest {
     pub console: PathBuf,
 }
 
+impl GuestPaths {
+    /// A fresh directory and the paths in it.
+    pub fn new() -> GuestPaths {
+        let dir = tempfile::Builder::new()
+            .prefix("amb-qemu")
+            .tempdir()
+            .unwrap();
+        GuestPaths {
+            qmp: dir.path().join("qmp.sock"),
+            ram: dir.path().join("ram"),
+            console: dir.path().join("console.log"),
+            dir,
+        }
+    }
+}
+
+/// A running QEMU guest; killed on drop.
+pub struct Guest {
+    child: Child,
+    /// Where its files are.
+    pub paths: GuestPaths,
+    /// The QMP socket.
+    pub qmp: PathBuf,
+    /// The RAM file (`memory-backend-file`, shared).
+    pub ram: PathBuf,
+    /// The serial console's log.
+    pub console: PathBuf,
+}
+
 impl Guest {
-    /// Boots the fixture in `fixture_dir` as `boot` says.
+    /// Boots the fixture in `fixture_dir` as `boot` says, in a fresh directory.
     pub fn boot(fixture_dir: &Path, boot: &Boot) -> Guest {
-        let dir = tempfile::tempdir().unwrap();
-        let qmp = dir.path().join("qmp.sock");
-        let ram = dir.path().join("ram");
-        let console = dir.path().join("console.log");
+        Guest::boot_at(GuestPaths::new(), fixture_dir, boot)
+    }
+
+    /// Boots the fixture with its files at `paths`: q35 with its RAM in a shared file,
+    /// pvpanic (`-action panic=pause`), the vmcoreinfo device, QMP on a Unix socket, the
+    /// console on ttyS0 into a file, and with `boot.registration` the Linux agent's port
+    /// on ttyS1.
+    pub fn boot_at(paths: GuestPaths, fixture_dir: &Path, boot: &Boot) -> Guest {
         let mut cmdline = "console=ttyS0".to_string();
         if let Some(s) = boot.panic_after {
             cmdline += &format!(" ambulance.panic_after={s}");
+        }
+        if boot.registration.is_some() {
+            cmdline += " ambulance.register=ttyS1";
         }
         if !boot.cmdline.is_empty() {
             cmdline += " ";
             cmdline += &boot.cmdline;
         }
-        let child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-nographic", "-no-reboot"])
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg", "-nographic"])
             .args(["-m", &format!("{}M", boot.memory_mib)])
             .args(["-smp", &boot.cpus.to_string()])
             .args([
@@ -175,7 +183,7 @@ impl Guest {
             .arg(format!(
                 "memory-backend-file,id=ram,size={}M,mem-path={},share=on",
                 boot.memory_mib,
-                ram.display()
+                paths.ram.display()
             ))
             .args(["-machine", "q35,memory-backend=ram"])
             .arg("-kernel")
@@ -185,9 +193,21 @@ impl Guest {
             .args(["-append", &cmdline])
             .args(["-device", "pvpanic", "-device", "vmcoreinfo"])
             .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .arg(format!("unix:{},server=on,wait=off", paths.qmp.display()))
             .arg("-serial")
-            .arg(format!("file:{}", console.display()))
+            .arg(format!("file:{}", paths.console.display()));
+        if boot.no_reboot {
+            cmd.arg("-no-reboot");
+        }
+        if let Some(sock) = &boot.registration {
+            cmd.arg("-chardev")
+                .arg(format!(
+                    "socket,id=ambulance,path={},reconnect=1",
+                    sock.display()
+                ))
+                .args(["-device", "isa-serial,chardev=ambulance"]);
+        }
+        let child = cmd
             .args(&boot.qemu_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -196,10 +216,10 @@ impl Guest {
             .expect("qemu-system-x86_64 starts");
         Guest {
             child,
-            dir,
-            qmp,
-            ram,
-            console,
+            qmp: paths.qmp.clone(),
+            ram: paths.ram.clone(),
+            console: paths.console.clone(),
+            paths,
         }
     }
 
@@ -242,15 +262,19 @@ pub fn panicked_dump(fixture_dir: &Path, memory_mib: u64) -> Dump {
             ..Boot::default()
         },
     );
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut qmp = Qmp::connect(&guest.qmp, deadline);
-    qmp.wait_event("GUEST_PANICKED", deadline);
     let dir = tempfile::tempdir().unwrap();
     let core = dir.path().join("vmcore");
-    qmp.execute(
-        "dump-guest-memory",
-        json!({"paging": false, "protocol": format!("file:{}", core.display())}),
-    );
+    runtime().block_on(async {
+        let (qmp, mut events) = connect(&guest.qmp).await;
+        wait_for_panic(&qmp, &mut events, &guest, Duration::from_secs(180)).await;
+        qmp.execute_with_timeout(
+            "dump-guest-memory",
+            json!({"paging": false, "protocol": format!("file:{}", core.display())}),
+            Duration::from_secs(300),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    });
     let console = guest.console_text();
     guest.quit();
     Dump { dir, core, console }

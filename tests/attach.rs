@@ -188,6 +188,8 @@ fn check_common(a: &Attached) {
         "{}",
         a.console
     );
+    // The kernel section says what the guest printed: panic line, dmesg, processes.
+    linux_guest::check_against_console(r, &a.console);
 }
 
 #[test]

@@ -211,6 +211,7 @@ fn a_qemu_guest_under_the_daemon() {
         .as_str()
         .is_some_and(|m| m.contains("sysrq triggered crash")));
     check_vcpus(&report, true);
+    linux_guest::check_against_console(&report, &guest.console_text());
     let (status, text) = daemon.call("GET", &format!("/v1/reports/{id}"), "text/plain");
     assert_eq!(status, 200);
     assert!(text.contains("QEMU reported GUEST_PANICKED"), "{text}");

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ambulance_qemu::{ConnectOptions, Events, Qmp};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Builds (or finds in the cache) the Linux fixture; its directory. With `dbg`, the
 /// matching `-dbg` vmlinux (DWARF) is fetched too, as `vmlinux` in that directory.
@@ -318,4 +318,115 @@ pub fn console_processes(console: &str) -> Vec<(i32, String)> {
             Some((pid, words.next()?.to_string()))
         })
         .collect()
+}
+
+/// Everything a report of this fixture's sysrq panic must say in its `kernel` section,
+/// checked against what the guest printed on its console — whatever the type source, live
+/// or offline.
+pub fn check_against_console(report: &Value, console: &str) {
+    let k = &report["kernel"];
+    let version = std::fs::read_to_string(fixture(false).join("VERSION")).unwrap();
+    let release = k["release"].as_str().expect("kernel.release");
+    assert!(
+        version.starts_with(&format!("linux-image-{release} ")),
+        "{release} vs {version}"
+    );
+    assert_eq!(
+        k["kaslr_offset"].as_str().map(|s| s.starts_with("0x")),
+        Some(true)
+    );
+
+    // The panic message is the console's panic line.
+    let panic_line = console
+        .lines()
+        .find_map(|l| l.split_once("Kernel panic - not syncing: ").map(|x| x.1))
+        .expect("the console shows the panic")
+        .trim_end();
+    assert_eq!(k["panic_message"], panic_line);
+    assert_eq!(panic_line, "sysrq triggered crash");
+    assert_eq!(
+        k["panic_cpu"].as_u64().map(|c| c < 2),
+        Some(true),
+        "{}",
+        k["panic_cpu"]
+    );
+
+    // dmesg: every printk line the console printed is a record line, in order, with the
+    // same timestamp and text. The console prints levels below 7 (the default
+    // loglevel); records logged after the panic notifier paused the guest may be in the
+    // ring without having reached the console.
+    let on_console = console_printk_lines(console);
+    let mut from_report = Vec::new();
+    for r in k["dmesg"].as_array().expect("kernel.dmesg") {
+        if r["level"].as_u64().unwrap() >= 7 {
+            continue;
+        }
+        let ns = r["timestamp_ns"].as_u64().unwrap();
+        let stamp = format!("{:5}.{:06}", ns / 1_000_000_000, ns / 1000 % 1_000_000);
+        for line in r["text"].as_str().unwrap().lines() {
+            from_report.push((stamp.trim_start().to_string(), line.to_string()));
+        }
+    }
+    assert!(on_console.len() > 100, "{} console lines", on_console.len());
+    assert!(
+        from_report.len() >= on_console.len(),
+        "{} record lines for {} console lines",
+        from_report.len(),
+        on_console.len()
+    );
+    for (i, (c, r)) in on_console.iter().zip(&from_report).enumerate() {
+        assert_eq!(c, r, "console printk line {i} differs from dmesg");
+    }
+    let seqs: Vec<u64> = k["dmesg"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "records in order");
+    assert_eq!(k["dmesg_dropped"], 0);
+
+    // Tasks: every process init listed is there with its command — except `ps`, which
+    // listed them and has exited, and the 1-second `sleep` of init's loop, which may
+    // have been replaced. Kernel workers show their workqueue after the name in ps.
+    let tasks = k["tasks"].as_array().expect("kernel.tasks");
+    let listed = console_processes(console);
+    assert!(listed.len() > 40, "{listed:?}");
+    let mut missing = Vec::new();
+    for (pid, comm) in &listed {
+        let found = tasks.iter().any(|t| {
+            let c = t["comm"].as_str().unwrap();
+            t["pid"] == *pid && (c == comm || (c.starts_with("kworker/") && comm.starts_with(c)))
+        });
+        if !found {
+            missing.push((*pid, comm.clone()));
+        }
+    }
+    missing.retain(|(_, c)| c != "ps");
+    assert!(
+        missing.len() <= 1 && missing.iter().all(|(_, c)| c == "sleep"),
+        "processes printed by init but not in the report: {missing:?}"
+    );
+    let init = tasks.iter().find(|t| t["pid"] == 1).expect("pid 1");
+    assert_eq!(init["comm"], "init");
+    assert!(tasks.iter().all(|t| {
+        ["R", "S", "D", "T", "t", "X", "Z", "P", "I"].contains(&t["state"].as_str().unwrap())
+    }));
+
+    // Healthy until sysrq: the task list walks completely, no list or stack findings.
+    let walk = report["structures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["structure"] == "init_task.tasks")
+        .expect("the task list is walked");
+    assert_eq!(walk["end"]["kind"], "complete");
+    assert_eq!(walk["count"].as_u64().unwrap() as usize, tasks.len());
+    let bad: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["validator"] == "list-integrity" || f["validator"] == "stack-end")
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
 }

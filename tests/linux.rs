@@ -85,6 +85,19 @@ fn offline_with_the_debug_info_package() {
     for key in ["release", "panic_message", "panic_cpu", "dmesg", "tasks"] {
         assert_eq!(with["kernel"][key], without["kernel"][key], "kernel.{key}");
     }
+    // Found by the build ID VMCOREINFO gives, in a debuginfod-style directory.
+    let build_id = with["kernel"]["build_id"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir
+        .path()
+        .join(".build-id")
+        .join(&build_id[..2])
+        .join(format!("{}.debug", &build_id[2..]));
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&vmlinux, &link).unwrap();
+    let found = diagnose_core(&d.core, &["--debuginfo-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(found["kernel"]["sources"], with["kernel"]["sources"]);
+    assert_eq!(found["kernel"]["tasks"], with["kernel"]["tasks"]);
 }
 
 #[test]
@@ -131,6 +144,60 @@ fn a_corrupted_tasks_prev_is_reported_at_its_task() {
     assert_eq!(f[0]["structure"]["path"], "prev");
     assert_eq!(f[0]["address"]["virt"], format!("{victim:#x}"));
     assert_eq!(f[0]["found"], format!("{wrong:#x}"));
+    let _ = std::fs::remove_file(copy);
+}
+
+#[test]
+fn a_smashed_end_of_stack_magic_is_reported_at_its_task() {
+    let d = dump();
+    let report = diagnose_core(&d.core, &[]);
+    let task = report["kernel"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["comm"] == "kthreadd")
+        .expect("kthreadd")
+        .clone();
+    let addr = u64::from_str_radix(&task["address"].as_str().unwrap()[2..], 16).unwrap();
+
+    // The lowest word of kthreadd's (vmalloc'd) stack, in the file.
+    let core = ElfCore::open(&d.core).unwrap();
+    let info = Vmcoreinfo::parse(core.vmcoreinfo().unwrap()).unwrap();
+    let mut sources = Default::default();
+    let program =
+        ambulance_diagnose::linux::program(Arc::new(core), &info, None, &mut sources).unwrap();
+    let stack = program
+        .read_u64(addr + program.offset_of("task_struct", "stack").unwrap())
+        .unwrap();
+    assert_eq!(
+        program.read_u64(stack).unwrap(),
+        0x57ac_6e9d,
+        "STACK_END_MAGIC"
+    );
+    let pa = program.translate(stack).unwrap();
+    let core = ElfCore::open(&d.core).unwrap();
+    let at = core.file_offset(pa).expect("the dump holds the stack") as usize;
+    let mut bytes = std::fs::read(&d.core).unwrap();
+    bytes[at..at + 8].copy_from_slice(&0xdead_beefu64.to_le_bytes());
+    let copy = d.dir.path().join("vmcore.stack");
+    std::fs::write(&copy, &bytes).unwrap();
+
+    let report = diagnose_core(&copy, &[]);
+    let f: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["validator"] == "stack-end")
+        .collect();
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0]["severity"], "critical");
+    assert_eq!(f[0]["address"]["virt"], format!("{stack:#x}"));
+    assert_eq!(f[0]["found"], "0xdeadbeef");
+    let message = f[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("task 2 (kthreadd) at {addr:#x}")),
+        "{message}"
+    );
     let _ = std::fs::remove_file(copy);
 }
 

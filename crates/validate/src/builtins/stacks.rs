@@ -44,6 +44,28 @@ fn stack_member(
     None
 }
 
+/// The element in words: a Linux task by pid and command, anything else by type, index
+/// and address.
+fn who(ctx: &Context<'_>, root: &ambulance_abi::descriptor::Root, e: &crate::Element) -> String {
+    if root.type_name == "task_struct" {
+        let pid = ctx
+            .member_offset("task_struct", "pid")
+            .and_then(|o| ctx.program.read_u32(e.addr + o).ok());
+        let mut comm = [0u8; 16];
+        let comm = ctx
+            .member_offset("task_struct", "comm")
+            .and_then(|o| ctx.program.read_virt(e.addr + o, &mut comm).ok())
+            .map(|()| {
+                let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+                String::from_utf8_lossy(&comm[..end]).into_owned()
+            });
+        if let (Some(pid), Some(comm)) = (pid, comm) {
+            return format!("task {} ({comm}) at {}", pid as i32, hex(e.addr));
+        }
+    }
+    format!("{} {} ({})", root.type_name, e.index, hex(e.addr))
+}
+
 impl Validator for StackEnd {
     fn name(&self) -> &str {
         NAME
@@ -91,11 +113,9 @@ impl Validator for StackEnd {
                         hex(magic),
                         hex(v),
                         format!(
-                            "the stack of {} {} ({}) overflowed: the end-of-stack magic at its \
-                             lowest address {} was overwritten",
-                            root.type_name,
-                            e.index,
-                            hex(e.addr),
+                            "the stack of {} overflowed: the end-of-stack magic at its lowest \
+                             address {} was overwritten",
+                            who(ctx, root, e),
                             hex(base)
                         ),
                     )),
@@ -108,10 +128,7 @@ impl Validator for StackEnd {
                         Some(base),
                         hex(magic),
                         "unreadable".into(),
-                        format!(
-                            "the stack of {} {} cannot be read: {err}",
-                            root.type_name, e.index
-                        ),
+                        format!("the stack of {} cannot be read: {err}", who(ctx, root, e)),
                     )),
                 }
             }

@@ -144,6 +144,32 @@ fn a_corrupted_tasks_prev_is_reported_at_its_task() {
     assert_eq!(f[0]["structure"]["path"], "prev");
     assert_eq!(f[0]["address"]["virt"], format!("{victim:#x}"));
     assert_eq!(f[0]["found"], format!("{wrong:#x}"));
+
+    // Frozen while a writer held tasklist_lock, the list may be mid-update: the same
+    // finding, as information. Readers (counted above the lock's low byte) excuse nothing.
+    let lock = program.symbol("tasklist_lock").unwrap();
+    let at = core.file_offset(program.translate(lock).unwrap()).unwrap() as usize;
+    let mut severity_with_lock = |cnts: u32| {
+        bytes[at..at + 4].copy_from_slice(&cnts.to_le_bytes());
+        std::fs::write(&copy, &bytes).unwrap();
+        let report = diagnose_core(&copy, &[]);
+        let f = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["validator"] == "list-integrity")
+            .cloned()
+            .expect("the finding");
+        (
+            f["severity"].clone(),
+            f["message"].as_str().unwrap().to_string(),
+        )
+    };
+    let (severity, message) = severity_with_lock(0xff);
+    assert_eq!(severity, "info");
+    assert!(message.contains("mid-update"), "{message}");
+    let (severity, _) = severity_with_lock(3 << 9);
+    assert_eq!(severity, "critical");
     let _ = std::fs::remove_file(copy);
 }
 

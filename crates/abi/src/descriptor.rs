@@ -203,8 +203,12 @@ pub mod root_flags {
     pub const SINGLY_LINKED: u16 = 1;
     /// Array: the elements are pointers to objects.
     pub const POINTER_ELEMENTS: u16 = 2;
+    /// Any kind: only the low byte of the lock word says the structure is being written
+    /// — a reader-writer lock whose readers count in the bytes above it (Linux's
+    /// qrwlock: `wlocked`). A read-held lock does not excuse inconsistencies.
+    pub const LOCK_BYTE: u16 = 4;
     /// All flags ABI v1 knows.
-    pub const KNOWN: u16 = SINGLY_LINKED | POINTER_ELEMENTS;
+    pub const KNOWN: u16 = SINGLY_LINKED | POINTER_ELEMENTS | LOCK_BYTE;
 }
 
 /// Hint flag: a pointer-range field may also be null.
@@ -1103,11 +1107,12 @@ mod owned {
             kind: kind_raw,
         })?;
         let flags = u16_at(e, layout::root::FLAGS);
-        let allowed = match kind {
-            RootKind::List => root_flags::SINGLY_LINKED,
-            RootKind::Array => root_flags::POINTER_ELEMENTS,
-            _ => 0,
-        };
+        let allowed = root_flags::LOCK_BYTE
+            | match kind {
+                RootKind::List => root_flags::SINGLY_LINKED,
+                RootKind::Array => root_flags::POINTER_ELEMENTS,
+                _ => 0,
+            };
         if flags & !allowed != 0 {
             return Err(DescriptorError::BadRootFlags {
                 root: i,
@@ -1382,6 +1387,24 @@ mod tests {
                 addr: 0x0000_8000_0000_0000
             }
         );
+    }
+
+    #[test]
+    fn root_flags_are_checked_per_kind() {
+        // A lock-byte lock on any kind, singly linked on lists only, nothing unknown.
+        let mut d = sample();
+        d.roots[0].flags = root_flags::SINGLY_LINKED | root_flags::LOCK_BYTE;
+        d.roots[1].flags = root_flags::LOCK_BYTE;
+        assert_eq!(parse(&d.encode().unwrap()).unwrap(), d);
+        for (root, flags) in [(1u32, root_flags::SINGLY_LINKED), (0, 8)] {
+            let mut bad = sample();
+            bad.roots[root as usize].flags = flags;
+            let err = parse(&bad.encode().unwrap()).unwrap_err();
+            assert!(
+                matches!(err, DescriptorError::BadRootFlags { root: r, .. } if r == root),
+                "{err}"
+            );
+        }
     }
 
     #[test]

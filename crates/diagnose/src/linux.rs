@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ambulance_abi::descriptor::{Root, RootKind};
+use ambulance_abi::descriptor::{root_flags, Root, RootKind};
 use ambulance_introspect::debuginfo::{hex, DebugInfo};
 use ambulance_introspect::linux::kallsyms::Kallsyms;
 use ambulance_introspect::linux::printk;
@@ -180,17 +180,20 @@ pub fn roots(program: &Program, limits: WalkLimits, sources: &mut KernelSources)
             return Vec::new();
         }
     };
+    // Writers of the task list hold tasklist_lock, a qrwlock whose low byte is set
+    // while write-held; readers count above it.
+    let lock = program.symbol("tasklist_lock").unwrap_or(0);
     vec![Root {
         name: TASKS_ROOT.into(),
         type_name: "task_struct".into(),
         kind: RootKind::List,
-        flags: 0,
+        flags: root_flags::LOCK_BYTE,
         address: head,
         element_size: layout.size.min(u32::MAX as u64) as u32,
         link_offset: layout.tasks as u32,
         max_count: limits.max_nodes.min(u32::MAX as u64) as u32,
         aux: 0,
-        lock: 0,
+        lock,
         hints: Vec::new(),
     }]
 }

@@ -257,7 +257,11 @@ impl<'a> Context<'a> {
         if root.lock == 0 {
             return None;
         }
-        let word = self.program.read_u32(root.lock).ok()?;
+        let word = if root.has_flag(root_flags::LOCK_BYTE) {
+            self.program.read_u8(root.lock).ok()? as u32
+        } else {
+            self.program.read_u32(root.lock).ok()?
+        };
         if word == 0 {
             return None;
         }

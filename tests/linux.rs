@@ -6,12 +6,13 @@
 
 mod linux_guest;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use ambulance_diagnose::{diagnose, Options, Subject};
 use ambulance_introspect::memory::ElfCore;
+use ambulance_introspect::program::Program;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use linux_guest::{check_against_console, fixture, panicked_dump, Dump};
 use serde_json::Value;
@@ -39,6 +40,66 @@ fn diagnose_core(core: &Path, extra: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("a JSON report")
+}
+
+/// A copy of the dump to corrupt, edited by guest-virtual address: the guest is read
+/// through the same Linux program the diagnosis builds (kallsyms, BTF), and each edit
+/// lands at the file offset that holds the translated byte.
+struct Patched {
+    core: Arc<ElfCore>,
+    program: Program,
+    bytes: Vec<u8>,
+    path: PathBuf,
+}
+
+impl Patched {
+    fn new(d: &Dump, name: &str) -> Patched {
+        let core = Arc::new(ElfCore::open(&d.core).unwrap());
+        let info = Vmcoreinfo::parse(core.vmcoreinfo().unwrap()).unwrap();
+        let mut sources = Default::default();
+        let program =
+            ambulance_diagnose::linux::program(core.clone(), &info, None, &mut sources).unwrap();
+        Patched {
+            core,
+            program,
+            bytes: std::fs::read(&d.core).unwrap(),
+            path: d.dir.path().join(name),
+        }
+    }
+
+    /// Overwrites the guest's bytes at `va` in the copy.
+    fn write(&mut self, va: u64, value: &[u8]) {
+        let pa = self.program.translate(va).unwrap();
+        let at = self.core.file_offset(pa).expect("the dump holds the byte") as usize;
+        self.bytes[at..at + value.len()].copy_from_slice(value);
+    }
+
+    /// The report on the copy as it stands.
+    fn diagnose(&self) -> Value {
+        std::fs::write(&self.path, &self.bytes).unwrap();
+        diagnose_core(&self.path, &[])
+    }
+}
+
+impl Drop for Patched {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A report's findings from one validator.
+fn findings<'a>(report: &'a Value, validator: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["validator"] == validator)
+        .collect()
+}
+
+/// A `kernel.tasks[]` entry's `task_struct` address.
+fn task_address(task: &Value) -> u64 {
+    u64::from_str_radix(&task["address"].as_str().unwrap()[2..], 16).unwrap()
 }
 
 #[test]
@@ -105,39 +166,23 @@ fn a_corrupted_tasks_prev_is_reported_at_its_task() {
     let d = dump();
     let report = diagnose_core(&d.core, &[]);
     let tasks = report["kernel"]["tasks"].as_array().unwrap();
-    let addr =
-        |i: usize| u64::from_str_radix(&tasks[i]["address"].as_str().unwrap()[2..], 16).unwrap();
-    let victim = addr(10);
+    let victim = task_address(&tasks[10]);
 
-    // Where the victim's tasks.prev lives in the file.
-    let core = ElfCore::open(&d.core).unwrap();
-    let info = Vmcoreinfo::parse(core.vmcoreinfo().unwrap()).unwrap();
-    let mut sources = Default::default();
-    let program =
-        ambulance_diagnose::linux::program(Arc::new(core), &info, None, &mut sources).unwrap();
-    let prev_va = victim + program.offset_of("task_struct", "tasks.prev").unwrap();
+    // The victim's tasks.prev points at the previous task's link; make it point at
+    // another task's.
+    let mut copy = Patched::new(d, "vmcore.corrupt");
+    let link = copy.program.offset_of("task_struct", "tasks").unwrap();
+    let prev_va = victim + copy.program.offset_of("task_struct", "tasks.prev").unwrap();
     assert_eq!(
-        program.read_u64(prev_va).unwrap(),
-        addr(9) + program.offset_of("task_struct", "tasks").unwrap(),
+        copy.program.read_u64(prev_va).unwrap(),
+        task_address(&tasks[9]) + link,
         "prev points at the previous task's link"
     );
-    let pa = program.translate(prev_va).unwrap();
-    let core = ElfCore::open(&d.core).unwrap();
-    let at = core.file_offset(pa).expect("the dump holds the task") as usize;
+    let wrong = task_address(&tasks[20]) + link;
+    copy.write(prev_va, &wrong.to_le_bytes());
 
-    let mut bytes = std::fs::read(&d.core).unwrap();
-    let wrong = addr(20) + program.offset_of("task_struct", "tasks").unwrap();
-    bytes[at..at + 8].copy_from_slice(&wrong.to_le_bytes());
-    let copy = d.dir.path().join("vmcore.corrupt");
-    std::fs::write(&copy, &bytes).unwrap();
-
-    let report = diagnose_core(&copy, &[]);
-    let f: Vec<&Value> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["validator"] == "list-integrity")
-        .collect();
+    let report = copy.diagnose();
+    let f = findings(&report, "list-integrity");
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!(f[0]["severity"], "critical");
     assert_eq!(f[0]["structure"]["root"], "init_task.tasks");
@@ -147,18 +192,13 @@ fn a_corrupted_tasks_prev_is_reported_at_its_task() {
 
     // Frozen while a writer held tasklist_lock, the list may be mid-update: the same
     // finding, as information. Readers (counted above the lock's low byte) excuse nothing.
-    let lock = program.symbol("tasklist_lock").unwrap();
-    let at = core.file_offset(program.translate(lock).unwrap()).unwrap() as usize;
+    let lock = copy.program.symbol("tasklist_lock").unwrap();
     let mut severity_with_lock = |cnts: u32| {
-        bytes[at..at + 4].copy_from_slice(&cnts.to_le_bytes());
-        std::fs::write(&copy, &bytes).unwrap();
-        let report = diagnose_core(&copy, &[]);
-        let f = report["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["validator"] == "list-integrity")
-            .cloned()
+        copy.write(lock, &cnts.to_le_bytes());
+        let report = copy.diagnose();
+        let f = findings(&report, "list-integrity")
+            .first()
+            .map(|f| (*f).clone())
             .expect("the finding");
         (
             f["severity"].clone(),
@@ -170,7 +210,6 @@ fn a_corrupted_tasks_prev_is_reported_at_its_task() {
     assert!(message.contains("mid-update"), "{message}");
     let (severity, _) = severity_with_lock(3 << 9);
     assert_eq!(severity, "critical");
-    let _ = std::fs::remove_file(copy);
 }
 
 #[test]
@@ -182,39 +221,24 @@ fn a_smashed_end_of_stack_magic_is_reported_at_its_task() {
         .unwrap()
         .iter()
         .find(|t| t["comm"] == "kthreadd")
-        .expect("kthreadd")
-        .clone();
-    let addr = u64::from_str_radix(&task["address"].as_str().unwrap()[2..], 16).unwrap();
+        .expect("kthreadd");
+    let addr = task_address(task);
 
-    // The lowest word of kthreadd's (vmalloc'd) stack, in the file.
-    let core = ElfCore::open(&d.core).unwrap();
-    let info = Vmcoreinfo::parse(core.vmcoreinfo().unwrap()).unwrap();
-    let mut sources = Default::default();
-    let program =
-        ambulance_diagnose::linux::program(Arc::new(core), &info, None, &mut sources).unwrap();
-    let stack = program
-        .read_u64(addr + program.offset_of("task_struct", "stack").unwrap())
+    // The lowest word of kthreadd's (vmalloc'd) stack.
+    let mut copy = Patched::new(d, "vmcore.stack");
+    let stack = copy
+        .program
+        .read_u64(addr + copy.program.offset_of("task_struct", "stack").unwrap())
         .unwrap();
     assert_eq!(
-        program.read_u64(stack).unwrap(),
+        copy.program.read_u64(stack).unwrap(),
         0x57ac_6e9d,
         "STACK_END_MAGIC"
     );
-    let pa = program.translate(stack).unwrap();
-    let core = ElfCore::open(&d.core).unwrap();
-    let at = core.file_offset(pa).expect("the dump holds the stack") as usize;
-    let mut bytes = std::fs::read(&d.core).unwrap();
-    bytes[at..at + 8].copy_from_slice(&0xdead_beefu64.to_le_bytes());
-    let copy = d.dir.path().join("vmcore.stack");
-    std::fs::write(&copy, &bytes).unwrap();
+    copy.write(stack, &0xdead_beefu64.to_le_bytes());
 
-    let report = diagnose_core(&copy, &[]);
-    let f: Vec<&Value> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["validator"] == "stack-end")
-        .collect();
+    let report = copy.diagnose();
+    let f = findings(&report, "stack-end");
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!(f[0]["severity"], "critical");
     assert_eq!(f[0]["address"]["virt"], format!("{stack:#x}"));
@@ -224,27 +248,16 @@ fn a_smashed_end_of_stack_magic_is_reported_at_its_task() {
         message.contains(&format!("task 2 (kthreadd) at {addr:#x}")),
         "{message}"
     );
-    let _ = std::fs::remove_file(copy);
 }
 
 #[test]
 fn missing_btf_degrades_the_report_and_says_so() {
     let d = dump();
-    let core = ElfCore::open(&d.core).unwrap();
-    let info = Vmcoreinfo::parse(core.vmcoreinfo().unwrap()).unwrap();
-    let mut sources = Default::default();
-    let program =
-        ambulance_diagnose::linux::program(Arc::new(core), &info, None, &mut sources).unwrap();
-    let start = program.symbol("__start_BTF").unwrap();
-    let pa = program.translate(start).unwrap();
-    let core = ElfCore::open(&d.core).unwrap();
-    let at = core.file_offset(pa).unwrap() as usize;
-    let mut bytes = std::fs::read(&d.core).unwrap();
-    bytes[at..at + 4].copy_from_slice(b"junk");
-    let copy = d.dir.path().join("vmcore.nobtf");
-    std::fs::write(&copy, &bytes).unwrap();
+    let mut copy = Patched::new(d, "vmcore.nobtf");
+    let start = copy.program.symbol("__start_BTF").unwrap();
+    copy.write(start, b"junk");
 
-    let report = diagnose_core(&copy, &[]);
+    let report = copy.diagnose();
     let k = &report["kernel"];
     let missing = k["sources"]["missing"].as_array().unwrap();
     assert!(
@@ -264,7 +277,6 @@ fn missing_btf_degrades_the_report_and_says_so() {
     assert_eq!(k["panic_message"], "sysrq triggered crash");
     assert!(k["dmesg"].as_array().unwrap().len() > 100);
     assert_eq!(k["tasks"], serde_json::json!([]));
-    let _ = std::fs::remove_file(copy);
 }
 
 #[test]

@@ -133,33 +133,6 @@ fn wait_with_output(
     (out.join().unwrap(), err.join().unwrap())
 }
 
-/// Registers that make sense for a Linux kernel that panicked (or idles) in kernel mode.
-fn check_vcpus(report: &Value) {
-    let vcpus = report["vcpus"].as_array().expect("vcpus");
-    assert_eq!(vcpus.len(), 2, "{vcpus:#?}");
-    let hex =
-        |v: &Value| u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
-    for (i, v) in vcpus.iter().enumerate() {
-        assert_eq!(v["vcpu"], i as u64);
-        let rip = hex(&v["rip"]);
-        assert!(
-            rip >= 0xffff_ffff_8000_0000,
-            "vCPU {i} rip {rip:#x} is not a kernel address"
-        );
-        assert_ne!(hex(&v["cr3"]), 0, "vCPU {i} has paging");
-        assert_ne!(hex(&v["cr0"]) & (1 << 31), 0, "vCPU {i} CR0.PG");
-        assert_ne!(hex(&v["efer"]) & (1 << 10), 0, "vCPU {i} EFER.LMA");
-        assert!(
-            hex(&v["gs_base"]) >= 0xffff_8000_0000_0000,
-            "vCPU {i} GS base is per-CPU data"
-        );
-        assert!(
-            ["halted", "running"].contains(&v["activity"].as_str().unwrap()),
-            "{v}"
-        );
-    }
-}
-
 /// What every attach report says about this guest and run.
 fn check_common(a: &Attached) {
     let r = &a.report;
@@ -168,7 +141,7 @@ fn check_common(a: &Attached) {
     assert_eq!(r["guest"]["name"], "debian");
     assert_eq!(r["guest"]["vcpus"], 2);
     assert_eq!(r["guest"]["memory_bytes"], 256u64 << 20);
-    check_vcpus(r);
+    linux_guest::check_vcpus(r, true);
     let phases: Vec<&str> = r["timeline"]
         .as_array()
         .unwrap()

@@ -97,23 +97,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Two vCPUs with paging on; after a panic every vCPU is in the kernel (an operator's
-/// diagnosis may catch one in user space).
-fn check_vcpus(report: &Value, in_kernel: bool) {
-    let vcpus = report["vcpus"].as_array().unwrap();
-    assert_eq!(vcpus.len(), 2);
-    for v in vcpus {
-        let hex = |k: &str| {
-            u64::from_str_radix(v[k].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-        };
-        assert_ne!(hex("cr3"), 0, "{v}");
-        assert_ne!(hex("cr0") & (1 << 31), 0, "{v}");
-        if in_kernel {
-            assert!(hex("rip") >= 0xffff_ffff_8000_0000, "{v}");
-        }
-    }
-}
-
 #[test]
 fn a_qemu_guest_under_the_daemon() {
     let fixture = fixture(false);
@@ -183,7 +166,7 @@ fn a_qemu_guest_under_the_daemon() {
     );
     assert_eq!(report["failure"]["cause"], "operator");
     assert_eq!(report["kernel"]["sources"]["vmcoreinfo"], "registration");
-    check_vcpus(&report, false);
+    linux_guest::check_vcpus(&report, false);
     let g = daemon.json("GET", "/v1/guests/debian");
     assert_eq!(g["state"], "running", "{g:#}");
     daemon.wait_guest(
@@ -210,7 +193,7 @@ fn a_qemu_guest_under_the_daemon() {
     assert!(report["kernel"]["panic_message"]
         .as_str()
         .is_some_and(|m| m.contains("sysrq triggered crash")));
-    check_vcpus(&report, true);
+    linux_guest::check_vcpus(&report, true);
     linux_guest::check_against_console(&report, &guest.console_text());
     let (status, text) = daemon.call("GET", &format!("/v1/reports/{id}"), "text/plain");
     assert_eq!(status, 200);

@@ -432,3 +432,34 @@ pub fn check_against_console(report: &Value, console: &str) {
         .collect();
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+/// The fixture's two vCPUs as a report shows them: in long mode with paging, running or
+/// halted. `in_kernel` (after a panic every vCPU is; an operator's diagnosis may catch one
+/// in user space): a kernel `rip` and the kernel's per-CPU GS base.
+pub fn check_vcpus(report: &Value, in_kernel: bool) {
+    let vcpus = report["vcpus"].as_array().expect("vcpus");
+    assert_eq!(vcpus.len(), 2, "{vcpus:#?}");
+    let hex =
+        |v: &Value| u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    for (i, v) in vcpus.iter().enumerate() {
+        assert_eq!(v["vcpu"], i as u64);
+        assert_ne!(hex(&v["cr3"]), 0, "vCPU {i} has paging");
+        assert_ne!(hex(&v["cr0"]) & (1 << 31), 0, "vCPU {i} CR0.PG");
+        assert_ne!(hex(&v["efer"]) & (1 << 10), 0, "vCPU {i} EFER.LMA");
+        assert!(
+            ["halted", "running"].contains(&v["activity"].as_str().unwrap()),
+            "{v}"
+        );
+        if in_kernel {
+            let rip = hex(&v["rip"]);
+            assert!(
+                rip >= 0xffff_ffff_8000_0000,
+                "vCPU {i} rip {rip:#x} is not a kernel address"
+            );
+            assert!(
+                hex(&v["gs_base"]) >= 0xffff_8000_0000_0000,
+                "vCPU {i} GS base is per-CPU data"
+            );
+        }
+    }
+}

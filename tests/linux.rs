@@ -316,4 +316,31 @@ fn debug_info_of_another_build_is_refused_naming_both_ids() {
     let guest = ambulance_introspect::debuginfo::hex(info.build_id().unwrap());
     assert!(err.contains(&guest) && err.contains("build ID"), "{err}");
     assert!(err.contains(ambulance_test_kernel::ELF_PATH), "{err}");
+
+    // Handed to the pipeline anyway (attach, the daemon), it is left out and the report
+    // says why, from guest memory alone.
+    let debuginfo =
+        ambulance_introspect::debuginfo::DebugInfo::open(ambulance_test_kernel::ELF_PATH);
+    let options = Options {
+        debuginfo: Some(Arc::new(debuginfo.unwrap())),
+        ..Options::default()
+    };
+    let core = Arc::new(core);
+    let report = diagnose(
+        core.clone(),
+        &Subject::from_core(&core),
+        &options,
+        Vec::new(),
+    )
+    .unwrap();
+    let k = report.kernel.expect("a Linux report");
+    assert_eq!(k.sources.types.first().map(String::as_str), Some("btf"));
+    assert!(
+        k.sources
+            .missing
+            .iter()
+            .any(|m| m.contains(&guest) && m.ends_with("it was not used")),
+        "{:?}",
+        k.sources.missing
+    );
 }

@@ -147,16 +147,10 @@ pub fn load(
 /// The KASLR slide to apply to the debug info's symbols, when it belongs to this kernel;
 /// else why it cannot be used.
 fn usable_debuginfo(d: &DebugInfo, vmcoreinfo: &Vmcoreinfo) -> Result<i64, String> {
-    match (vmcoreinfo.build_id(), d.build_id()) {
-        (Some(guest), Some(file)) if !file.starts_with(guest) && !guest.starts_with(file) => {
-            return Err(format!(
-                "debug info {}: build ID {} is not the guest kernel's {}; it was not used",
-                d.path().display(),
-                hex(file),
-                hex(guest)
-            ))
-        }
-        _ => {}
+    // Only when both say which build they are; a file without the note is taken on trust.
+    if let (Some(guest), Some(_)) = (vmcoreinfo.build_id(), d.build_id()) {
+        d.check_build_id(guest)
+            .map_err(|e| format!("{e}; it was not used"))?;
     }
     Ok(vmcoreinfo.kerneloffset().unwrap_or(0) as i64)
 }

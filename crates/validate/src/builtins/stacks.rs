@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use ambulance_abi::descriptor::RootKind;
+use ambulance_introspect::linux::tasks::{read_task, TaskLayout};
 use ambulance_report::{Finding, Severity};
 
 use super::hex;
@@ -48,19 +49,9 @@ fn stack_member(
 /// and address.
 fn who(ctx: &Context<'_>, root: &ambulance_abi::descriptor::Root, e: &crate::Element) -> String {
     if root.type_name == "task_struct" {
-        let pid = ctx
-            .member_offset("task_struct", "pid")
-            .and_then(|o| ctx.program.read_u32(e.addr + o).ok());
-        let mut comm = [0u8; 16];
-        let comm = ctx
-            .member_offset("task_struct", "comm")
-            .and_then(|o| ctx.program.read_virt(e.addr + o, &mut comm).ok())
-            .map(|()| {
-                let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-                String::from_utf8_lossy(&comm[..end]).into_owned()
-            });
-        if let (Some(pid), Some(comm)) = (pid, comm) {
-            return format!("task {} ({comm}) at {}", pid as i32, hex(e.addr));
+        if let Ok(t) = TaskLayout::of(ctx.program).and_then(|l| read_task(ctx.program, &l, e.addr))
+        {
+            return format!("task {} ({}) at {}", t.pid, t.comm, hex(e.addr));
         }
     }
     format!("{} {} ({})", root.type_name, e.index, hex(e.addr))

@@ -402,38 +402,28 @@ impl RawImage {
             });
         }
         let m = map_readonly(&file, 0, len).map_err(|e| io("cannot map raw image", e))?;
-        Ok(RawImage {
-            map: SegmentMap::new(
-                vec![Backing::Map(m)],
-                vec![SegSpec {
-                    start: base_gpa,
-                    mem_size: len,
-                    file_size: len,
-                    backing: 0,
-                    offset: 0,
-                }],
-                name,
-            ),
-        })
+        Ok(RawImage::whole(Backing::Map(m), base_gpa, len, name))
+    }
+
+    /// All `len` bytes of `backing` as guest RAM from `base_gpa`.
+    fn whole(backing: Backing, base_gpa: u64, len: u64, name: String) -> RawImage {
+        let seg = SegSpec {
+            start: base_gpa,
+            mem_size: len,
+            file_size: len,
+            backing: 0,
+            offset: 0,
+        };
+        RawImage {
+            map: SegmentMap::new(vec![backing], vec![seg], name),
+        }
     }
 
     /// RAM held in a buffer, starting at `base_gpa` (tests, fuzzers, synthetic guests).
     pub fn from_bytes(bytes: Vec<u8>, base_gpa: u64) -> RawImage {
         let len = bytes.len() as u64;
         let name = format!("in-memory image at {base_gpa:#x} ({})", human(len));
-        RawImage {
-            map: SegmentMap::new(
-                vec![Backing::Owned(bytes)],
-                vec![SegSpec {
-                    start: base_gpa,
-                    mem_size: len,
-                    file_size: len,
-                    backing: 0,
-                    offset: 0,
-                }],
-                name,
-            ),
-        }
+        RawImage::whole(Backing::Owned(bytes), base_gpa, len, name)
     }
 }
 

@@ -7,6 +7,8 @@
 //! `reports`, `report`, `diagnose --guest`, `release`), and [`diagnose`] diagnoses an ELF
 //! core offline.
 
+#![forbid(unsafe_code)]
+
 pub mod attach;
 pub mod client;
 pub mod demo;

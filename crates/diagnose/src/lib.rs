@@ -9,6 +9,8 @@
 //! A core written by Ambulance carries the registration descriptor and the failure as
 //! notes, so an offline diagnosis of it finds what the live one found.
 
+#![forbid(unsafe_code)]
+
 pub mod linux;
 
 use std::sync::Arc;

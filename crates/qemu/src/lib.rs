@@ -13,6 +13,8 @@
 //! Every fallible function returns this crate's [`Error`], whose messages name the socket,
 //! the command or the file involved.
 
+#![forbid(unsafe_code)]
+
 pub mod layout;
 pub mod qmp;
 pub mod registers;

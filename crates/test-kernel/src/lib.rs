@@ -4,6 +4,8 @@
 //! Tests, the demo and benches boot it with `ambulance-vmm`; the diagnosis engine reads
 //! its symbols and types from the same file.
 
+#![forbid(unsafe_code)]
+
 /// The kernel's ELF image.
 pub static ELF: &[u8] = include_bytes!(env!("AMBULANCE_TEST_KERNEL_ELF"));
 

@@ -11,6 +11,8 @@
 //! see [`ambulance_introspect::walk`]) and the result is cached in the context, together
 //! with how the walk ended, for the report's "structures walked" section.
 
+#![forbid(unsafe_code)]
+
 pub mod builtins;
 pub mod context;
 pub mod log;

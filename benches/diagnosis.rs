@@ -10,7 +10,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ambulance_cli::live::freeze_and_diagnose;
+use ambulance_capture::vmm::freeze_and_capture;
+use ambulance_report::ReportDir;
 use ambulance_vmm::{Guest, GuestConfig, Vmm};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -36,8 +37,13 @@ fn one(
     dir: &Path,
     core: bool,
 ) -> (Duration, u64) {
+    let dir = ReportDir::open(dir).expect("report directory");
     let start = Instant::now();
-    let w = freeze_and_diagnose(g, "benchmark", options, dir, core).expect("diagnosis");
+    let capture = freeze_and_capture(g, "benchmark").expect("freeze");
+    let (_, w) = capture
+        .diagnose_here(options, Some(&dir), core)
+        .expect("diagnosis");
+    let w = w.expect("written");
     let elapsed = start.elapsed();
     let size = w
         .core

@@ -289,12 +289,7 @@ fn kvm_benches(c: &mut Criterion) {
     std::thread::sleep(Duration::from_millis(300));
     guest.freeze().expect("freeze");
     let export = guest.memory_export().expect("export");
-    let regions: Vec<(u64, u64, u64)> = export
-        .regions
-        .iter()
-        .map(|r| (r.gpa, r.size, r.file_offset))
-        .collect();
-    let mem = LiveMemory::map(&export.file, &regions).expect("map");
+    let mem = LiveMemory::map(&export).expect("map");
     let d = &reg.descriptor;
     let prog = Program::new(Arc::new(mem), d.page_table_root, Paging::Four);
     let rq = d

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ambulance_service::capture::freeze_and_diagnose;
+use ambulance_capture::vmm::freeze_and_capture;
+use ambulance_report::ReportDir;
 use ambulance_service::{Config, Service};
 use ambulance_vmm::Guest;
 use criterion::Criterion;
@@ -25,7 +26,8 @@ fn config(dir: &Path, guests: &[(&str, &str)]) -> Config {
              watchdog_ms = 0\npolicy = \"hold\"\n\n"
         );
     }
-    let mut cfg = Config::parse(&toml, "<bench>").expect("bench config");
+    let kernels = ambulance_cli::kernels::builtin().expect("built-in kernels");
+    let mut cfg = Config::parse(&toml, "<bench>", &kernels).expect("bench config");
     cfg.data_dir = dir.to_path_buf();
     cfg.api.socket = dir.join("api.sock");
     cfg.worker.executable = Some(env!("CARGO_BIN_EXE_ambulance").into());
@@ -55,13 +57,17 @@ fn overhead(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let g = wait_registered(&svc, "big");
     let options = ambulance_cli::diagnose_options(Some("test"), None, None, None).unwrap();
     let scratch = tempfile::tempdir().unwrap();
+    let scratch_dir = ReportDir::open(scratch.path()).unwrap();
 
     let mut group = c.benchmark_group("crash_to_report_1GiB");
     group.sample_size(30);
     group.bench_function("in_process", |b| {
         b.iter(|| {
-            let w = freeze_and_diagnose(&g, "benchmark", &options, scratch.path(), false)
+            let capture = freeze_and_capture(&g, "benchmark").expect("freeze");
+            let (_, w) = capture
+                .diagnose_here(&options, Some(&scratch_dir), false)
                 .expect("diagnosis");
+            let w = w.expect("written");
             let _ = std::fs::remove_file(&w.json);
             let _ = std::fs::remove_file(&w.text);
             g.resume().expect("resume");

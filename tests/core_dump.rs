@@ -7,7 +7,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambulance_cli::live::freeze_and_diagnose;
 use ambulance_introspect::memory::{ElfCore, LiveMemory, PhysicalMemory};
 use ambulance_introspect::program::Program;
 use ambulance_introspect::symbols::Symbols;
@@ -36,17 +35,12 @@ fn gdb_reads_a_global_and_our_reader_reads_the_ram_back() {
     std::thread::sleep(Duration::from_millis(300));
     let dir = tempfile::tempdir().unwrap();
     let options = ambulance_cli::diagnose_options(Some("test"), None, None, None).unwrap();
-    let w = freeze_and_diagnose(&guest, "core test", &options, dir.path(), true).unwrap();
+    let w = common::freeze_and_diagnose(&guest, "core test", &options, dir.path(), true);
     let core_path = w.core.expect("core written");
 
     // Our reader: every byte of RAM reads back as the live mapping has it.
     let export = guest.memory_export().unwrap();
-    let regions: Vec<_> = export
-        .regions
-        .iter()
-        .map(|r| (r.gpa, r.size, r.file_offset))
-        .collect();
-    let live = LiveMemory::map(&export.file, &regions).unwrap();
+    let live = LiveMemory::map(&export).unwrap();
     let core = ElfCore::open(&core_path).unwrap();
     for r in live.ranges() {
         let mut a = vec![0u8; r.size as usize];

@@ -8,10 +8,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use ambulance_cli::live::{diagnose_and_write, freeze_and_diagnose, Failure, Written};
 use ambulance_report::{Report, Severity};
 use ambulance_vmm::{EventKind, Guest, Vmm};
-use common::{test_guest, vmm, wait_for_failure};
+use common::{diagnose_failure, freeze_and_diagnose, test_guest, vmm, wait_for_failure, Written};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -50,23 +49,7 @@ fn diagnose_fault(
     let seen = wait_for_failure(&events, &guest, TIMEOUT);
     let line = seen.ground_truth().expect("ground truth").to_string();
     let e = seen.events.last().unwrap();
-    let EventKind::Failure {
-        cause,
-        vcpu,
-        detail,
-        frozen,
-    } = &e.kind
-    else {
-        unreachable!()
-    };
-    let f = Failure {
-        cause,
-        vcpu: *vcpu,
-        detail,
-        frozen,
-        time: e.time,
-    };
-    let written = diagnose_and_write(&guest, &f, &options(), dir, true).expect("diagnosis");
+    let written = diagnose_failure(&guest, e, &options(), dir, true);
     (guest, written, truth(&line))
 }
 
@@ -259,8 +242,7 @@ fn healthy_guest_frozen_at_arbitrary_moments_has_no_findings() {
     while samples < 25 {
         pause = (pause * 7919 + 13) % 97;
         std::thread::sleep(Duration::from_millis(pause));
-        let w =
-            freeze_and_diagnose(&guest, "sampled by a test", &options, dir.path(), false).unwrap();
+        let w = freeze_and_diagnose(&guest, "sampled by a test", &options, dir.path(), false);
         let bad: Vec<_> = w
             .report
             .findings

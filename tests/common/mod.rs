@@ -2,10 +2,13 @@
 //! guests, and waiting for events with a deadline.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ambulance_vmm::{Event, EventKind, FailureCause, Guest, GuestConfig, Vmm};
+use ambulance_capture::vmm;
+use ambulance_report::{Report, ReportDir};
+
+use ambulance_vmm::{EventKind, FailureCause, Guest, GuestConfig, Vmm, VmmEvent};
 use crossbeam_channel::Receiver;
 
 /// A VMM, or `None` after printing a loud skip line when this machine has no KVM.
@@ -31,7 +34,7 @@ pub fn test_guest(name: &str, cmdline: &str) -> GuestConfig {
 /// Everything one guest said until a predicate matched.
 pub struct Seen {
     /// The guest's events, in order, up to and including the matching one.
-    pub events: Vec<Event>,
+    pub events: Vec<VmmEvent>,
 }
 
 impl Seen {
@@ -65,10 +68,10 @@ impl Seen {
 /// Collects `guest`'s events until `done` returns true for one of them, or panics with
 /// everything seen when `timeout` passes. Events of other guests are ignored.
 pub fn wait_for(
-    events: &Receiver<Event>,
+    events: &Receiver<VmmEvent>,
     guest: &Guest,
     timeout: Duration,
-    mut done: impl FnMut(&Event) -> bool,
+    mut done: impl FnMut(&VmmEvent) -> bool,
 ) -> Seen {
     let deadline = Instant::now() + timeout;
     let mut seen = Vec::new();
@@ -93,14 +96,18 @@ pub fn wait_for(
 }
 
 /// Waits for the guest's first failure.
-pub fn wait_for_failure(events: &Receiver<Event>, guest: &Guest, timeout: Duration) -> Seen {
+pub fn wait_for_failure(events: &Receiver<VmmEvent>, guest: &Guest, timeout: Duration) -> Seen {
     wait_for(events, guest, timeout, |e| {
         matches!(e.kind, EventKind::Failure { .. })
     })
 }
 
 /// Waits until the guest registered.
-pub fn wait_for_registration(events: &Receiver<Event>, guest: &Guest, timeout: Duration) -> Seen {
+pub fn wait_for_registration(
+    events: &Receiver<VmmEvent>,
+    guest: &Guest,
+    timeout: Duration,
+) -> Seen {
     wait_for(events, guest, timeout, |e| {
         matches!(e.kind, EventKind::Registered { .. })
     })
@@ -118,4 +125,71 @@ pub fn poll_registered(guest: &Guest, timeout: Duration) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A report diagnosed in this process, and its files.
+pub struct Written {
+    /// The report.
+    pub report: Report,
+    /// `<id>.json`.
+    pub json: PathBuf,
+    /// `<id>.txt`.
+    pub text: PathBuf,
+    /// `<id>.core`, when asked for.
+    pub core: Option<PathBuf>,
+}
+
+fn written(
+    capture: ambulance_capture::Capture,
+    options: &ambulance_diagnose::Options,
+    dir: &Path,
+    core: bool,
+) -> Written {
+    let dir = ReportDir::open(dir).expect("report directory");
+    let (report, files) = capture
+        .diagnose_here(options, Some(&dir), core)
+        .expect("diagnosis");
+    let files = files.expect("files written");
+    Written {
+        report,
+        json: files.json,
+        text: files.text,
+        core: files.core,
+    }
+}
+
+/// Diagnoses the failure `e` of the frozen `guest` in this process, writing the report
+/// (and with `core` its ELF core) into `dir`.
+pub fn diagnose_failure(
+    guest: &Guest,
+    e: &VmmEvent,
+    options: &ambulance_diagnose::Options,
+    dir: &Path,
+    core: bool,
+) -> Written {
+    let EventKind::Failure {
+        cause,
+        vcpu,
+        detail,
+        frozen,
+    } = &e.kind
+    else {
+        panic!("not a failure: {e:?}")
+    };
+    let failure = vmm::failure_info(cause, *vcpu, detail, e.time);
+    let capture = vmm::capture(guest, failure, vmm::frozen_from(frozen, true)).expect("capture");
+    written(capture, options, dir, core)
+}
+
+/// An operator's diagnosis in this process: freezes `guest` (it stays frozen) and
+/// diagnoses it into `dir`.
+pub fn freeze_and_diagnose(
+    guest: &Guest,
+    detail: &str,
+    options: &ambulance_diagnose::Options,
+    dir: &Path,
+    core: bool,
+) -> Written {
+    let capture = vmm::freeze_and_capture(guest, detail).expect("freeze and capture");
+    written(capture, options, dir, core)
 }

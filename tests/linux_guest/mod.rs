@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ambulance_qemu::{ConnectOptions, Events, Qmp};
+use ambulance_qemu::{ConnectOptions, Qmp, QmpEvents};
 use serde_json::{json, Value};
 
 /// Builds (or finds in the cache) the Linux fixture; its directory. With `dbg`, the
@@ -46,7 +46,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Connects to a guest's QMP socket (waiting up to a minute for QEMU to listen).
-pub async fn connect(qmp: &Path) -> (Qmp, Events) {
+pub async fn connect(qmp: &Path) -> (Qmp, QmpEvents) {
     let options = ConnectOptions {
         connect_timeout: Duration::from_secs(60),
         command_timeout: Duration::from_secs(120),
@@ -58,7 +58,7 @@ pub async fn connect(qmp: &Path) -> (Qmp, Events) {
 
 /// Waits until QEMU says the guest panicked (`GUEST_PANICKED`, or a `guest-panicked`
 /// run state when the event came before this connection).
-pub async fn wait_for_panic(qmp: &Qmp, events: &mut Events, guest: &Guest, timeout: Duration) {
+pub async fn wait_for_panic(qmp: &Qmp, events: &mut QmpEvents, guest: &Guest, timeout: Duration) {
     if qmp.query_status().await.unwrap().status == "guest-panicked" {
         return;
     }

@@ -13,14 +13,14 @@
 //! Progress and the agent's registrations go to standard error; standard output carries
 //! only the report (text, or JSON with `--json`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ambulance_diagnose::{diagnose, Subject};
-use ambulance_qemu::{ConnectOptions, Listener, Qmp, RamFile};
-use ambulance_report::{FailureInfo, GuestInfo, Phase};
+use ambulance_capture::qemu::{failure, failure_of, QemuGuest};
+use ambulance_capture::{operator_failure, Backend};
+use ambulance_qemu::{AgentListener, ConnectOptions};
+use ambulance_report::{FailureInfo, ReportDir};
 use clap::Args;
 
 use crate::CliError;
@@ -67,22 +67,6 @@ pub struct AttachArgs {
     pub connect_timeout: f64,
 }
 
-/// What attaching found out about the guest.
-struct Attached {
-    qmp: Qmp,
-    events: ambulance_qemu::Events,
-    ram: RamFile,
-    guest: GuestInfo,
-}
-
-/// A frozen guest, ready to diagnose.
-struct Captured {
-    subject: Subject,
-    timeline: Vec<Phase>,
-    /// Whether the guest ran before it was paused (then it runs again after `--now`).
-    was_running: bool,
-}
-
 fn failed(e: impl std::fmt::Display) -> CliError {
     CliError::Failed(e.to_string())
 }
@@ -101,10 +85,14 @@ pub fn run(args: AttachArgs) -> Result<(), CliError> {
         .thread_name("ambulance-attach")
         .build()
         .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(attach(args))
+}
+
+async fn attach(args: AttachArgs) -> Result<(), CliError> {
     let listener = args
         .registration
         .as_deref()
-        .map(|p| rt.block_on(async { Listener::bind(p) }))
+        .map(AgentListener::bind)
         .transpose()
         .map_err(failed)?;
     if let Some(l) = &listener {
@@ -113,7 +101,7 @@ pub fn run(args: AttachArgs) -> Result<(), CliError> {
             l.path().display()
         );
         let mut watch = l.subscribe();
-        rt.spawn(async move {
+        tokio::spawn(async move {
             while watch.changed().await.is_ok() {
                 if let Some(r) = watch.borrow_and_update().clone() {
                     eprintln!("ambulance: guest registered: {r}");
@@ -121,113 +109,103 @@ pub fn run(args: AttachArgs) -> Result<(), CliError> {
             }
         });
     }
-    let mut attached = rt.block_on(attach(&args))?;
-    let captured = rt.block_on(wait_and_capture(&args, &mut attached, listener.as_ref()))?;
-    let Captured {
-        subject,
-        mut timeline,
-        was_running,
-    } = captured;
-
-    let t = Instant::now();
-    let memory = Arc::new(attached.ram.map().map_err(failed)?);
-    timeline.push(Phase {
-        name: "map".into(),
-        duration_us: t.elapsed().as_micros() as u64,
-    });
-    let mut subject = subject;
-    if let Some(r) = listener.as_ref().and_then(Listener::latest) {
-        match ambulance_qemu::registration::vmcoreinfo_text(memory.as_ref(), &r) {
-            Ok(text) => {
-                subject.vmcoreinfo = Some(text);
-                subject.vmcoreinfo_origin = Some("registration".into());
-            }
-            Err(e) => eprintln!(
-                "ambulance: warning: the registered VMCOREINFO is unusable ({e}); scanning guest RAM for it"
-            ),
+    let guest = Arc::new(QemuGuest::new(
+        args.name.clone().unwrap_or_else(|| socket_name(&args.qmp)),
+        &args.qmp,
+        args.memory.clone(),
+        listener,
+        ConnectOptions {
+            connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+            command_timeout: Duration::from_secs(30),
+        },
+    ));
+    let connected = guest.connect().await?;
+    if args.name.is_none() {
+        if let Some(n) = guest.qmp()?.query_name().await.map_err(failed)? {
+            guest.rename(n);
         }
-    } else if listener.is_some() {
+    }
+    let name = guest.name();
+    eprintln!(
+        "ambulance: attached to guest {name} ({})",
+        guest.describe().unwrap_or_default()
+    );
+    let failure = if args.now {
+        operator_failure("operator request (ambulance attach --now)")
+    } else if connected.status.status == "guest-panicked" {
+        failure(
+            "panic",
+            "the guest had already panicked when ambulance attached".into(),
+            Default::default(),
+            std::time::SystemTime::now(),
+        )
+    } else {
+        eprintln!(
+            "ambulance: guest {name} is {}; waiting for it to panic (GUEST_PANICKED)",
+            connected.status.status
+        );
+        wait_for_failure(&guest, connected.events).await?
+    };
+    let backend = Backend::Qemu(guest.clone());
+    let frozen = backend.freeze().await?;
+    let capture = backend.capture(failure, frozen)?;
+    if capture.registered.is_none() && guest.listener().is_some() {
         eprintln!("ambulance: the guest did not register; scanning guest RAM for its VMCOREINFO");
     }
-    let options = options(&args, &subject, memory.as_ref())?;
-    let report = diagnose(memory.clone(), &subject, &options, timeline).map_err(|e| {
-        CliError::Failed(format!("cannot diagnose guest {}: {e}", subject.guest.name))
-    })?;
-    let report = match &args.report_dir {
-        Some(dir) => {
-            let w = ambulance_service::capture::write_outputs(
-                dir,
-                report,
-                memory.as_ref(),
-                options.debuginfo.as_deref(),
-                None,
-                subject.vmcoreinfo.clone(),
-                args.core,
-            )?;
-            eprintln!("ambulance: report written to {}", w.json.display());
-            if let Some(core) = &w.core {
-                eprintln!("ambulance: core written to {}", core.display());
-            }
-            w.report
+    let options = options(&args, &capture)?;
+    let dir = args
+        .report_dir
+        .as_ref()
+        .map(ReportDir::open)
+        .transpose()
+        .map_err(failed)?;
+    let (report, files) =
+        tokio::task::block_in_place(|| capture.diagnose_here(&options, dir.as_ref(), args.core))
+            .map_err(|e| CliError::Failed(format!("cannot diagnose guest {name}: {e}")))?;
+    if let Some(files) = &files {
+        eprintln!("ambulance: report written to {}", files.json.display());
+        if let Some(core) = &files.core {
+            eprintln!("ambulance: core written to {}", core.display());
         }
-        None => report,
-    };
+    }
     if args.json {
         println!("{}", report.to_json());
     } else {
         print!("{}", ambulance_report::text::render(&report));
     }
-    if args.now && was_running {
-        rt.block_on(attached.qmp.cont()).map_err(failed)?;
-        eprintln!("ambulance: guest {} runs again", subject.guest.name);
-    } else if subject.failure.cause == "panic" {
+    if args.now && capture.was_running {
+        backend.resume().await?;
+        eprintln!("ambulance: guest {name} runs again");
+    } else if report.failure.cause == "panic" {
         eprintln!(
-            "ambulance: guest {} stays paused for forensics (QMP `system_reset` then `cont` runs it again)",
-            subject.guest.name
+            "ambulance: guest {name} stays paused for forensics (QMP `system_reset` then `cont` runs it again)"
         );
     }
     Ok(())
 }
 
-/// Connects to QEMU and learns the guest: RAM file and layout, vCPUs, name.
-async fn attach(args: &AttachArgs) -> Result<Attached, CliError> {
-    let options = ConnectOptions {
-        connect_timeout: Duration::from_secs_f64(args.connect_timeout),
-        command_timeout: Duration::from_secs(30),
-    };
-    let (qmp, events) = Qmp::connect(&args.qmp, options).await.map_err(failed)?;
-    let ram = RamFile::discover(&qmp, args.memory.as_deref())
-        .await
-        .map_err(failed)?;
-    let vcpus = qmp.query_cpus().await.map_err(failed)?.len() as u32;
-    let name = match &args.name {
-        Some(n) => n.clone(),
-        None => qmp
-            .query_name()
-            .await
-            .map_err(failed)?
-            .unwrap_or_else(|| socket_name(&args.qmp)),
-    };
-    eprintln!(
-        "ambulance: attached to guest {name} (QEMU {}, pid {}): {vcpus} vCPUs, {} MiB of RAM in {} ({})",
-        qmp.version(),
-        qmp.peer_pid().map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
-        ram.layout.size >> 20,
-        ram.path.display(),
-        ram.machine_type.as_deref().unwrap_or("?"),
-    );
-    Ok(Attached {
-        guest: GuestInfo {
-            name,
-            id: u64::from(qmp.peer_pid().unwrap_or(0)),
-            generation: 0,
-            memory_bytes: ram.layout.size,
-            vcpus,
-        },
-        qmp,
-        events,
-        ram,
-    })
+/// Waits for the guest's failure on its QMP events.
+async fn wait_for_failure(
+    guest: &QemuGuest,
+    mut events: ambulance_qemu::QmpEvents,
+) -> Result<FailureInfo, CliError> {
+    let name = guest.name();
+    loop {
+        let Some(e) = events.next().await else {
+            return Err(CliError::Failed(format!(
+                "QEMU closed the QMP connection ({}) before guest {name} failed",
+                guest.qmp_socket().display(),
+            )));
+        };
+        guest.observe(&e);
+        if let Some(f) = failure_of(&e) {
+            eprintln!("ambulance: guest {name} failed: {}", f.detail);
+            return Ok(f);
+        }
+        if e.name == "SHUTDOWN" {
+            eprintln!("ambulance: guest {name} shut down ({})", e.data);
+        }
+    }
 }
 
 /// The guest's name from its QMP socket's file name (`web.qmp` → `web`).
@@ -240,129 +218,32 @@ fn socket_name(socket: &Path) -> String {
         .to_string()
 }
 
-/// Waits for the failure (or not, with `--now`), then freezes the guest and takes its
-/// registers.
-async fn wait_and_capture(
-    args: &AttachArgs,
-    a: &mut Attached,
-    listener: Option<&Listener>,
-) -> Result<Captured, CliError> {
-    let status = a.qmp.query_status().await.map_err(failed)?;
-    let failure = if args.now {
-        failure(
-            "operator",
-            "operator request (ambulance attach --now)".into(),
-            BTreeMap::new(),
-            std::time::SystemTime::now(),
-        )
-    } else if status.status == "guest-panicked" {
-        failure(
-            "panic",
-            "the guest had already panicked when ambulance attached".into(),
-            BTreeMap::new(),
-            std::time::SystemTime::now(),
-        )
-    } else {
-        eprintln!(
-            "ambulance: guest {} is {}; waiting for it to panic (GUEST_PANICKED)",
-            a.guest.name, status.status
-        );
-        loop {
-            let Some(e) = a.events.next().await else {
-                return Err(CliError::Failed(format!(
-                    "QEMU closed the QMP connection ({}) before guest {} failed",
-                    a.qmp.socket().display(),
-                    a.guest.name
-                )));
-            };
-            match e.name.as_str() {
-                "GUEST_PANICKED" => {
-                    let data: BTreeMap<String, serde_json::Value> = e
-                        .data
-                        .as_object()
-                        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                        .unwrap_or_default();
-                    let action = data
-                        .get("action")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("?")
-                        .to_string();
-                    eprintln!(
-                        "ambulance: guest {} panicked (action {action})",
-                        a.guest.name
-                    );
-                    break failure(
-                        "panic",
-                        format!("QEMU reported GUEST_PANICKED (action {action})"),
-                        data,
-                        e.time,
-                    );
-                }
-                "RESET" => {
-                    if let Some(l) = listener {
-                        l.forget();
-                    }
-                }
-                "SHUTDOWN" => eprintln!("ambulance: guest {} shut down ({})", a.guest.name, e.data),
-                _ => {}
-            }
-        }
-    };
-    let t = Instant::now();
-    let status = a.qmp.query_status().await.map_err(failed)?;
-    if status.running {
-        a.qmp.stop().await.map_err(failed)?;
-    }
-    let vcpus = a.qmp.registers().await.map_err(failed)?;
-    let freeze = Phase {
-        name: "freeze".into(),
-        duration_us: t.elapsed().as_micros() as u64,
-    };
-    Ok(Captured {
-        subject: Subject {
-            guest: a.guest.clone(),
-            failure,
-            vcpus,
-            descriptor_gpa: None,
-            descriptor_bytes: None,
-            vmcoreinfo: None,
-            vmcoreinfo_origin: None,
-        },
-        timeline: vec![freeze],
-        was_running: status.running,
-    })
-}
-
-fn failure(
-    cause: &str,
-    detail: String,
-    data: BTreeMap<String, serde_json::Value>,
-    time: std::time::SystemTime,
-) -> FailureInfo {
-    FailureInfo {
-        cause: cause.into(),
-        detail,
-        time: ambulance_diagnose::rfc3339(time),
-        vcpu: None,
-        data,
-    }
-}
-
 /// Diagnosis options: `--debuginfo` checked against the guest kernel's build ID (from
 /// its VMCOREINFO: the registered note, else the one a RAM scan finds) and `--rules`.
 fn options(
     args: &AttachArgs,
-    subject: &Subject,
-    memory: &dyn ambulance_introspect::memory::PhysicalMemory,
+    capture: &ambulance_capture::Capture,
 ) -> Result<ambulance_diagnose::Options, CliError> {
-    let build_id = args.debuginfo.as_ref().and_then(|_| {
-        let text = match &subject.vmcoreinfo {
-            Some(t) => t.clone(),
-            None => ambulance_introspect::linux::scan_vmcoreinfo(memory)?.1,
-        };
-        let info = ambulance_introspect::vmcoreinfo::Vmcoreinfo::parse(&text).ok()?;
-        info.build_id().map(<[u8]>::to_vec)
-    });
+    let build_id = match &args.debuginfo {
+        Some(_) => {
+            let memory =
+                ambulance_introspect::memory::LiveMemory::map(&capture.ram).map_err(failed)?;
+            let registered = match &capture.registered {
+                Some(ambulance_capture::Registered::LinuxAgent { note, .. }) => {
+                    ambulance_introspect::linux::vmcoreinfo_note_at(&memory, note.pa, note.size)
+                        .ok()
+                }
+                _ => None,
+            };
+            registered
+                .or_else(|| ambulance_introspect::linux::scan_vmcoreinfo(&memory).map(|(_, t)| t))
+                .and_then(|text| {
+                    let info = ambulance_introspect::vmcoreinfo::Vmcoreinfo::parse(&text).ok()?;
+                    info.build_id().map(<[u8]>::to_vec)
+                })
+        }
+        None => None,
+    };
     crate::diagnose_options(
         None,
         args.debuginfo.as_deref().map(|p| (p, build_id.as_deref())),

@@ -11,8 +11,9 @@ use ambulance_vmm::EventKind;
 use clap::Args;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::kernels::check_fault;
 use crate::output::event_human;
-use crate::{check_fault, CliError};
+use crate::CliError;
 
 /// Options of `ambulance demo` (all have embedded defaults).
 #[derive(Debug, Args)]
@@ -58,7 +59,7 @@ fn config(args: &DemoArgs, data_dir: &Path) -> Result<Config, CliError> {
              policy = \"{policy}\"\ncore = {core}\n\n"
         );
     }
-    let mut cfg = Config::parse(&toml, "<demo>")?;
+    let mut cfg = Config::parse(&toml, "<demo>", &crate::kernels::builtin()?)?;
     cfg.data_dir = data_dir.to_path_buf();
     cfg.api.socket = ambulance_service::config::socket_in(data_dir);
     Ok(cfg)

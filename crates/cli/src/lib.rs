@@ -13,15 +13,10 @@ pub mod attach;
 pub mod client;
 pub mod demo;
 pub mod diagnose;
+pub mod kernels;
 pub mod output;
 pub mod run;
 pub mod serve;
-
-/// Live diagnosis in this process (moved to `ambulance_service::capture`; kept here for
-/// the callers that know it by this name).
-pub mod live {
-    pub use ambulance_service::capture::*;
-}
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -37,6 +32,9 @@ pub enum CliError {
     /// The service (or the daemon it talks to) failed.
     #[error(transparent)]
     Service(#[from] ambulance_service::ServiceError),
+    /// A guest could not be frozen, captured or diagnosed.
+    #[error(transparent)]
+    Capture(#[from] ambulance_capture::CaptureError),
     /// A kernel image could not be read.
     #[error("cannot read kernel image {path}: {source}")]
     KernelFile {
@@ -129,15 +127,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The kernel image named by `--kernel`: `test` for the embedded test kernel, else a path.
+/// The kernel image named by `--kernel`: a built-in kernel's name (`test`) or a path.
 pub fn load_kernel(spec: &str) -> Result<Arc<[u8]>, CliError> {
-    if spec == "test" {
-        return Ok(Arc::from(ambulance_test_kernel::ELF));
-    }
-    std::fs::read(spec)
+    let path = kernels::resolve(spec)?;
+    std::fs::read(&path)
         .map(Arc::from)
         .map_err(|source| CliError::KernelFile {
-            path: spec.to_string(),
+            path: path.display().to_string(),
             source,
         })
 }
@@ -168,7 +164,10 @@ pub fn diagnose_options(
         })?;
         Some(Arc::new(DebugInfo::find(dir, id).map_err(fail)?))
     } else if let Some(kernel) = kernel {
-        Some(ambulance_service::capture::debuginfo_for(kernel)?)
+        let path = kernels::resolve(kernel)?;
+        Some(Arc::new(DebugInfo::open(&path).map_err(|e| {
+            CliError::Failed(format!("cannot read the kernel's debug info: {e}"))
+        })?))
     } else {
         None
     };
@@ -181,18 +180,6 @@ pub fn diagnose_options(
         rules,
         config: Default::default(),
     })
-}
-
-/// Checks a fault name against the test kernel's catalogue.
-pub fn check_fault(name: &str) -> Result<(), CliError> {
-    if ambulance_test_kernel::FAULTS.contains(&name) {
-        Ok(())
-    } else {
-        Err(CliError::Usage(format!(
-            "unknown fault {name:?}; the test kernel knows: {}",
-            ambulance_test_kernel::FAULTS.join(", ")
-        )))
-    }
 }
 
 /// Parses a memory size: a number of bytes with an optional K, M, G suffix (powers of
@@ -216,8 +203,10 @@ mod tests {
         assert!(parse_size("99999999999999999999G").is_err());
     }
 
+    #[cfg(feature = "test-kernel")]
     #[test]
     fn faults_are_checked() {
+        use kernels::check_fault;
         assert!(check_fault("list-cycle").is_ok());
         let e = check_fault("meltdown").unwrap_err().to_string();
         assert!(e.contains("meltdown") && e.contains("triple-fault"), "{e}");

@@ -8,7 +8,7 @@
 
 use std::time::SystemTime;
 
-use ambulance_vmm::{Event, EventKind, FailureCause, VcpuRegisters};
+use ambulance_vmm::{EventKind, FailureCause, FrozenRegisters, VmmEvent};
 use serde_json::{json, Map, Value};
 
 /// `0x…` for a 64-bit value.
@@ -17,7 +17,7 @@ pub fn hex(v: u64) -> String {
 }
 
 /// The registers of one vCPU as JSON, 64-bit values as hex strings.
-pub fn registers_json(r: &VcpuRegisters) -> Value {
+pub fn registers_json(r: &FrozenRegisters) -> Value {
     json!({
         "vcpu": r.index,
         "activity": r.activity,
@@ -80,7 +80,7 @@ pub fn event_name(kind: &EventKind) -> &'static str {
 }
 
 /// One event as a JSON object; `t_ms` counts from `start`.
-pub fn event_json(e: &Event, start: SystemTime) -> Value {
+pub fn event_json(e: &VmmEvent, start: SystemTime) -> Value {
     let mut m = Map::new();
     m.insert("event".into(), json!(event_name(&e.kind)));
     m.insert("guest".into(), json!(e.guest_name));
@@ -134,7 +134,7 @@ pub fn event_json(e: &Event, start: SystemTime) -> Value {
 }
 
 /// One event as a line for people.
-pub fn event_human(e: &Event, start: SystemTime) -> String {
+pub fn event_human(e: &VmmEvent, start: SystemTime) -> String {
     let t = millis_since(start, e.time) as f64 / 1000.0;
     let who = &e.guest_name;
     match &e.kind {

@@ -5,13 +5,15 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use ambulance_capture::{vmm, Backend};
 use ambulance_vmm::{EventKind, GuestConfig, Vmm};
 use clap::Args;
 use crossbeam_channel::RecvTimeoutError;
 use serde_json::json;
 
+use crate::kernels::{self, check_fault};
 use crate::output::{event_human, event_json};
-use crate::{check_fault, load_kernel, parse_size, CliError};
+use crate::{load_kernel, parse_size, CliError};
 
 /// Options of `ambulance run`.
 #[derive(Debug, Args)]
@@ -66,7 +68,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The guest configuration these options describe.
     pub fn guest_config(&self) -> Result<GuestConfig, CliError> {
-        if self.kernel == "test" {
+        if self.kernel == kernels::TEST {
             check_fault(&self.fault)?;
         }
         let mut cfg = GuestConfig::new(self.name.clone(), load_kernel(&self.kernel)?);
@@ -107,7 +109,14 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
     let start = SystemTime::now();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration);
+    let report_dir = args
+        .report_dir
+        .as_ref()
+        .map(ambulance_report::ReportDir::open)
+        .transpose()
+        .map_err(|e| CliError::Failed(e.to_string()))?;
     let guest = vmm.start(cfg)?;
+    let backend = Backend::Vmm(guest.clone());
     let mut out = std::io::stdout().lock();
     let mut failure = None;
     loop {
@@ -129,33 +138,28 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
             },
             Some(dir),
             Some(options),
-        ) = (&event.kind, &args.report_dir, &options)
+        ) = (&event.kind, &report_dir, &options)
         {
-            let f = crate::live::Failure {
-                cause,
-                vcpu: *vcpu,
-                detail,
-                frozen,
-                time: event.time,
-            };
-            written = Some(crate::live::diagnose_and_write(
-                &guest, &f, options, dir, args.core,
-            )?);
+            // The VMM froze the guest before it reported the failure.
+            let failure = vmm::failure_info(cause, *vcpu, detail, event.time);
+            let capture = backend.capture(failure, vmm::frozen_from(frozen, true))?;
+            let (report, files) = capture.diagnose_here(options, Some(dir), args.core)?;
+            written = files.map(|f| (report, f));
         }
         if args.json {
             let mut line = event_json(&event, start);
-            if let Some(w) = &written {
-                line["report"] = json!(w.json.display().to_string());
-                if let Some(core) = &w.core {
+            if let Some((_, files)) = &written {
+                line["report"] = json!(files.json.display().to_string());
+                if let Some(core) = &files.core {
                     line["core"] = json!(core.display().to_string());
                 }
             }
             let _ = writeln!(out, "{line}");
         } else {
             let _ = writeln!(out, "{}", event_human(&event, start));
-            if let Some(w) = &written {
-                let _ = writeln!(out, "\n{}", ambulance_report::text::render(&w.report));
-                let _ = writeln!(out, "report: {}", w.json.display());
+            if let Some((report, files)) = &written {
+                let _ = writeln!(out, "\n{}", ambulance_report::text::render(report));
+                let _ = writeln!(out, "report: {}", files.json.display());
             }
         }
         let _ = out.flush();

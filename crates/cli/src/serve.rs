@@ -35,7 +35,7 @@ pub struct WorkerArgs {
 /// Runs `ambulance serve`.
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let config = match &args.config {
-        Some(path) => Config::load(path)?,
+        Some(path) => Config::load(path, &crate::kernels::builtin()?)?,
         None => Config::defaults(),
     };
     if args.check {

@@ -11,24 +11,27 @@
 
 #![forbid(unsafe_code)]
 
+pub mod core;
 pub mod linux;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use ambulance_abi::descriptor::{self, Descriptor, FLAG_LA57};
 use ambulance_introspect::debuginfo::DebugInfo;
-use ambulance_introspect::memory::{ElfCore, PhysicalMemory};
+use ambulance_introspect::memory::{ElfCore, LiveMemory, PhysicalMemory};
 use ambulance_introspect::program::Program;
 use ambulance_introspect::translate::Paging;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::WalkLimits;
+use ambulance_ram::GuestRam;
 use ambulance_report::{
-    FailureInfo, GuestInfo, Hex, Phase, RegistrationSummary, Report, RootSummary, Severity,
-    ToolInfo, VcpuRegisters, SCHEMA_VERSION,
+    FailureInfo, GuestInfo, Hex, Phase, RegistrationSummary, Report, ReportId, RootSummary,
+    Severity, ToolInfo, VcpuRegisters, SCHEMA_VERSION,
 };
 use ambulance_validate::rules::RuleSet;
 use ambulance_validate::{Config, Context, Registry};
+use serde::{Deserialize, Serialize};
 
 /// Linux's `__START_KERNEL_map`: kernel-image addresses are this plus physical, less
 /// `phys_base`.
@@ -45,14 +48,24 @@ pub enum Error {
     /// Reading the guest or its debug info failed.
     #[error(transparent)]
     Introspect(#[from] ambulance_introspect::Error),
+    /// The core file could not be written.
+    #[error("cannot write the core {}: {reason}", path.display())]
+    Core {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Nothing tells where the guest's page tables are.
     #[error("cannot translate guest addresses: no registration descriptor, no swapper_pg_dir in VMCOREINFO, and no vCPU with paging enabled")]
     NoPageTables,
 }
 
 /// What is being diagnosed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Subject {
+    /// The id the report gets (minted when the failure was accepted).
+    pub report_id: ReportId,
     /// The guest.
     pub guest: GuestInfo,
     /// Why.
@@ -68,6 +81,21 @@ pub struct Subject {
     pub vmcoreinfo: Option<String>,
     /// Where `vmcoreinfo` came from (`core-note`, `registration`), for the report.
     pub vmcoreinfo_origin: Option<String>,
+    /// Where a Linux agent said the kernel's VMCOREINFO note is (read at diagnosis, in
+    /// the worker: the daemon never parses guest memory). Used when `vmcoreinfo` is not
+    /// given.
+    #[serde(default)]
+    pub vmcoreinfo_note: Option<NoteAddress>,
+}
+
+/// The guest-physical address of an ELF note and the size of its buffer, as
+/// `/sys/kernel/vmcoreinfo` gives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoteAddress {
+    /// Guest-physical address of the note.
+    pub pa: u64,
+    /// Size of its buffer.
+    pub size: u64,
 }
 
 impl Subject {
@@ -83,7 +111,7 @@ impl Subject {
             .unwrap_or_else(|| FailureInfo {
                 cause: "offline".into(),
                 detail: "diagnosed from a core file".into(),
-                time: now_rfc3339(),
+                time: ambulance_report::now(),
                 vcpu: None,
                 data: Default::default(),
             });
@@ -136,6 +164,7 @@ impl Subject {
             })
             .collect();
         Subject {
+            report_id: ReportId::mint(&guest.name, ambulance_report::now()),
             guest,
             failure,
             vcpus,
@@ -143,6 +172,7 @@ impl Subject {
             descriptor_bytes,
             vmcoreinfo: core.vmcoreinfo().map(str::to_string),
             vmcoreinfo_origin: core.vmcoreinfo().map(|_| "core-note".to_string()),
+            vmcoreinfo_note: None,
         }
     }
 }
@@ -156,6 +186,49 @@ pub struct Options {
     pub rules: Option<RuleSet>,
     /// Which validators run, and budgets.
     pub config: Config,
+}
+
+/// Diagnoses a frozen guest from its RAM: maps `ram` read-only, runs [`diagnose`], and,
+/// given `core`, writes the guest's ELF core there (see [`core::write_core_file`]).
+/// `timeline` holds the phases that happened before (freeze, …).
+pub fn diagnose_ram(
+    ram: &GuestRam,
+    subject: &Subject,
+    options: &Options,
+    mut timeline: Vec<Phase>,
+    core: Option<&std::path::Path>,
+) -> Result<Report, Error> {
+    let t = Instant::now();
+    let memory = Arc::new(LiveMemory::map(ram)?);
+    timeline.push(Phase {
+        name: "map".into(),
+        duration_us: t.elapsed().as_micros() as u64,
+    });
+    let mut report = diagnose(memory.clone(), subject, options, timeline)?;
+    if let Some(path) = core {
+        let t = Instant::now();
+        core::write_core_file(
+            path,
+            &memory,
+            &report,
+            options.debuginfo.as_deref(),
+            subject.descriptor_gpa.zip(subject.descriptor_bytes.clone()),
+            subject.vmcoreinfo.clone().or_else(|| {
+                let at = subject.vmcoreinfo_note?;
+                ambulance_introspect::linux::vmcoreinfo_note_at(memory.as_ref(), at.pa, at.size)
+                    .ok()
+            }),
+        )
+        .map_err(|reason| Error::Core {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        report.timeline.push(Phase {
+            name: "core".into(),
+            duration_us: t.elapsed().as_micros() as u64,
+        });
+    }
+    Ok(report)
 }
 
 /// Runs one diagnosis. `timeline` holds the phases that happened before (freeze, map);
@@ -304,7 +377,7 @@ pub fn diagnose(
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     Ok(Report {
         schema_version: SCHEMA_VERSION,
-        id: report_id(&subject.guest.name),
+        id: subject.report_id.clone(),
         tool: ToolInfo::current(),
         guest: subject.guest.clone(),
         failure: subject.failure.clone(),
@@ -331,10 +404,24 @@ fn find_vmcoreinfo(
 ) -> (Option<Vmcoreinfo>, Option<String>) {
     let given = match descriptor {
         Some(d) => d.vmcoreinfo.clone().map(|t| (t, "descriptor".to_string())),
-        None => subject.vmcoreinfo.clone().map(|t| {
-            let origin = subject.vmcoreinfo_origin.clone();
-            (t, origin.unwrap_or_else(|| "provided".into()))
-        }),
+        None => match (&subject.vmcoreinfo, subject.vmcoreinfo_note) {
+            (Some(t), _) => {
+                let origin = subject.vmcoreinfo_origin.clone();
+                Some((t.clone(), origin.unwrap_or_else(|| "provided".into())))
+            }
+            (None, Some(at)) => {
+                match ambulance_introspect::linux::vmcoreinfo_note_at(memory, at.pa, at.size) {
+                    Ok(t) => Some((t, "registration".to_string())),
+                    Err(e) => {
+                        notes.push(format!(
+                            "the registered VMCOREINFO is unusable ({e}); scanning guest RAM for it"
+                        ));
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        },
     };
     if let Some((text, origin)) = given {
         match Vmcoreinfo::parse(&text) {
@@ -361,84 +448,5 @@ fn find_vmcoreinfo(
             (None, None)
         }
         None => (None, None),
-    }
-}
-
-/// A report id: UTC time, guest name, and a random part.
-pub fn report_id(guest: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    let stamp = now_rfc3339().replace(['-', ':'], "");
-    let stamp = stamp.split('.').next().unwrap_or("").to_string() + "Z";
-    let name: String = guest
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(40)
-        .collect();
-    format!("{stamp}-{name}-{:08x}", h.finish() as u32)
-}
-
-/// The current time as RFC 3339 (UTC, milliseconds).
-pub fn now_rfc3339() -> String {
-    rfc3339(SystemTime::now())
-}
-
-/// A time as RFC 3339 (UTC, milliseconds).
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_328_595_139);
-        assert_eq!(rfc3339(t), "2026-11-22T06:23:15.139Z");
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-    }
-
-    #[test]
-    fn report_ids_are_safe_and_unique() {
-        let a = report_id("bravo/../x");
-        let b = report_id("bravo/../x");
-        assert_ne!(a, b);
-        assert!(
-            a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_TZ".contains(c)),
-            "{a}"
-        );
     }
 }

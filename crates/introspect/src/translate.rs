@@ -88,13 +88,13 @@ const VAL_SIZE_SHIFT: u32 = 2; // 0 = 4 KiB, 1 = 2 MiB, 2 = 1 GiB
 
 /// One cache entry under a sequence lock: `seq` is odd while a writer fills it.
 #[derive(Default)]
-struct Slot {
+struct CacheEntry {
     seq: AtomicU32,
     tag: AtomicU64,
     val: AtomicU64,
 }
 
-impl Slot {
+impl CacheEntry {
     #[inline]
     fn get(&self, tag: u64) -> Option<u64> {
         let s1 = self.seq.load(Ordering::Acquire);
@@ -145,8 +145,8 @@ impl Slot {
 }
 
 struct Tlb {
-    small: Box<[Slot]>,
-    large: Box<[Slot]>,
+    small: Box<[CacheEntry]>,
+    large: Box<[CacheEntry]>,
 }
 
 #[inline]
@@ -157,8 +157,8 @@ fn slot_index(key: u64, slots: usize) -> usize {
 impl Tlb {
     fn new() -> Tlb {
         Tlb {
-            small: (0..SMALL_SLOTS).map(|_| Slot::default()).collect(),
-            large: (0..LARGE_SLOTS).map(|_| Slot::default()).collect(),
+            small: (0..SMALL_SLOTS).map(|_| CacheEntry::default()).collect(),
+            large: (0..LARGE_SLOTS).map(|_| CacheEntry::default()).collect(),
         }
     }
 

@@ -150,12 +150,7 @@ fn walks_a_frozen_test_kernel_live_from_a_raw_image_and_from_an_elf_core() {
         attempt += 1;
         let frozen = guest.freeze().expect("freeze");
         let export = guest.memory_export().expect("memory export");
-        let regions: Vec<(u64, u64, u64)> = export
-            .regions
-            .iter()
-            .map(|r| (r.gpa, r.size, r.file_offset))
-            .collect();
-        let mem = LiveMemory::map(&export.file, &regions).expect("map guest RAM");
+        let mem = LiveMemory::map(&export).expect("map guest RAM");
         let prog = Program::new(Arc::new(mem), d.page_table_root, paging);
         assert_ne!(rq.lock, 0, "the run queue declares its lock");
         if prog.read_u32(rq.lock).unwrap() == 0 {

@@ -20,6 +20,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ambulance_introspect::memory::LiveMemory;
+use ambulance_ram::{GuestRam, RamRegion};
 use serde_json::Value;
 
 use crate::qmp::Qmp;
@@ -117,19 +118,22 @@ impl RamLayout {
         }
     }
 
-    /// `(guest-physical start, size, file offset)` of each part, as
-    /// [`LiveMemory::map`] takes them.
-    pub fn regions(&self) -> Vec<(u64, u64, u64)> {
-        let mut r = vec![(0, self.below_4g, 0)];
+    /// The RAM regions: below 4 GiB from the file's start, the rest above 4 GiB.
+    pub fn regions(&self) -> Vec<RamRegion> {
+        let mut r = vec![RamRegion::new(0, self.below_4g, 0)];
         if self.size > self.below_4g {
-            r.push((HIGH_RAM_START, self.size - self.below_4g, self.below_4g));
+            r.push(RamRegion::new(
+                HIGH_RAM_START,
+                self.size - self.below_4g,
+                self.below_4g,
+            ));
         }
         r
     }
 }
 
 /// The regions of a `machine` with `ram_bytes` of RAM and default machine options.
-pub fn ram_regions(machine: Machine, ram_bytes: u64) -> Vec<(u64, u64, u64)> {
+pub fn ram_regions(machine: Machine, ram_bytes: u64) -> Vec<RamRegion> {
     RamLayout::compute(machine, ram_bytes, None, true).regions()
 }
 
@@ -318,14 +322,27 @@ impl RamFile {
         })
     }
 
-    /// `(guest-physical start, size, file offset)` of each part.
-    pub fn regions(&self) -> Vec<(u64, u64, u64)> {
+    /// The guest's RAM regions in the file.
+    pub fn regions(&self) -> Vec<RamRegion> {
         self.layout.regions()
+    }
+
+    /// The guest's RAM for diagnosis: a duplicate of the read-only descriptor, with the
+    /// layout.
+    pub fn guest_ram(&self) -> Result<GuestRam> {
+        let file = self.file.try_clone().map_err(|e| Error::RamFile {
+            path: self.path.clone(),
+            reason: format!("cannot duplicate its descriptor: {e}"),
+        })?;
+        GuestRam::new(file, self.regions()).map_err(|e| Error::RamFile {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// Maps the guest's RAM read-only.
     pub fn map(&self) -> Result<LiveMemory> {
-        LiveMemory::map(&self.file, &self.regions()).map_err(|e| Error::RamFile {
+        LiveMemory::map(&self.guest_ram()?).map_err(|e| Error::RamFile {
             path: self.path.clone(),
             reason: format!("cannot map it read-only: {e}"),
         })
@@ -338,38 +355,50 @@ mod tests {
 
     const M: u64 = 1 << 20;
 
+    fn regions(r: &[(u64, u64, u64)]) -> Vec<RamRegion> {
+        r.iter()
+            .map(|&(gpa, size, off)| RamRegion::new(gpa, size, off))
+            .collect()
+    }
+
     #[test]
     fn q35_splits_at_2g_from_2_75g() {
-        assert_eq!(ram_regions(Machine::Q35, 256 * M), vec![(0, 256 * M, 0)]);
+        assert_eq!(
+            ram_regions(Machine::Q35, 256 * M),
+            regions(&[(0, 256 * M, 0)])
+        );
         assert_eq!(
             ram_regions(Machine::Q35, 0xb000_0000 - 1),
-            vec![(0, 0xb000_0000 - 1, 0)]
+            regions(&[(0, 0xb000_0000 - 1, 0)])
         );
         assert_eq!(
             ram_regions(Machine::Q35, 0xb000_0000),
-            vec![(0, 2 * GIB, 0), (4 * GIB, 0x3000_0000, 2 * GIB)]
+            regions(&[(0, 2 * GIB, 0), (4 * GIB, 0x3000_0000, 2 * GIB)])
         );
         // Checked against QEMU 7.2's dump-guest-memory of a 3 GiB q35 guest.
         assert_eq!(
             ram_regions(Machine::Q35, 3 * GIB),
-            vec![(0, 2 * GIB, 0), (4 * GIB, GIB, 2 * GIB)]
+            regions(&[(0, 2 * GIB, 0), (4 * GIB, GIB, 2 * GIB)])
         );
         // max-ram-below-4g lowers the split.
         let l = RamLayout::compute(Machine::Q35, 2 * GIB, Some(GIB), true);
-        assert_eq!(l.regions(), vec![(0, GIB, 0), (4 * GIB, GIB, GIB)]);
+        assert_eq!(l.regions(), regions(&[(0, GIB, 0), (4 * GIB, GIB, GIB)]));
     }
 
     #[test]
     fn pc_splits_at_3g_from_3_5g() {
-        assert_eq!(ram_regions(Machine::Pc, 3 * GIB), vec![(0, 3 * GIB, 0)]);
+        assert_eq!(
+            ram_regions(Machine::Pc, 3 * GIB),
+            regions(&[(0, 3 * GIB, 0)])
+        );
         assert_eq!(
             ram_regions(Machine::Pc, 0xe000_0000 - M),
-            vec![(0, 0xe000_0000 - M, 0)]
+            regions(&[(0, 0xe000_0000 - M, 0)])
         );
         // Checked against QEMU 7.2's dump-guest-memory of a 3840 MiB pc guest.
         assert_eq!(
             ram_regions(Machine::Pc, 3840 * M),
-            vec![(0, 3 * GIB, 0), (4 * GIB, 768 * M, 3 * GIB)]
+            regions(&[(0, 3 * GIB, 0), (4 * GIB, 768 * M, 3 * GIB)])
         );
         // Old machine types keep 3.5 GiB.
         let l = RamLayout::compute(Machine::Pc, 4 * GIB, None, gigabyte_align("pc-i440fx-1.7"));
@@ -434,7 +463,7 @@ mod tests {
         std::fs::write(&ram, vec![0u8; 3 << 20]).unwrap();
         let f = discover(&ram, 3 << 20, true, None).await.unwrap();
         assert_eq!(f.path, ram);
-        assert_eq!(f.regions(), vec![(0, 3 << 20, 0)]);
+        assert_eq!(f.regions(), regions(&[(0, 3 << 20, 0)]));
         assert_eq!(f.machine_type.as_deref(), Some("pc-q35-7.2-machine"));
         assert_eq!(f.backend.as_deref(), Some("/objects/ram"));
         // The file QEMU names, given explicitly, is fine; another file is not.

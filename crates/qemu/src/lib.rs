@@ -24,9 +24,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use layout::{ram_regions, Machine, RamFile, RamLayout};
-pub use qmp::{ConnectOptions, Event, Events, Qmp, RunStatus};
+pub use qmp::{ConnectOptions, Qmp, QmpEvent, QmpEvents, RunStatus};
 pub use registers::parse_registers;
-pub use registration::{Listener, Registration};
+pub use registration::{AgentListener, AgentRegistration};
 
 /// Everything that can go wrong talking to a QEMU guest.
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,8 @@
 //! a command and its reply.
 //!
 //! [`Qmp::connect`] returns the command side ([`Qmp`], cheap to clone, usable from many
-//! tasks at once) and the event side ([`Events`]); a reader task routes every reply to the
-//! command that waits for it by id and every event to [`Events`]. Connecting is retried
+//! tasks at once) and the event side ([`QmpEvents`]); a reader task routes every reply to the
+//! command that waits for it by id and every event to [`QmpEvents`]. Connecting is retried
 //! while the socket is absent or refuses (QEMU starting), and every command has a timeout.
 //!
 //! QEMU serves one QMP client per socket at a time: a second client connects but gets no
@@ -53,7 +53,7 @@ impl Default for ConnectOptions {
 
 /// An asynchronous QMP event.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Event {
+pub struct QmpEvent {
     /// Its name (`GUEST_PANICKED`, `STOP`, `RESUME`, `RESET`, `SHUTDOWN`, …).
     pub name: String,
     /// Its `data` (an empty object when it has none).
@@ -118,20 +118,20 @@ impl std::fmt::Debug for Qmp {
 
 /// The event side of a QMP connection. It ends (`None`) when the connection does.
 #[derive(Debug)]
-pub struct Events {
+pub struct QmpEvents {
     socket: PathBuf,
-    rx: mpsc::UnboundedReceiver<Event>,
+    rx: mpsc::UnboundedReceiver<QmpEvent>,
 }
 
-impl Events {
+impl QmpEvents {
     /// The next event; `None` once the connection has ended.
-    pub async fn next(&mut self) -> Option<Event> {
+    pub async fn next(&mut self) -> Option<QmpEvent> {
         self.rx.recv().await
     }
 
     /// Waits for the first event named one of `names` (others are dropped), at most
     /// `timeout`.
-    pub async fn wait_for(&mut self, names: &[&str], timeout: Duration) -> Result<Event> {
+    pub async fn wait_for(&mut self, names: &[&str], timeout: Duration) -> Result<QmpEvent> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
@@ -213,7 +213,7 @@ async fn read_loop(
     mut reader: BufReader<OwnedReadHalf>,
     socket: PathBuf,
     shared: Arc<Shared>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedSender<QmpEvent>,
 ) {
     let mut line = Vec::new();
     loop {
@@ -250,7 +250,7 @@ async fn read_loop(
                     )
                 })
                 .unwrap_or_else(SystemTime::now);
-            let _ = events.send(Event {
+            let _ = events.send(QmpEvent {
                 name: name.to_string(),
                 data: msg.get("data").cloned().unwrap_or_else(|| json!({})),
                 time,
@@ -300,7 +300,7 @@ impl Qmp {
     /// Connects to the QMP socket at `path` (retrying while it is absent or refuses, up
     /// to `options.connect_timeout`), reads the greeting and leaves negotiation mode.
     /// Must be called inside a tokio runtime.
-    pub async fn connect(path: &Path, options: ConnectOptions) -> Result<(Qmp, Events)> {
+    pub async fn connect(path: &Path, options: ConnectOptions) -> Result<(Qmp, QmpEvents)> {
         let started = Instant::now();
         let deadline = started + options.connect_timeout;
         let socket = path.to_path_buf();
@@ -388,7 +388,7 @@ impl Qmp {
         qmp.execute("qmp_capabilities", Value::Null).await?;
         Ok((
             qmp,
-            Events {
+            QmpEvents {
                 socket,
                 rx: events_rx,
             },

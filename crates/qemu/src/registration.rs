@@ -52,7 +52,7 @@ pub const VERSION: &str = "v1";
 
 /// A registration the guest sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Registration {
+pub struct AgentRegistration {
     /// Guest-physical address of the VMCOREINFO ELF note.
     pub vmcoreinfo_pa: u64,
     /// Size of the note's buffer.
@@ -63,7 +63,7 @@ pub struct Registration {
     pub received: SystemTime,
 }
 
-impl Registration {
+impl AgentRegistration {
     /// The line the host answers an accepted registration with (without `\n`).
     pub fn ack_line(&self) -> String {
         format!(
@@ -73,7 +73,7 @@ impl Registration {
     }
 }
 
-impl std::fmt::Display for Registration {
+impl std::fmt::Display for AgentRegistration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -143,7 +143,7 @@ fn hex(field: &'static str, value: &str, max_digits: usize) -> Result<u64, LineE
 }
 
 /// Parses one line (without its `\n`; a trailing `\r` is ignored).
-pub fn parse_line(line: &[u8]) -> Result<Registration, LineError> {
+pub fn parse_line(line: &[u8]) -> Result<AgentRegistration, LineError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.len() > MAX_LINE {
         return Err(LineError::TooLong);
@@ -182,7 +182,7 @@ pub fn parse_line(line: &[u8]) -> Result<Registration, LineError> {
     if release.is_empty() || release.len() > MAX_RELEASE {
         return Err(LineError::Release);
     }
-    Ok(Registration {
+    Ok(AgentRegistration {
         vmcoreinfo_pa: pa,
         vmcoreinfo_size: size,
         release,
@@ -194,7 +194,7 @@ pub fn parse_line(line: &[u8]) -> Result<Registration, LineError> {
 /// checked (size, note header, `OSRELEASE=` first).
 pub fn vmcoreinfo_text(
     memory: &dyn PhysicalMemory,
-    registration: &Registration,
+    registration: &AgentRegistration,
 ) -> std::result::Result<String, ambulance_introspect::Error> {
     ambulance_introspect::linux::vmcoreinfo_note_at(
         memory,
@@ -209,13 +209,13 @@ const MAX_LOGGED_REFUSALS: u32 = 10;
 
 /// Listens on a registration socket and keeps the latest registration. Dropping it stops
 /// listening and removes the socket file.
-pub struct Listener {
+pub struct AgentListener {
     path: PathBuf,
-    latest: watch::Sender<Option<Registration>>,
+    latest: watch::Sender<Option<AgentRegistration>>,
     task: tokio::task::AbortHandle,
 }
 
-impl std::fmt::Debug for Listener {
+impl std::fmt::Debug for AgentListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listener")
             .field("path", &self.path)
@@ -246,9 +246,9 @@ fn bind(path: &Path) -> Result<UnixListener> {
     UnixListener::bind(path).map_err(|e| bad(format!("cannot listen on it: {e}")))
 }
 
-impl Listener {
+impl AgentListener {
     /// Starts listening at `path` (inside a tokio runtime).
-    pub fn bind(path: &Path) -> Result<Listener> {
+    pub fn bind(path: &Path) -> Result<AgentListener> {
         let listener = bind(path)?;
         let (latest, _) = watch::channel(None);
         let tx = latest.clone();
@@ -267,7 +267,7 @@ impl Listener {
                 }
             }
         });
-        Ok(Listener {
+        Ok(AgentListener {
             path: path.to_path_buf(),
             latest,
             task: task.abort_handle(),
@@ -280,12 +280,12 @@ impl Listener {
     }
 
     /// The latest accepted registration.
-    pub fn latest(&self) -> Option<Registration> {
+    pub fn latest(&self) -> Option<AgentRegistration> {
         self.latest.borrow().clone()
     }
 
     /// Follows registrations as they are accepted (and forgotten: `None`).
-    pub fn subscribe(&self) -> watch::Receiver<Option<Registration>> {
+    pub fn subscribe(&self) -> watch::Receiver<Option<AgentRegistration>> {
         self.latest.subscribe()
     }
 
@@ -295,7 +295,7 @@ impl Listener {
     }
 }
 
-impl Drop for Listener {
+impl Drop for AgentListener {
     fn drop(&mut self) {
         self.task.abort();
         let _ = std::fs::remove_file(&self.path);
@@ -304,7 +304,11 @@ impl Drop for Listener {
 
 /// One connection (QEMU's end of the guest's serial port): every line is a registration
 /// or refused, and answered.
-async fn serve(stream: UnixStream, socket: PathBuf, latest: watch::Sender<Option<Registration>>) {
+async fn serve(
+    stream: UnixStream,
+    socket: PathBuf,
+    latest: watch::Sender<Option<AgentRegistration>>,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
@@ -457,9 +461,9 @@ mod tests {
         use tokio::io::AsyncBufReadExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("reg.sock");
-        let listener = Listener::bind(&path).unwrap();
+        let listener = AgentListener::bind(&path).unwrap();
         // A second listener on the same live socket is refused.
-        let e = Listener::bind(&path).unwrap_err().to_string();
+        let e = AgentListener::bind(&path).unwrap_err().to_string();
         assert!(e.contains("already listens"), "{e}");
         let mut watch = listener.subscribe();
         let s = UnixStream::connect(&path).await.unwrap();
@@ -494,9 +498,9 @@ mod tests {
         // A stale socket file is replaced; a regular file is not.
         let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
         drop(stale);
-        drop(Listener::bind(&path).unwrap());
+        drop(AgentListener::bind(&path).unwrap());
         std::fs::write(&path, b"x").unwrap();
-        assert!(Listener::bind(&path)
+        assert!(AgentListener::bind(&path)
             .unwrap_err()
             .to_string()
             .contains("not a socket"));

@@ -4,11 +4,17 @@
 //! JSON Schema is published as `crates/report/report.schema.json` and generated from these
 //! types by [`json_schema`]). Guest addresses and other 64-bit values are [`Hex`] strings
 //! (`"0xffff888003a1c000"`): they do not fit a JSON number. [`text::render`] renders a
-//! report for people; [`core::CoreWriter`] writes the guest's memory as an ELF core that
-//! crash, gdb and drgn open.
+//! report for people. A report is identified by a [`ReportId`], minted when the failure is
+//! accepted, and its files are written by [`dir::ReportDir`]; times are [`Timestamp`]s
+//! until serialized.
 
 pub mod core;
+pub mod dir;
+mod id;
 pub mod text;
+
+pub use dir::{Artifact, ReportDir, ReportFiles};
+pub use id::{now, timestamp, ReportId, Timestamp};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,6 +40,25 @@ pub enum Error {
     /// The input to the core writer is inconsistent.
     #[error("cannot write core: {0}")]
     CoreInput(String),
+    /// A report id is not one Ambulance could have minted.
+    #[error("{id:?} is not a valid report id: {why}")]
+    BadId {
+        /// The id (shortened).
+        id: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A report file could not be written.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A report could not be parsed.
     #[error("not an Ambulance report: {0}")]
     Parse(#[from] serde_json::Error),
@@ -43,6 +68,16 @@ pub enum Error {
         /// The version in the document.
         found: u32,
     },
+}
+
+impl Error {
+    fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// A 64-bit value written as a `0x…` hex string.
@@ -100,7 +135,7 @@ pub struct Report {
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
     /// Unique id of this report (time, guest, a random part).
-    pub id: String,
+    pub id: ReportId,
     /// The tool that wrote it.
     pub tool: ToolInfo,
     /// The guest diagnosed.
@@ -244,8 +279,8 @@ pub struct FailureInfo {
     pub cause: String,
     /// Details for people.
     pub detail: String,
-    /// When the failure was detected (RFC 3339).
-    pub time: String,
+    /// When the failure was detected (RFC 3339, UTC).
+    pub time: Timestamp,
     /// The vCPU that failed, if one did.
     pub vcpu: Option<u32>,
     /// Cause-specific values (panic code and reason, heartbeat figures, …).

@@ -9,7 +9,7 @@ const SCHEMA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/report.schema.js
 pub fn sample() -> Report {
     Report {
         schema_version: SCHEMA_VERSION,
-        id: "20261122T062315Z-bravo-3f2a".into(),
+        id: "20261122T062315Z-bravo-3f2a".parse().unwrap(),
         tool: ToolInfo::current(),
         guest: GuestInfo {
             name: "bravo".into(),
@@ -21,7 +21,7 @@ pub fn sample() -> Report {
         failure: FailureInfo {
             cause: "panic".into(),
             detail: "vCPU 0 rang the panic doorbell with reason 0x2 (list corruption)".into(),
-            time: "2026-11-22T06:23:15.139Z".into(),
+            time: "2026-11-22T06:23:15.139Z".parse().unwrap(),
             vcpu: Some(0),
             data: BTreeMap::from([("panic_code".to_string(), serde_json::json!(2))]),
         },

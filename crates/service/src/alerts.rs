@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambulance_report::{ReportId, Timestamp};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -20,9 +21,9 @@ pub struct Alert {
     /// The failure cause.
     pub cause: String,
     /// When it failed.
-    pub time: String,
+    pub time: Timestamp,
     /// The report id (also for failed diagnoses).
-    pub report_id: String,
+    pub report_id: ReportId,
     /// Where to fetch the report.
     pub report_url: String,
     /// `ok` or `diagnosis_failed`.

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ServiceError;
-use crate::store::{parse_rfc3339_ms, BootFlag, Filter, Status};
+use crate::store::{BootFlag, Filter, Status};
 use crate::supervisor::Service;
 
 /// An error as the API answers it.
@@ -198,15 +198,15 @@ async fn reports(
             "guest" => filter.guest = Some(v),
             "cause" => filter.cause = Some(v),
             "since" => {
-                let ms = match v.parse::<u64>() {
-                    Ok(secs) => secs.saturating_mul(1000),
-                    Err(_) => parse_rfc3339_ms(&v).ok_or_else(|| {
-                        invalid(format!(
-                            "since={v:?}: expected RFC 3339 (2026-05-01T10:00:00Z) or Unix seconds"
-                        ))
-                    })?,
+                let since = match v.parse::<i64>() {
+                    Ok(secs) => ambulance_report::Timestamp::from_second(secs).ok(),
+                    Err(_) => v.parse::<ambulance_report::Timestamp>().ok(),
                 };
-                filter.since_ms = Some(ms);
+                filter.since = Some(since.ok_or_else(|| {
+                    invalid(format!(
+                        "since={v:?}: expected RFC 3339 (2026-05-01T10:00:00Z) or Unix seconds"
+                    ))
+                })?);
             }
             other => {
                 return Err(invalid(format!(

@@ -21,7 +21,7 @@
 //!
 //! [[guest]]
 //! name = "web"
-//! kernel = "test"                      # the built-in test kernel, or an ELF path
+//! kernel = "test"                      # a built-in kernel the binary provides, or an ELF path
 //! memory = "64M"
 //! vcpus = 2
 //! cmdline = "fault=none"
@@ -45,6 +45,7 @@
 //! Unknown keys are refused, and every refusal names the file, the key (with its line) and
 //! the reason.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,8 +55,48 @@ use serde::Deserialize;
 
 use crate::error::{Result, ServiceError};
 
-/// The name under which the built-in test kernel is configured.
-pub const TEST_KERNEL: &str = "test";
+/// Kernels the program provides under a name (the `ambulance` binary's built-in test
+/// kernel is `test`), and the files they are. A configuration names a kernel either so
+/// or by its path; either way the daemon gets a file, as it would a user's kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BuiltinKernels {
+    by_name: BTreeMap<String, PathBuf>,
+    default: Option<String>,
+}
+
+impl BuiltinKernels {
+    /// No built-in kernels: every kernel is a path.
+    pub fn none() -> BuiltinKernels {
+        BuiltinKernels::default()
+    }
+
+    /// Adds `name` for the file at `path`; the first one added is the default of guests
+    /// that name no kernel.
+    pub fn with(mut self, name: impl Into<String>, path: impl Into<PathBuf>) -> BuiltinKernels {
+        let name = name.into();
+        self.default.get_or_insert_with(|| name.clone());
+        self.by_name.insert(name, path.into());
+        self
+    }
+
+    /// The file a kernel `spec` (a built-in name or a path) names.
+    pub fn resolve(&self, spec: &str) -> PathBuf {
+        self.by_name
+            .get(spec)
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(spec))
+    }
+
+    /// The kernel of guests that name none.
+    pub fn default_kernel(&self) -> Option<&str> {
+        self.default.as_deref()
+    }
+
+    /// The built-in names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}
 
 /// A size in bytes: an integer, or a string such as `"64M"` or `"1G"`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -240,23 +281,12 @@ impl Policy {
 /// A kernel image and its command line.
 #[derive(Clone, Debug)]
 pub struct Image {
-    /// `test` or the path it was read from (also where its debug info is read from).
-    pub kernel_spec: String,
+    /// The ELF file it was read from (also where its debug info is read from).
+    pub path: PathBuf,
     /// Its bytes.
     pub kernel: Arc<[u8]>,
     /// The command line.
     pub cmdline: String,
-}
-
-impl Image {
-    /// The ELF the worker reads symbols and types from.
-    pub fn debuginfo_path(&self) -> PathBuf {
-        if self.kernel_spec == TEST_KERNEL {
-            PathBuf::from(ambulance_test_kernel::ELF_PATH)
-        } else {
-            PathBuf::from(&self.kernel_spec)
-        }
-    }
 }
 
 /// Maintenance image settings.
@@ -287,6 +317,28 @@ pub struct Rescue {
 pub struct GuestSpec {
     /// Unique name (the API's guest id).
     pub name: String,
+    /// The recovery policy.
+    pub policy: Policy,
+    /// Write an ELF core with each report.
+    pub core: bool,
+    /// Declarative validation rules.
+    pub rules: Option<PathBuf>,
+    /// Who runs it, and how.
+    pub runner: Runner,
+}
+
+/// Who runs a guest.
+#[derive(Clone, Debug)]
+pub enum Runner {
+    /// Ambulance's VMM, booting the images configured here.
+    Vmm(VmmSpec),
+    /// QEMU; Ambulance follows it over QMP.
+    Qemu(QemuSpec),
+}
+
+/// A guest Ambulance's VMM runs.
+#[derive(Clone, Debug)]
+pub struct VmmSpec {
     /// The primary image.
     pub primary: Image,
     /// RAM in bytes.
@@ -297,25 +349,16 @@ pub struct GuestSpec {
     pub watchdog: Option<Duration>,
     /// Heartbeat rate below which the guest is degraded.
     pub degraded_below_hz: Option<f64>,
-    /// The recovery policy.
-    pub policy: Policy,
-    /// Write an ELF core with each report.
-    pub core: bool,
-    /// Declarative validation rules.
-    pub rules: Option<PathBuf>,
     /// Maintenance image (always present for policy `maintenance`).
     pub maintenance: Option<Maintenance>,
     /// Rescue image (always present for policy `rescue`).
     pub rescue: Option<Rescue>,
-    /// For a guest QEMU runs (`kind = "qemu"`): how to reach it. Such a guest has no
-    /// image Ambulance boots (`primary` is empty and unused), and its policy is `restart`
-    /// or `hold`.
-    pub qemu: Option<QemuGuest>,
 }
 
-/// How to reach a guest QEMU runs.
+/// How to reach a guest QEMU runs. Everything about booting it is QEMU's; its policy is
+/// `restart` or `hold`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QemuGuest {
+pub struct QemuSpec {
     /// QEMU's QMP socket (`-qmp unix:PATH,server=on,wait=off`).
     pub qmp: PathBuf,
     /// The guest's RAM file (its `memory-backend-file`); default: the `mem-path` QEMU
@@ -332,16 +375,50 @@ pub struct QemuGuest {
 impl GuestSpec {
     /// Whether QEMU runs this guest.
     pub fn kind(&self) -> Kind {
-        if self.qemu.is_some() {
-            Kind::Qemu
-        } else {
-            Kind::Vmm
+        match self.runner {
+            Runner::Vmm(_) => Kind::Vmm,
+            Runner::Qemu(_) => Kind::Qemu,
         }
     }
 
-    /// The VMM configuration that boots `image`.
-    pub fn vmm_config(&self, image: &Image) -> ambulance_vmm::GuestConfig {
-        let mut cfg = ambulance_vmm::GuestConfig::new(self.name.clone(), image.kernel.clone());
+    /// The VMM's part, for a guest it runs.
+    pub fn vmm(&self) -> Option<&VmmSpec> {
+        match &self.runner {
+            Runner::Vmm(v) => Some(v),
+            Runner::Qemu(_) => None,
+        }
+    }
+
+    /// QEMU's part, for a guest QEMU runs.
+    pub fn qemu(&self) -> Option<&QemuSpec> {
+        match &self.runner {
+            Runner::Qemu(q) => Some(q),
+            Runner::Vmm(_) => None,
+        }
+    }
+
+    /// Whether it has a rescue image (and so a persisted boot flag).
+    pub fn has_rescue(&self) -> bool {
+        self.vmm().is_some_and(|v| v.rescue.is_some())
+    }
+}
+
+impl VmmSpec {
+    /// The image of `kind` (the primary when that kind is not configured).
+    pub fn image(&self, kind: ImageKind) -> &Image {
+        match kind {
+            ImageKind::Primary => &self.primary,
+            ImageKind::Maintenance => self
+                .maintenance
+                .as_ref()
+                .map_or(&self.primary, |m| &m.image),
+            ImageKind::Rescue => self.rescue.as_ref().map_or(&self.primary, |r| &r.image),
+        }
+    }
+
+    /// The VMM configuration that boots the guest `name` into `image`.
+    pub fn vmm_config(&self, name: &str, image: &Image) -> ambulance_vmm::GuestConfig {
+        let mut cfg = ambulance_vmm::GuestConfig::new(name, image.kernel.clone());
         cfg.memory_bytes = self.memory_bytes;
         cfg.vcpus = self.vcpus;
         cfg.cmdline = image.cmdline.clone();
@@ -349,6 +426,18 @@ impl GuestSpec {
         cfg.degraded_below_hz = self.degraded_below_hz;
         cfg
     }
+}
+
+/// Which image a guest runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    /// Its primary image.
+    Primary,
+    /// Its maintenance image.
+    Maintenance,
+    /// Its rescue image.
+    Rescue,
 }
 
 /// API listeners.
@@ -435,17 +524,19 @@ const SOCKET_PATH_MAX: usize = 107;
 impl Config {
     /// The embedded defaults: default data directory, Unix socket API, no guests.
     pub fn defaults() -> Config {
-        Config::parse("", "<embedded defaults>").expect("the embedded defaults are valid")
+        Config::parse("", "<embedded defaults>", &BuiltinKernels::none())
+            .expect("the embedded defaults are valid")
     }
 
-    /// Reads and checks a configuration file.
-    pub fn load(path: &Path) -> Result<Config> {
+    /// Reads and checks a configuration file; `kernels` are the kernel names it may use
+    /// besides paths.
+    pub fn load(path: &Path, kernels: &BuiltinKernels) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| ServiceError::Config {
             file: path.display().to_string(),
             key: "(the file)".into(),
             reason: format!("cannot read it: {e}"),
         })?;
-        let mut cfg = Config::parse(&text, &path.display().to_string())?;
+        let mut cfg = Config::parse(&text, &path.display().to_string(), kernels)?;
         // Relative paths in the file are relative to the file.
         let base = path.parent().unwrap_or(Path::new("."));
         let rebase = |p: &mut PathBuf| {
@@ -456,7 +547,7 @@ impl Config {
         rebase(&mut cfg.data_dir);
         rebase(&mut cfg.api.socket);
         for g in &mut cfg.guests {
-            if let Some(q) = &mut g.qemu {
+            if let Runner::Qemu(q) = &mut g.runner {
                 rebase(&mut q.qmp);
                 for p in [&mut q.memory_file, &mut q.registration, &mut q.debuginfo]
                     .into_iter()
@@ -469,8 +560,9 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Parses and checks configuration text; `file` names it in errors.
-    pub fn parse(text: &str, file: &str) -> Result<Config> {
+    /// Parses and checks configuration text; `file` names it in errors, `kernels` are
+    /// the kernel names it may use besides paths.
+    pub fn parse(text: &str, file: &str, kernels: &BuiltinKernels) -> Result<Config> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(text, file, &e))?;
         let bad = |key: String, reason: String| ServiceError::Config {
             file: file.to_string(),
@@ -553,7 +645,7 @@ impl Config {
         }
         let mut guests: Vec<GuestSpec> = Vec::new();
         for (i, g) in raw.guest.into_iter().enumerate() {
-            let spec = guest_spec(g, i, &bad)?;
+            let spec = guest_spec(g, i, kernels, &bad)?;
             if guests.iter().any(|o| o.name == spec.name) {
                 return Err(bad(
                     format!("guest[{i}].name"),
@@ -601,18 +693,27 @@ impl Config {
     }
 }
 
-fn load_image(spec: &str) -> std::result::Result<Arc<[u8]>, String> {
-    if spec == TEST_KERNEL {
-        return Ok(Arc::from(ambulance_test_kernel::ELF));
-    }
-    std::fs::read(spec)
+/// Reads the kernel `spec` names: a built-in name or a path.
+fn load_image(
+    spec: &str,
+    kernels: &BuiltinKernels,
+    cmdline: String,
+) -> std::result::Result<Image, String> {
+    let path = kernels.resolve(spec);
+    let kernel = std::fs::read(&path)
         .map(Arc::from)
-        .map_err(|e| format!("cannot read kernel image {spec}: {e}"))
+        .map_err(|e| format!("cannot read kernel image {}: {e}", path.display()))?;
+    Ok(Image {
+        path,
+        kernel,
+        cmdline,
+    })
 }
 
 fn guest_spec(
     g: RawGuest,
     i: usize,
+    kernels: &BuiltinKernels,
     bad: &impl Fn(String, String) -> ServiceError,
 ) -> Result<GuestSpec> {
     let guest_name = g.name.clone();
@@ -647,12 +748,17 @@ fn guest_spec(
             ));
         }
     }
-    let kernel = g.kernel.clone().unwrap_or_else(|| TEST_KERNEL.into());
-    let primary = Image {
-        kernel: load_image(&kernel).map_err(|e| bad(key("kernel"), e))?,
-        kernel_spec: kernel.clone(),
-        cmdline: g.cmdline.clone(),
+    let kernel = match (&g.kernel, kernels.default_kernel()) {
+        (Some(k), _) => k.clone(),
+        (None, Some(k)) => k.to_string(),
+        (None, None) => return Err(bad(
+            key("kernel"),
+            "is required: the path of the guest's ELF kernel (this build has no built-in kernel)"
+                .into(),
+        )),
     };
+    let primary =
+        load_image(&kernel, kernels, g.cmdline.clone()).map_err(|e| bad(key("kernel"), e))?;
     let memory_bytes = g
         .memory
         .map(|m| m.bytes())
@@ -661,12 +767,15 @@ fn guest_spec(
         .unwrap_or(64 << 20);
     let sub_image =
         |kernel: Option<String>, cmdline: Option<String>, default_cmdline: &str, k: &str| {
-            let spec = kernel.unwrap_or_else(|| primary.kernel_spec.clone());
-            Ok::<Image, ServiceError>(Image {
-                kernel: load_image(&spec).map_err(|e| bad(key(&format!("{k}.kernel")), e))?,
-                kernel_spec: spec,
-                cmdline: cmdline.unwrap_or_else(|| default_cmdline.to_string()),
-            })
+            let cmdline = cmdline.unwrap_or_else(|| default_cmdline.to_string());
+            match kernel {
+                Some(spec) => load_image(&spec, kernels, cmdline)
+                    .map_err(|e| bad(key(&format!("{k}.kernel")), e)),
+                None => Ok(Image {
+                    cmdline,
+                    ..primary.clone()
+                }),
+            }
         };
     let maintenance = match (g.maintenance, g.policy) {
         (Some(m), _) => Some(Maintenance {
@@ -706,8 +815,7 @@ fn guest_spec(
         (None, Policy::Rescue) => Some(rescue_defaults(None)?),
         (None, _) => None,
     };
-    let spec = GuestSpec {
-        name: g.name.clone(),
+    let vmm = VmmSpec {
         primary,
         memory_bytes,
         vcpus: g.vcpus.unwrap_or(1),
@@ -716,23 +824,19 @@ fn guest_spec(
             ms => Some(Duration::from_millis(ms)),
         },
         degraded_below_hz: g.degraded_below_hz.filter(|&hz| hz != 0.0),
-        policy: g.policy,
-        core: g.core,
-        rules: g.rules,
         maintenance,
         rescue,
-        qemu: None,
     };
     // Let the VMM check what it will refuse later (sizes, vCPUs, command lines).
     let images = [
-        Some(("cmdline", &spec.primary)),
-        spec.maintenance
+        Some(("cmdline", &vmm.primary)),
+        vmm.maintenance
             .as_ref()
             .map(|m| ("maintenance.cmdline", &m.image)),
-        spec.rescue.as_ref().map(|r| ("rescue.cmdline", &r.image)),
+        vmm.rescue.as_ref().map(|r| ("rescue.cmdline", &r.image)),
     ];
     for (k, image) in images.into_iter().flatten() {
-        if let Err(e) = spec.vmm_config(image).validate() {
+        if let Err(e) = vmm.vmm_config(&g.name, image).validate() {
             let reason = e.to_string();
             let k = if reason.contains("memory") {
                 "memory"
@@ -748,7 +852,13 @@ fn guest_spec(
             return Err(bad(key(k), reason));
         }
     }
-    Ok(spec)
+    Ok(GuestSpec {
+        name: g.name,
+        policy: g.policy,
+        core: g.core,
+        rules: g.rules,
+        runner: Runner::Vmm(vmm),
+    })
 }
 
 /// A guest QEMU runs: its QMP socket and files; everything about booting it is QEMU's.
@@ -805,21 +915,10 @@ fn qemu_guest_spec(
     }
     Ok(GuestSpec {
         name: g.name.clone(),
-        primary: Image {
-            kernel_spec: String::new(),
-            kernel: Arc::from(Vec::new()),
-            cmdline: String::new(),
-        },
-        memory_bytes: 0,
-        vcpus: 0,
-        watchdog: None,
-        degraded_below_hz: None,
         policy: g.policy,
         core: g.core,
         rules: g.rules,
-        maintenance: None,
-        rescue: None,
-        qemu: Some(QemuGuest {
+        runner: Runner::Qemu(QemuSpec {
             qmp,
             memory_file: g.memory_file,
             registration: g.registration,
@@ -861,8 +960,17 @@ fn syntax_error(text: &str, file: &str, e: &toml::de::Error) -> ServiceError {
 mod tests {
     use super::*;
 
+    /// The test kernel as a built-in, as the `ambulance` binary provides it.
+    fn kernels() -> BuiltinKernels {
+        BuiltinKernels::none().with("test", ambulance_test_kernel::ELF_PATH)
+    }
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, "a.toml", &kernels())
+    }
+
     fn err(text: &str) -> String {
-        Config::parse(text, "a.toml").unwrap_err().to_string()
+        parse(text).unwrap_err().to_string()
     }
 
     #[test]
@@ -875,7 +983,7 @@ mod tests {
 
     #[test]
     fn a_full_config_parses() {
-        let c = Config::parse(
+        let c = parse(
             r#"
 data_dir = "/tmp/x"
 max_parallel_diagnoses = 3
@@ -897,18 +1005,22 @@ rescue = { failures = 2, window_ms = 1000, healthy_period_ms = 500 }
 name = "b"
 policy = "maintenance"
 "#,
-            "a.toml",
         )
         .unwrap();
         assert_eq!(c.max_parallel_diagnoses, 3);
         assert_eq!(c.worker.address_space_bytes, 1 << 30);
         assert_eq!(c.guests.len(), 2);
-        let r = c.guests[0].rescue.as_ref().unwrap();
+        let a = c.guests[0].vmm().unwrap();
+        assert_eq!(
+            a.primary.path,
+            PathBuf::from(ambulance_test_kernel::ELF_PATH)
+        );
+        let r = a.rescue.as_ref().unwrap();
         assert_eq!(r.failures, 2);
         assert_eq!(r.image.cmdline, "fault=none tasks=4");
         assert_eq!(r.healthy_period, Some(Duration::from_millis(500)));
-        assert_eq!(c.guests[0].memory_bytes, 32 << 20);
-        let m = c.guests[1].maintenance.as_ref().unwrap();
+        assert_eq!(a.memory_bytes, 32 << 20);
+        let m = c.guests[1].vmm().unwrap().maintenance.as_ref().unwrap();
         assert_eq!(m.image.cmdline, "mode=maintenance");
     }
 
@@ -950,15 +1062,14 @@ policy = "maintenance"
 
     #[test]
     fn qemu_guests_parse_and_refuse_what_does_not_apply() {
-        let c = Config::parse(
+        let c = parse(
             "[[guest]]\nname = \"db\"\nkind = \"qemu\"\nqmp = \"/run/db.qmp\"\n\
              registration = \"/run/db.reg\"\npolicy = \"hold\"\ncore = true\n",
-            "a.toml",
         )
         .unwrap();
         let g = &c.guests[0];
         assert_eq!(g.kind(), Kind::Qemu);
-        let q = g.qemu.as_ref().unwrap();
+        let q = g.qemu().unwrap();
         assert_eq!(q.qmp, PathBuf::from("/run/db.qmp"));
         assert_eq!(q.registration, Some(PathBuf::from("/run/db.reg")));
         assert_eq!(q.memory_file, None);

@@ -34,6 +34,12 @@ pub enum ServiceError {
         /// What went wrong.
         reason: String,
     },
+    /// A report or its files could not be read or written.
+    #[error(transparent)]
+    Report(#[from] ambulance_report::Error),
+    /// A guest could not be frozen, captured, resumed, restarted or destroyed.
+    #[error(transparent)]
+    Capture(#[from] ambulance_capture::CaptureError),
     /// The VMM could not do what was asked.
     #[error(transparent)]
     Vmm(#[from] ambulance_vmm::Error),

@@ -8,12 +8,13 @@
 //! * [`supervisor`]: guests, failures, the diagnosis queue and recovery policies;
 //! * [`worker`]: the diagnosis worker process and its protocol;
 //! * [`store`]: the report files and their redb index;
-//! * [`api`], [`client`], [`alerts`], [`metrics`]: the operator's interfaces;
-//! * [`capture`]: the pieces of a live diagnosis shared with `ambulance run`.
+//! * [`api`], [`client`], [`alerts`], [`metrics`]: the operator's interfaces.
+//!
+//! Guests are frozen and captured through `ambulance_capture`'s one seam, whoever runs
+//! them.
 
 pub mod alerts;
 pub mod api;
-pub mod capture;
 pub mod client;
 pub mod config;
 mod error;

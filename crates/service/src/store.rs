@@ -13,11 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ambulance_report::{Report, Severity};
+use ambulance_report::dir::{sync_dir, TEMP_SUFFIX};
+use ambulance_report::{Artifact, Report, ReportDir, ReportId, Severity, Timestamp};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::capture::{sync_dir, temp_path, write_atomically};
 use crate::error::{Result, ServiceError};
 
 const REPORTS: TableDefinition<&str, &str> = TableDefinition::new("reports");
@@ -56,15 +56,13 @@ pub struct SeveritySummary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IndexEntry {
     /// The report id (also for failed diagnoses).
-    pub id: String,
+    pub id: ReportId,
     /// The guest's name.
     pub guest: String,
     /// The failure cause.
     pub cause: String,
-    /// When the failure happened (RFC 3339).
-    pub time: String,
-    /// The same, in milliseconds since the Unix epoch.
-    pub time_unix_ms: u64,
+    /// When the failure happened.
+    pub time: Timestamp,
     /// Ok or diagnosis_failed.
     pub status: Status,
     /// Why the diagnosis failed.
@@ -84,8 +82,8 @@ pub struct IndexEntry {
 pub struct Filter {
     /// Only this guest.
     pub guest: Option<String>,
-    /// Only failures at or after this time (ms since the epoch).
-    pub since_ms: Option<u64>,
+    /// Only failures at or after this time.
+    pub since: Option<Timestamp>,
     /// Only this cause.
     pub cause: Option<String>,
 }
@@ -127,7 +125,7 @@ pub struct Reconciled {
 
 /// The store.
 pub struct Store {
-    dir: PathBuf,
+    dir: ReportDir,
     db_path: PathBuf,
     db: Database,
     pause: Option<(String, Duration)>,
@@ -151,7 +149,7 @@ impl Store {
             Some((point.to_string(), Duration::from_millis(ms.parse().ok()?)))
         });
         let store = Store {
-            dir,
+            dir: ReportDir::open(dir)?,
             db_path,
             db,
             pause,
@@ -167,7 +165,7 @@ impl Store {
     }
 
     /// The reports directory.
-    pub fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &ReportDir {
         &self.dir
     }
 
@@ -198,14 +196,15 @@ impl Store {
 
     fn reconcile(&self) -> Result<Reconciled> {
         let mut done = Reconciled::default();
-        let entries = std::fs::read_dir(&self.dir)
-            .map_err(|e| ServiceError::io("cannot list", &self.dir, e))?;
+        let dir = self.dir.path();
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| ServiceError::io("cannot list", dir, e))?;
         let mut files: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for entry in entries {
-            let entry = entry.map_err(|e| ServiceError::io("cannot list", &self.dir, e))?;
+            let entry = entry.map_err(|e| ServiceError::io("cannot list", dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name.ends_with(".tmp") {
+            if name.ends_with(TEMP_SUFFIX) {
                 std::fs::remove_file(&path)
                     .map_err(|e| ServiceError::io("cannot remove", &path, e))?;
                 done.temp_removed += 1;
@@ -220,13 +219,13 @@ impl Store {
         let indexed: BTreeMap<String, IndexEntry> = self
             .list(&Filter::default())?
             .into_iter()
-            .map(|e| (e.id.clone(), e))
+            .map(|e| (e.id.to_string(), e))
             .collect();
         // Leftovers of a report whose JSON never landed.
         for (id, exts) in &files {
             if !exts.contains("json") && !indexed.contains_key(id) {
                 for ext in exts {
-                    let p = self.dir.join(format!("{id}.{ext}"));
+                    let p = dir.join(format!("{id}.{ext}"));
                     std::fs::remove_file(&p)
                         .map_err(|e| ServiceError::io("cannot remove", &p, e))?;
                     done.partial_removed += 1;
@@ -236,18 +235,18 @@ impl Store {
         // Complete reports missing from the index.
         for (id, exts) in &files {
             if exts.contains("json") && !indexed.contains_key(id) {
-                let p = self.dir.join(format!("{id}.json"));
+                let p = dir.join(format!("{id}.json"));
                 let text = std::fs::read_to_string(&p)
                     .map_err(|e| ServiceError::io("cannot read", &p, e))?;
                 match Report::from_json(&text) {
-                    Ok(report) if report.id == *id => {
+                    Ok(report) if report.id.as_str() == id => {
                         let entry = self.entry_for(&report, exts.contains("core"));
                         self.put(&entry)?;
                         done.indexed += 1;
                     }
                     Ok(report) => tracing::warn!(
                         file = %p.display(),
-                        id = report.id,
+                        id = %report.id,
                         "report file name does not match its id; not indexed"
                     ),
                     Err(e) => tracing::warn!(file = %p.display(), "not a report; not indexed: {e}"),
@@ -266,7 +265,7 @@ impl Store {
             }
         }
         if done != Reconciled::default() {
-            sync_dir(&self.dir)?;
+            sync_dir(dir)?;
             tracing::info!(
                 temp_removed = done.temp_removed,
                 partial_removed = done.partial_removed,
@@ -291,19 +290,17 @@ impl Store {
                 Severity::Info => severity.info += 1,
             }
         }
-        let base = self.dir.join(&report.id);
         IndexEntry {
             id: report.id.clone(),
             guest: report.guest.name.clone(),
             cause: report.failure.cause.clone(),
-            time: report.failure.time.clone(),
-            time_unix_ms: parse_rfc3339_ms(&report.failure.time).unwrap_or(0),
+            time: report.failure.time,
             status: Status::Ok,
             error: None,
             severity,
-            json: Some(base.with_extension("json")),
-            text: Some(base.with_extension("txt")),
-            core: core.then(|| base.with_extension("core")),
+            json: Some(self.dir.file(&report.id, Artifact::Json)),
+            text: Some(self.dir.file(&report.id, Artifact::Text)),
+            core: core.then(|| self.dir.file(&report.id, Artifact::Core)),
         }
     }
 
@@ -316,32 +313,16 @@ impl Store {
         })
     }
 
-    /// Stores a report: its core (already written, fsynced, at `core_tmp`) renamed into
-    /// place, its text, then its JSON, then the index entry.
+    /// Where the core of report `id` is written before [`Store::store_report`] takes it.
+    pub fn core_temp(&self, id: &ReportId) -> PathBuf {
+        self.dir.core_temp(id)
+    }
+
+    /// Stores a report — its core (already written and fsynced at `core_tmp`), text and
+    /// JSON through the report directory, then the index entry.
     pub fn store_report(&self, report: &mut Report, core_tmp: Option<&Path>) -> Result<IndexEntry> {
-        let base = self.dir.join(&report.id);
-        if let Some(tmp) = core_tmp {
-            let core = base.with_extension("core");
-            std::fs::rename(tmp, &core).map_err(|e| ServiceError::io("cannot rename", tmp, e))?;
-            report
-                .artifacts
-                .insert("core".into(), core.display().to_string());
-        }
-        let text = base.with_extension("txt");
-        let json = base.with_extension("json");
-        write_atomically(&text, ambulance_report::text::render(report).as_bytes())?;
-        // The JSON goes last: its presence means the report is complete.
-        let tmp = temp_path(&json);
-        {
-            use std::io::Write;
-            let err = |e| ServiceError::io("cannot write", &tmp, e);
-            let mut f = std::fs::File::create(&tmp).map_err(err)?;
-            f.write_all(report.to_json().as_bytes()).map_err(err)?;
-            f.sync_all().map_err(err)?;
-        }
-        self.test_pause("before-rename");
-        std::fs::rename(&tmp, &json).map_err(|e| ServiceError::io("cannot rename", &tmp, e))?;
-        sync_dir(&self.dir)?;
+        self.dir
+            .write_with(report, core_tmp, || self.test_pause("before-rename"))?;
         self.test_pause("before-index");
         let entry = self.entry_for(report, core_tmp.is_some());
         self.put(&entry)?;
@@ -351,17 +332,17 @@ impl Store {
     /// Records a diagnosis that produced no report.
     pub fn store_failure(
         &self,
+        id: &ReportId,
         guest: &str,
         cause: &str,
-        time: &str,
+        time: Timestamp,
         why: &str,
     ) -> Result<IndexEntry> {
         let entry = IndexEntry {
-            id: ambulance_diagnose::report_id(guest),
+            id: id.clone(),
             guest: guest.into(),
             cause: cause.into(),
-            time: time.into(),
-            time_unix_ms: parse_rfc3339_ms(time).unwrap_or(0),
+            time,
             status: Status::DiagnosisFailed,
             error: Some(format!("diagnosis failed: {why}")),
             severity: SeveritySummary::default(),
@@ -383,12 +364,12 @@ impl Store {
             let e: IndexEntry = serde_json::from_str(v.value()).map_err(|e| self.index_err(e))?;
             let keep = filter.guest.as_ref().is_none_or(|g| *g == e.guest)
                 && filter.cause.as_ref().is_none_or(|c| *c == e.cause)
-                && filter.since_ms.is_none_or(|s| e.time_unix_ms >= s);
+                && filter.since.is_none_or(|s| e.time >= s);
             if keep {
                 out.push(e);
             }
         }
-        out.sort_by(|a, b| (a.time_unix_ms, &a.id).cmp(&(b.time_unix_ms, &b.id)));
+        out.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
         Ok(out)
     }
 
@@ -429,95 +410,27 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| ServiceError::io("cannot create directory", dir, e))
 }
 
-/// Milliseconds since the epoch of an RFC 3339 time (`2026-05-01T10:00:00Z`, with optional
-/// fraction and `+hh:mm` offset).
-pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
-    };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut ms = 0i64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if n == 0 {
-            return None;
-        }
-        let digits = &frac[..n];
-        let padded = format!("{:0<3}", &digits[..n.min(3)]);
-        ms = padded.parse().ok()?;
-        rest = &frac[n..];
-    }
-    let offset_min = match rest {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
-            let v = o[1..3].parse::<i64>().ok()? * 60 + o[4..6].parse::<i64>().ok()?;
-            if o.starts_with('-') {
-                -v
-            } else {
-                v
-            }
-        }
-        _ => return None,
-    };
-    // Days from civil (Howard Hinnant).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
-    u64::try_from(secs * 1000 + ms).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_round_trips() {
-        assert_eq!(
-            parse_rfc3339_ms("2026-11-22T06:23:15.139Z"),
-            Some(1_795_328_595_139)
-        );
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_ms("1970-01-01T01:00:00+01:00"), Some(0));
-        assert_eq!(parse_rfc3339_ms("2026-13-01T00:00:00Z"), None);
-        assert_eq!(parse_rfc3339_ms("yesterday"), None);
-        let now = std::time::SystemTime::now();
-        let ms = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        assert_eq!(
-            parse_rfc3339_ms(&ambulance_diagnose::rfc3339(now)),
-            Some(ms)
-        );
-    }
 
     #[test]
     fn reconcile_removes_partials_and_indexes_complete_reports() {
         let dir = tempfile::tempdir().unwrap();
         let (store, r) = Store::open(dir.path()).unwrap();
         assert_eq!(r, Reconciled::default());
+        let id = ReportId::parse("20260101T000000Z-g-00000001").unwrap();
         let f = store
-            .store_failure("g", "panic", "2026-01-01T00:00:00.000Z", "worker killed")
+            .store_failure(
+                &id,
+                "g",
+                "panic",
+                "2026-01-01T00:00:00.000Z".parse().unwrap(),
+                "worker killed",
+            )
             .unwrap();
         assert_eq!(
-            store.get(&f.id).unwrap().unwrap().status,
+            store.get(f.id.as_str()).unwrap().unwrap().status,
             Status::DiagnosisFailed
         );
         store

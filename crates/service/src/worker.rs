@@ -4,7 +4,8 @@
 //!
 //! Protocol, on a Unix stream socket that is the worker's standard input:
 //!
-//! 1. daemon → worker: one byte with the RAM descriptor attached (`SCM_RIGHTS`);
+//! 1. daemon → worker: one byte with the RAM descriptor attached (`SCM_RIGHTS`), which the
+//!    worker refuses unless it is `O_RDONLY`;
 //! 2. daemon → worker: a [`Request`] as JSON, framed by a little-endian `u32` length;
 //! 3. worker → daemon: a [`Reply`], framed the same way; then the worker exits.
 //!
@@ -23,10 +24,10 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ambulance_diagnose::{diagnose, Options, Subject};
+use ambulance_diagnose::{diagnose_ram, Options, Subject};
 use ambulance_introspect::debuginfo::DebugInfo;
-use ambulance_introspect::memory::LiveMemory;
-use ambulance_report::{FailureInfo, GuestInfo, Phase, Report, VcpuRegisters};
+use ambulance_ram::{GuestRam, RamRegion};
+use ambulance_report::{Phase, Report};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
 
@@ -40,18 +41,10 @@ const MAX_MESSAGE: usize = 256 << 20;
 /// What the worker is asked to do.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Request {
-    /// RAM layout: (guest-physical start, size, offset in the descriptor's file).
-    pub regions: Vec<(u64, u64, u64)>,
-    /// The guest.
-    pub guest: GuestInfo,
-    /// Why it is diagnosed.
-    pub failure: FailureInfo,
-    /// Every vCPU's registers as frozen.
-    pub vcpus: Vec<VcpuRegisters>,
-    /// Guest-physical address of the descriptor.
-    pub descriptor_gpa: Option<u64>,
-    /// The host's copy of the descriptor.
-    pub descriptor_bytes: Option<Vec<u8>>,
+    /// The guest, its failure, registers and registration, and the report's id.
+    pub subject: Subject,
+    /// Where guest RAM lies in the descriptor's file.
+    pub regions: Vec<RamRegion>,
     /// The kernel ELF to read symbols and types from.
     pub debuginfo: Option<PathBuf>,
     /// Declarative rules.
@@ -60,13 +53,6 @@ pub struct Request {
     pub core_path: Option<PathBuf>,
     /// Phases before the worker (freeze, worker start).
     pub timeline: Vec<Phase>,
-    /// VMCOREINFO text handed over from elsewhere than a descriptor (a Linux guest's
-    /// registration); without it and a descriptor the diagnosis scans guest RAM for it.
-    #[serde(default)]
-    pub vmcoreinfo: Option<String>,
-    /// Where `vmcoreinfo` came from (`registration`), for the report.
-    #[serde(default)]
-    pub vmcoreinfo_origin: Option<String>,
 }
 
 /// The worker's answer.
@@ -115,10 +101,29 @@ fn recv_frame(s: &mut UnixStream) -> std::io::Result<Vec<u8>> {
 // ---------------------------------------------------------------------------------------
 // Daemon side.
 
-/// Runs one diagnosis in a worker process: `program worker …`, RAM passed as `memory`
-/// (which must be `O_RDONLY`). `on_spawn` gets the worker's pid. Returns the report, or
-/// why there is none.
+/// Runs one diagnosis in a worker process: `program worker …`, the guest's RAM passed as
+/// its read-only descriptor. `on_spawn` gets the worker's pid. Returns the report, or why
+/// there is none. The worker's answer is untrusted: a report for another id than the one
+/// asked for is refused.
 pub fn run(
+    program: &Path,
+    limits: &Limits,
+    request: &Request,
+    ram: &GuestRam,
+    on_spawn: impl FnOnce(u32),
+) -> Result<Report, String> {
+    let report = spawn_and_talk(program, limits, request, ram.file(), on_spawn)?;
+    if report.id != request.subject.report_id {
+        return Err(format!(
+            "the worker answered with a report for id {:?}, not {}",
+            report.id.as_str(),
+            request.subject.report_id
+        ));
+    }
+    Ok(report)
+}
+
+fn spawn_and_talk(
     program: &Path,
     limits: &Limits,
     request: &Request,
@@ -129,7 +134,7 @@ pub fn run(
     let deadline = started + limits.timeout;
     let (mut ours, theirs) =
         UnixStream::pair().map_err(|e| format!("cannot create the worker's socket: {e}"))?;
-    let ram: u64 = request.regions.iter().map(|r| r.1).sum();
+    let ram: u64 = request.regions.iter().map(|r| r.size).sum();
     let mut child = Command::new(program)
         .arg("worker")
         .arg("--address-space")
@@ -301,7 +306,7 @@ fn worker(address_space: u64, cpu_seconds: u64) -> Result<(), String> {
             if let Some(ms) = std::env::var(DELAY_ENV).ok().and_then(|v| v.parse().ok()) {
                 std::thread::sleep(Duration::from_millis(ms));
             }
-            match diagnose_request(request, &memory) {
+            match diagnose_request(request, memory) {
                 Ok(r) => Reply::Report(Box::new(r)),
                 Err(e) => Reply::Error(e),
             }
@@ -340,25 +345,12 @@ fn receive_fd(s: &UnixStream) -> Result<File, String> {
         }
     }
     let fd = received.ok_or("the daemon sent no guest RAM descriptor")?;
-    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)
-        .map_err(|e| format!("cannot inspect the guest RAM descriptor: {e}"))?;
-    if flags & libc::O_ACCMODE != libc::O_RDONLY {
-        return Err("the guest RAM descriptor is writable; a worker only accepts O_RDONLY".into());
-    }
     Ok(File::from(fd))
 }
 
-fn diagnose_request(request: Request, memory: &File) -> Result<Report, String> {
-    let t = Instant::now();
-    let mapped = Arc::new(
-        LiveMemory::map(memory, &request.regions)
-            .map_err(|e| format!("cannot map guest RAM read-only: {e}"))?,
-    );
+fn diagnose_request(request: Request, memory: File) -> Result<Report, String> {
+    let ram = GuestRam::new(memory, request.regions).map_err(|e| e.to_string())?;
     let mut timeline = request.timeline;
-    timeline.push(Phase {
-        name: "map".into(),
-        duration_us: t.elapsed().as_micros() as u64,
-    });
     let t = Instant::now();
     let debuginfo = request
         .debuginfo
@@ -384,32 +376,12 @@ fn diagnose_request(request: Request, memory: &File) -> Result<Report, String> {
         rules,
         config: Default::default(),
     };
-    let subject = Subject {
-        guest: request.guest,
-        failure: request.failure,
-        vcpus: request.vcpus,
-        descriptor_gpa: request.descriptor_gpa,
-        descriptor_bytes: request.descriptor_bytes,
-        vmcoreinfo: request.vmcoreinfo,
-        vmcoreinfo_origin: request.vmcoreinfo_origin,
-    };
-    let mut report =
-        diagnose(mapped.clone(), &subject, &options, timeline).map_err(|e| e.to_string())?;
-    if let Some(path) = &request.core_path {
-        let t = Instant::now();
-        crate::capture::write_core_file(
-            path,
-            &mapped,
-            &report,
-            options.debuginfo.as_deref(),
-            subject.descriptor_gpa.zip(subject.descriptor_bytes),
-            subject.vmcoreinfo,
-        )
-        .map_err(|e| e.to_string())?;
-        report.timeline.push(Phase {
-            name: "core".into(),
-            duration_us: t.elapsed().as_micros() as u64,
-        });
-    }
-    Ok(report)
+    diagnose_ram(
+        &ram,
+        &request.subject,
+        &options,
+        timeline,
+        request.core_path.as_deref(),
+    )
+    .map_err(|e| e.to_string())
 }

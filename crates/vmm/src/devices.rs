@@ -16,7 +16,7 @@ pub const CONSOLE_LOG_LINES: usize = 10_000;
 
 /// A descriptor the host accepted: its own copy, taken at the doorbell.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Registration {
+pub struct AcceptedDescriptor {
     /// Guest-physical address the guest registered.
     pub gpa: u64,
     /// The descriptor's bytes (`total_size` of them) as copied at registration.
@@ -30,7 +30,7 @@ pub struct Registration {
 /// Registration state of one generation.
 #[derive(Debug)]
 pub(crate) struct RegState {
-    pub(crate) latest: Option<Registration>,
+    pub(crate) latest: Option<AcceptedDescriptor>,
     pub(crate) status: RegistrationStatus,
     /// Bumped by every accepted registration.
     pub(crate) seq: u64,
@@ -200,7 +200,7 @@ fn read_ram(inst: &Instance, gpa: u64, len: usize, what: &str) -> Result<Vec<u8>
     Ok(buf)
 }
 
-fn check(inst: &Instance, gpa: u64) -> Result<Registration, String> {
+fn check(inst: &Instance, gpa: u64) -> Result<AcceptedDescriptor, String> {
     descriptor::check_registration_gpa(gpa).map_err(|e| e.to_string())?;
     let header = read_ram(inst, gpa, HEADER_SIZE, "descriptor header")?;
     let size = descriptor::declared_size(&header).map_err(|e| e.to_string())?;
@@ -213,7 +213,7 @@ fn check(inst: &Instance, gpa: u64) -> Result<Registration, String> {
             inst.ram.size()
         ));
     }
-    Ok(Registration {
+    Ok(AcceptedDescriptor {
         gpa,
         bytes,
         descriptor,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Something that happened to a guest. All guests of a [`crate::Vmm`] report on one channel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
+pub struct VmmEvent {
     /// The guest's id ([`crate::Guest::id`]).
     pub guest: u64,
     /// The guest's name.
@@ -153,9 +153,9 @@ pub enum VcpuActivity {
 
 /// One frozen vCPU: the raw KVM register structures and what it was doing.
 ///
-/// Serializes as [`VcpuRegisters`].
+/// Serializes as [`FrozenRegisters`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(into = "VcpuRegisters")]
+#[serde(into = "FrozenRegisters")]
 pub struct VcpuState {
     /// vCPU index (0 is the boot CPU).
     pub index: u32,
@@ -169,10 +169,10 @@ pub struct VcpuState {
 
 impl VcpuState {
     /// The important registers as a plain, serializable struct.
-    pub fn registers(&self) -> VcpuRegisters {
+    pub fn registers(&self) -> FrozenRegisters {
         let r = &self.regs;
         let s = &self.sregs;
-        VcpuRegisters {
+        FrozenRegisters {
             index: self.index,
             activity: self.activity,
             rip: r.rip,
@@ -208,7 +208,7 @@ impl VcpuState {
     }
 }
 
-impl From<VcpuState> for VcpuRegisters {
+impl From<VcpuState> for FrozenRegisters {
     fn from(v: VcpuState) -> Self {
         v.registers()
     }
@@ -217,7 +217,7 @@ impl From<VcpuState> for VcpuRegisters {
 /// The important registers of one vCPU.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
-pub struct VcpuRegisters {
+pub struct FrozenRegisters {
     /// vCPU index.
     pub index: u32,
     /// What it was doing.
@@ -288,7 +288,7 @@ impl FrozenState {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrozenSummary {
     /// Registers of every vCPU, by index.
-    pub vcpus: Vec<VcpuRegisters>,
+    pub vcpus: Vec<FrozenRegisters>,
     /// Time from the freeze request to the last vCPU stopping, in microseconds.
     pub freeze_latency_us: u64,
 }

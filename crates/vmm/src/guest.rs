@@ -13,14 +13,15 @@ use kvm_ioctls::{VcpuFd, VmFd};
 
 use crate::boot;
 use crate::config::GuestConfig;
-use crate::devices::{Console, RegState, Registration, CONSOLE_LOG_LINES};
+use crate::devices::{AcceptedDescriptor, Console, RegState, CONSOLE_LOG_LINES};
 use crate::error::{Error, Result};
 use crate::event::{
-    Event, EventKind, FailureCause, FrozenState, GuestState, VcpuActivity, VcpuState,
+    EventKind, FailureCause, FrozenState, GuestState, VcpuActivity, VcpuState, VmmEvent,
 };
 use crate::kick;
-use crate::memory::{Ram, ReadOnlyMemory};
+use crate::memory::Ram;
 use crate::VmmShared;
+use ambulance_ram::GuestRam;
 
 /// How long [`Guest::freeze`] waits for every vCPU to stop.
 pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,7 +46,7 @@ pub(crate) struct GuestCtx {
 
 impl GuestCtx {
     pub(crate) fn emit(&self, generation: u32, kind: EventKind) {
-        self.vmm.emit(Event {
+        self.vmm.emit(VmmEvent {
             guest: self.id,
             guest_name: self.config.name.clone(),
             generation,
@@ -553,14 +554,14 @@ pub struct Guest {
     inner: Arc<GuestInner>,
 }
 
-struct Slot {
+struct CurrentInstance {
     generation: u32,
     instance: Option<Arc<Instance>>,
 }
 
 struct GuestInner {
     ctx: Arc<GuestCtx>,
-    slot: Mutex<Slot>,
+    slot: Mutex<CurrentInstance>,
 }
 
 impl Drop for GuestInner {
@@ -595,7 +596,7 @@ impl Guest {
         Ok(Guest {
             inner: Arc::new(GuestInner {
                 ctx,
-                slot: Mutex::new(Slot {
+                slot: Mutex::new(CurrentInstance {
                     generation: 0,
                     instance: Some(instance),
                 }),
@@ -693,12 +694,12 @@ impl Guest {
     }
 
     /// A read-only file descriptor of the current generation's RAM and its layout.
-    pub fn memory_export(&self) -> Result<ReadOnlyMemory> {
+    pub fn memory_export(&self) -> Result<GuestRam> {
         self.instance()?.ram.export(self.name())
     }
 
     /// The latest accepted registration of this generation: the host's copy.
-    pub fn registration(&self) -> Option<Registration> {
+    pub fn registration(&self) -> Option<AcceptedDescriptor> {
         lock(&self.instance().ok()?.reg).latest.clone()
     }
 

@@ -57,14 +57,13 @@ use kvm_ioctls::{Cap, Kvm};
 
 pub use ambulance_abi::ports::RegistrationStatus;
 pub use config::{GuestConfig, MAX_MEMORY, MIN_MEMORY, MIN_WATCHDOG};
-pub use devices::{Registration, CONSOLE_LINE_MAX, CONSOLE_LOG_LINES};
+pub use devices::{AcceptedDescriptor, CONSOLE_LINE_MAX, CONSOLE_LOG_LINES};
 pub use error::{Error, Result};
 pub use event::{
-    Event, EventKind, FailureCause, FrozenState, FrozenSummary, GuestState, VcpuActivity,
-    VcpuRegisters, VcpuState,
+    EventKind, FailureCause, FrozenRegisters, FrozenState, FrozenSummary, GuestState, VcpuActivity,
+    VcpuState, VmmEvent,
 };
 pub use guest::{Guest, FREEZE_TIMEOUT};
-pub use memory::{RamRegion, ReadOnlyMemory};
 
 /// How many events may wait in the channel; beyond that new events are dropped (and
 /// counted, see [`Vmm::dropped_events`]) rather than stall a vCPU.
@@ -74,13 +73,13 @@ pub const EVENT_CAPACITY: usize = 65_536;
 pub(crate) struct VmmShared {
     pub(crate) kvm: Kvm,
     pub(crate) supported_cpuid: CpuId,
-    events: Sender<Event>,
+    events: Sender<VmmEvent>,
     dropped: AtomicU64,
 }
 
 impl VmmShared {
     /// Sends an event without ever blocking.
-    pub(crate) fn emit(&self, event: Event) {
+    pub(crate) fn emit(&self, event: VmmEvent) {
         match self.events.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(e)) => {
@@ -102,7 +101,7 @@ impl VmmShared {
 /// The VMM: one `/dev/kvm` handle and one event channel for any number of guests.
 pub struct Vmm {
     shared: Arc<VmmShared>,
-    events: Receiver<Event>,
+    events: Receiver<VmmEvent>,
 }
 
 static NEXT_GUEST_ID: AtomicU64 = AtomicU64::new(1);
@@ -154,7 +153,7 @@ impl Vmm {
     /// All receivers returned here share one queue: each event goes to exactly one of
     /// them. Receiving blocks; from async code, receive in `spawn_blocking` (or use
     /// `try_recv`/`recv_timeout`).
-    pub fn events(&self) -> Receiver<Event> {
+    pub fn events(&self) -> Receiver<VmmEvent> {
         self.events.clone()
     }
 
@@ -184,8 +183,8 @@ mod tests {
     fn handles_are_send_and_sync() {
         send_sync::<super::Vmm>();
         send_sync::<super::Guest>();
-        send_sync::<super::Event>();
+        send_sync::<super::VmmEvent>();
         send_sync::<super::FrozenState>();
-        send_sync::<super::ReadOnlyMemory>();
+        send_sync::<ambulance_ram::GuestRam>();
     }
 }

@@ -1,60 +1,19 @@
 //! Guest RAM: one sealed memfd per guest generation, mapped into the VMM and into KVM, and
 //! exported read-only for diagnosis.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::Ordering;
 
 use ambulance_abi::boot::ram_layout;
+use ambulance_ram::{GuestRam, RamRegion};
 use memfd::{FileSeal, MemfdOptions};
-use serde::{Deserialize, Serialize};
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 
 use crate::error::{Error, Result};
-
-/// One range of guest RAM and where it lives in the memory file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RamRegion {
-    /// Guest-physical start.
-    pub gpa: u64,
-    /// Length in bytes.
-    pub size: u64,
-    /// Offset of `gpa` in the memory file.
-    pub file_offset: u64,
-}
-
-/// A read-only view of a guest's RAM for diagnosis: a file descriptor opened `O_RDONLY`
-/// (so it can only be mapped `PROT_READ`) and the layout of RAM inside it.
-///
-/// The file is the guest's memfd reopened through `/proc/self/fd`; it is sealed against
-/// growing and shrinking, so a mapping of it never faults with `SIGBUS`. It keeps the
-/// memory alive after the guest is destroyed or restarted (it then shows the RAM of the
-/// generation it was exported from).
-#[derive(Debug)]
-pub struct ReadOnlyMemory {
-    /// The read-only file.
-    pub file: File,
-    /// Guest RAM ranges, ascending.
-    pub regions: Vec<RamRegion>,
-}
-
-impl ReadOnlyMemory {
-    /// Total RAM in bytes.
-    pub fn size(&self) -> u64 {
-        self.regions.iter().map(|r| r.size).sum()
-    }
-
-    /// Where guest-physical `gpa` lives in the file, with the bytes left in its region.
-    pub fn file_offset_of(&self, gpa: u64) -> Option<(u64, u64)> {
-        self.regions
-            .iter()
-            .find(|r| gpa >= r.gpa && gpa - r.gpa < r.size)
-            .map(|r| (r.file_offset + (gpa - r.gpa), r.size - (gpa - r.gpa)))
-    }
-}
 
 /// The RAM of one guest generation.
 pub(crate) struct Ram {
@@ -167,7 +126,12 @@ impl Ram {
     }
 
     /// A new `O_RDONLY` descriptor of the memfd and the layout.
-    pub(crate) fn export(&self, guest: &str) -> Result<ReadOnlyMemory> {
+    ///
+    /// The descriptor is the memfd reopened through `/proc/self/fd`; the memfd is sealed
+    /// against growing and shrinking, so a mapping of it never faults with `SIGBUS`. It
+    /// keeps the memory alive after the guest is destroyed or restarted (it then shows
+    /// the RAM of the generation it was exported from).
+    pub(crate) fn export(&self, guest: &str) -> Result<GuestRam> {
         let path = format!("/proc/self/fd/{}", self.memfd.as_file().as_raw_fd());
         let file = OpenOptions::new()
             .read(true)
@@ -178,9 +142,10 @@ impl Ram {
                 op: "reopening guest RAM read-only",
                 source,
             })?;
-        Ok(ReadOnlyMemory {
-            file,
-            regions: self.regions.clone(),
+        GuestRam::new(file, self.regions.clone()).map_err(|e| Error::Memory {
+            guest: guest.to_string(),
+            size: self.size(),
+            detail: format!("exporting guest RAM read-only: {e}"),
         })
     }
 }

@@ -77,7 +77,7 @@ fn panic_doorbell_reports_console_then_failure() {
     assert_eq!(json["kind"]["cause"]["kind"], "panic");
     assert_eq!(json["kind"]["cause"]["code"], 7);
     assert_eq!(json["kind"]["frozen"]["vcpus"][0]["activity"], "failed");
-    let back: ambulance_vmm::Event = serde_json::from_value(json).unwrap();
+    let back: ambulance_vmm::VmmEvent = serde_json::from_value(json).unwrap();
     assert_eq!(back, e);
 
     // Resuming does not run the panicked vCPU again, and no second failure comes.
@@ -296,12 +296,12 @@ fn memory_export_is_read_only() {
     poll(T, || (read_u64(&g, SCRATCH) == MAGIC).then_some(())).expect("guest wrote");
 
     let m = g.memory_export().unwrap();
-    assert_eq!(m.regions.len(), 1);
+    assert_eq!(m.regions().len(), 1);
     assert_eq!(
         (
-            m.regions[0].gpa,
-            m.regions[0].size,
-            m.regions[0].file_offset
+            m.regions()[0].gpa,
+            m.regions()[0].size,
+            m.regions()[0].file_offset
         ),
         (0, 32 << 20, 0)
     );
@@ -310,16 +310,16 @@ fn memory_export_is_read_only() {
         m.file_offset_of(SCRATCH),
         Some((SCRATCH, (32 << 20) - SCRATCH))
     );
-    let fd = m.file.as_raw_fd();
+    let fd = m.file().as_raw_fd();
     // SAFETY: F_GETFL on a valid descriptor.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     assert_eq!(fl & libc::O_ACCMODE, libc::O_RDONLY);
 
     let mut b = [0u8; 8];
-    m.file.read_exact_at(&mut b, SCRATCH).unwrap();
+    m.file().read_exact_at(&mut b, SCRATCH).unwrap();
     assert_eq!(u64::from_le_bytes(b), MAGIC);
     assert!(
-        m.file.write_at(&[0], 0).is_err(),
+        m.file().write_at(&[0], 0).is_err(),
         "the file is not writable"
     );
 
@@ -361,7 +361,7 @@ fn memory_export_is_read_only() {
 
     // The export outlives the guest.
     g.destroy();
-    m.file.read_exact_at(&mut b, SCRATCH).unwrap();
+    m.file().read_exact_at(&mut b, SCRATCH).unwrap();
     assert_eq!(u64::from_le_bytes(b), MAGIC);
 }
 
@@ -430,12 +430,12 @@ fn restart_gives_fresh_ram() {
     // The old export still shows the old generation; the new one is a different file.
     let new = g.memory_export().unwrap();
     let mut b = [0u8; 8];
-    old.file.read_exact_at(&mut b, SCRATCH + 8).unwrap();
+    old.file().read_exact_at(&mut b, SCRATCH + 8).unwrap();
     let old_count = u64::from_le_bytes(b);
     std::thread::sleep(Duration::from_millis(20));
-    old.file.read_exact_at(&mut b, SCRATCH + 8).unwrap();
+    old.file().read_exact_at(&mut b, SCRATCH + 8).unwrap();
     assert_eq!(u64::from_le_bytes(b), old_count, "old generation is gone");
-    new.file.read_exact_at(&mut b, SCRATCH + 8).unwrap();
+    new.file().read_exact_at(&mut b, SCRATCH + 8).unwrap();
     assert!(u64::from_le_bytes(b) > 0);
 
     // A failure in the new generation is reported again, tagged with generation 1.
@@ -518,7 +518,7 @@ fn registration_refused_then_accepted() {
     );
     let g = vmm.start(config("register", k)).unwrap();
 
-    let refused = |e: &ambulance_vmm::Event| match &e.kind {
+    let refused = |e: &ambulance_vmm::VmmEvent| match &e.kind {
         EventKind::RegistrationRefused { gpa, reason } => (*gpa, reason.clone()),
         other => panic!("expected a refusal, got {other:?}"),
     };

@@ -24,6 +24,7 @@ mod elfcore;
 use std::fs::File;
 use std::path::Path;
 
+use ambulance_ram::{GuestRam, RamRegion};
 use memmap2::{Mmap, MmapOptions};
 
 pub use elfcore::{CpuRegs, ElfCore, Note, PrStatus, NT_PRSTATUS, PRSTATUS_SIZE, PR_REG_OFFSET};
@@ -282,44 +283,19 @@ pub struct LiveMemory {
 }
 
 impl LiveMemory {
-    /// Maps `regions` — `(guest-physical start, size, offset in file)` — of `file`
-    /// read-only. The file may be opened `O_RDONLY`; nothing writable is ever mapped.
-    pub fn map(file: &File, regions: &[(u64, u64, u64)]) -> Result<LiveMemory> {
-        let file_len = file.metadata().map_err(|e| Error::Map {
-            size: 0,
-            offset: 0,
-            source: e,
-        })?;
-        let file_len = file_len.len();
-        let mut sorted: Vec<(u64, u64, u64)> =
-            regions.iter().copied().filter(|r| r.1 > 0).collect();
-        sorted.sort();
-        let mut prev_end = 0u64;
-        for (i, &(gpa, size, off)) in sorted.iter().enumerate() {
-            let bad = |what: &str| Error::Map {
-                size,
-                offset: off,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("region at guest-physical {gpa:#x}: {what}"),
-                ),
-            };
-            if gpa.checked_add(size).is_none() {
-                return Err(bad("address range overflows"));
-            }
-            if i > 0 && gpa < prev_end {
-                return Err(bad("overlaps the previous region"));
-            }
-            if off.checked_add(size).is_none_or(|e| e > file_len) {
-                return Err(bad(&format!(
-                    "extends past the end of the file ({file_len} bytes)"
-                )));
-            }
-            prev_end = gpa + size;
-        }
+    /// Maps every region of `ram` read-only. `GuestRam` has already checked that its
+    /// descriptor is `O_RDONLY` and that the regions are disjoint and inside the file.
+    pub fn map(ram: &GuestRam) -> Result<LiveMemory> {
+        let file = ram.file();
+        let sorted = ram.regions();
         let mut backings = Vec::with_capacity(sorted.len());
         let mut specs = Vec::with_capacity(sorted.len());
-        for &(gpa, size, off) in &sorted {
+        for &RamRegion {
+            gpa,
+            size,
+            file_offset: off,
+        } in sorted
+        {
             let m = map_readonly(file, off, size).map_err(|e| Error::Map {
                 size,
                 offset: off,
@@ -334,7 +310,7 @@ impl LiveMemory {
             });
             backings.push(Backing::Map(m));
         }
-        let size: u64 = sorted.iter().map(|r| r.1).sum();
+        let size = ram.size();
         Ok(LiveMemory {
             map: SegmentMap::new(backings, specs, format!("live guest RAM ({})", human(size))),
         })
@@ -568,16 +544,23 @@ mod tests {
         bytes[4096] = 0xaa;
         bytes[2 * 4096 + 5] = 0xbb;
         std::fs::write(&path, &bytes).unwrap();
-        let file = File::open(&path).unwrap(); // O_RDONLY
-        let live = LiveMemory::map(&file, &[(0, 8192, 0), (1 << 32, 4096, 8192)]).unwrap();
+        let ram = |regions: &[(u64, u64, u64)]| {
+            let file = File::open(&path).unwrap(); // O_RDONLY
+            let regions = regions
+                .iter()
+                .map(|&(gpa, size, off)| RamRegion::new(gpa, size, off))
+                .collect();
+            GuestRam::new(file, regions)
+        };
+        let live = LiveMemory::map(&ram(&[(0, 8192, 0), (1 << 32, 4096, 8192)]).unwrap()).unwrap();
         assert_eq!(live.slice(4096, 1), Some(&[0xaa][..]));
         assert_eq!(live.slice((1 << 32) + 5, 1), Some(&[0xbb][..]));
         assert!(live.read(8192, &mut [0u8; 1]).is_err());
         assert_eq!(live.ranges().len(), 2);
         // Past the end of the file, overlapping, overflowing: refused.
-        assert!(LiveMemory::map(&file, &[(0, 4 * 4096, 0)]).is_err());
-        assert!(LiveMemory::map(&file, &[(0, 4096, 0), (2048, 4096, 4096)]).is_err());
-        assert!(LiveMemory::map(&file, &[(u64::MAX, 4096, 0)]).is_err());
+        assert!(ram(&[(0, 4 * 4096, 0)]).is_err());
+        assert!(ram(&[(0, 4096, 0), (2048, 4096, 4096)]).is_err());
+        assert!(ram(&[(u64::MAX, 4096, 0)]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ambulance_abi::boot::KERNEL_VIRT_BASE;
-use ambulance_vmm::{Event, EventKind, GuestConfig, Vmm};
+use ambulance_vmm::{EventKind, GuestConfig, Vmm, VmmEvent};
 use crossbeam_channel::Receiver;
 
 /// Physical address of the test kernels' code.
@@ -267,11 +267,11 @@ pub fn config(name: &str, kernel: Arc<[u8]>) -> GuestConfig {
 /// Waits for the first event of `guest` that `pred` accepts; panics (listing what did
 /// arrive) after `timeout`.
 pub fn wait_for(
-    rx: &Receiver<Event>,
+    rx: &Receiver<VmmEvent>,
     guest: u64,
     timeout: Duration,
     mut pred: impl FnMut(&EventKind) -> bool,
-) -> Event {
+) -> VmmEvent {
     let deadline = Instant::now() + timeout;
     let mut seen = Vec::new();
     loop {
@@ -285,7 +285,7 @@ pub fn wait_for(
 }
 
 /// All events of `guest` that arrive within `window`.
-pub fn collect(rx: &Receiver<Event>, guest: u64, window: Duration) -> Vec<Event> {
+pub fn collect(rx: &Receiver<VmmEvent>, guest: u64, window: Duration) -> Vec<VmmEvent> {
     let deadline = Instant::now() + window;
     let mut out = Vec::new();
     while let Ok(e) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {

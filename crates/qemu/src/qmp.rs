@@ -18,9 +18,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -277,7 +278,7 @@ async fn read_loop(
         let waiter = msg
             .get("id")
             .and_then(Value::as_u64)
-            .and_then(|id| lock(&shared.pending).remove(&id));
+            .and_then(|id| shared.pending.lock().remove(&id));
         match waiter {
             Some((_, tx)) => {
                 let _ = tx.send(reply);
@@ -287,13 +288,9 @@ async fn read_loop(
             }
         }
     }
-    *lock(&shared.closed) = true;
+    *shared.closed.lock() = true;
     // Dropping the senders wakes every waiting command with `Closed`.
-    lock(&shared.pending).clear();
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    shared.pending.lock().clear();
 }
 
 impl Qmp {
@@ -412,7 +409,7 @@ impl Qmp {
 
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
-        *lock(&self.inner.shared.closed)
+        *self.inner.shared.closed.lock()
     }
 
     /// Runs `command` with `arguments` (`Value::Null` or an object) and returns its
@@ -433,13 +430,17 @@ impl Qmp {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
-            if *lock(&self.inner.shared.closed) {
+            if *self.inner.shared.closed.lock() {
                 return Err(Error::Closed {
                     socket: socket(),
                     command: Some(command.to_string()),
                 });
             }
-            lock(&self.inner.shared.pending).insert(id, (command.to_string(), tx));
+            self.inner
+                .shared
+                .pending
+                .lock()
+                .insert(id, (command.to_string(), tx));
         }
         let mut msg = Map::new();
         msg.insert("execute".into(), json!(command));
@@ -450,7 +451,7 @@ impl Qmp {
                 msg.insert("arguments".into(), a);
             }
             other => {
-                lock(&self.inner.shared.pending).remove(&id);
+                self.inner.shared.pending.lock().remove(&id);
                 return Err(Error::Reply {
                     socket: socket(),
                     command: command.to_string(),
@@ -475,7 +476,7 @@ impl Qmp {
             })
         };
         let outcome = tokio::time::timeout(timeout, exchange).await;
-        lock(&self.inner.shared.pending).remove(&id);
+        self.inner.shared.pending.lock().remove(&id);
         match outcome {
             Err(_) => Err(Error::Timeout {
                 socket: socket(),

@@ -1,8 +1,8 @@
 //! Counters behind `GET /metrics` (Prometheus text format).
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bounds of the diagnosis duration histogram, in seconds.
@@ -27,18 +27,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// A guest failed with `cause`.
     pub fn failure(&self, cause: &str) {
-        *self.lock().failures.entry(cause.to_string()).or_default() += 1;
+        *self
+            .inner
+            .lock()
+            .failures
+            .entry(cause.to_string())
+            .or_default() += 1;
     }
 
     /// A diagnosis ended (with or without a report) after `d`.
     pub fn diagnosis(&self, d: Duration, ok: bool) {
-        let mut m = self.lock();
+        let mut m = self.inner.lock();
         let s = d.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
             if s <= *b {
@@ -54,7 +55,7 @@ impl Metrics {
 
     /// A webhook was given up.
     pub fn alert_failed(&self) {
-        self.lock().alerts_failed += 1;
+        self.inner.lock().alerts_failed += 1;
     }
 
     /// The Prometheus text exposition.
@@ -63,7 +64,7 @@ impl Metrics {
         guests_by_state: &BTreeMap<&'static str, u64>,
         reports_stored: u64,
     ) -> String {
-        let m = self.lock();
+        let m = self.inner.lock();
         let mut out = String::new();
         let _ = writeln!(out, "# HELP ambulance_guests Supervised guests by state.");
         let _ = writeln!(out, "# TYPE ambulance_guests gauge");

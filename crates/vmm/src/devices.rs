@@ -111,11 +111,7 @@ pub(crate) fn port_out(
 ) -> Action {
     match port {
         ports::CONSOLE => {
-            let lines = inst
-                .console
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(data);
+            let lines = inst.console.lock().push(data);
             inst.console_lines(lines);
         }
         ports::REGISTER_LO => *register_lo = value(data),
@@ -167,7 +163,7 @@ pub(crate) fn port_in(inst: &Instance, vcpu: u32, port: u16, data: &mut [u8]) {
     match port {
         ports::CONSOLE_LSR => data.fill(ports::CONSOLE_LSR_IDLE),
         ports::REGISTER_HI => {
-            let status = inst.reg.lock().unwrap_or_else(|e| e.into_inner()).status as u32;
+            let status = inst.reg.lock().status as u32;
             for (d, s) in data.iter_mut().zip(status.to_le_bytes().iter().cycle()) {
                 *d = *s;
             }
@@ -241,7 +237,7 @@ fn register(inst: &Instance, vcpu: u32, gpa: u64) {
                 "descriptor registered"
             );
             {
-                let mut st = inst.reg.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = inst.reg.lock();
                 st.latest = Some(reg);
                 st.status = RegistrationStatus::Accepted;
                 st.seq += 1;
@@ -265,7 +261,7 @@ fn register(inst: &Instance, vcpu: u32, gpa: u64) {
                 %reason,
                 "descriptor registration refused"
             );
-            inst.reg.lock().unwrap_or_else(|e| e.into_inner()).status = RegistrationStatus::Refused;
+            inst.reg.lock().status = RegistrationStatus::Refused;
             ctx.emit(
                 inst.generation,
                 EventKind::RegistrationRefused { gpa, reason },

@@ -3,7 +3,9 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,10 +32,6 @@ pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 const REKICK_INTERVAL: Duration = Duration::from_millis(20);
 /// Where KVM may put its real-mode TSS (Intel); inside the 32-bit MMIO hole, never RAM.
 const TSS_ADDRESS: usize = 0xfffb_d000;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What does not change across generations.
 pub(crate) struct GuestCtx {
@@ -221,7 +219,7 @@ impl Instance {
                 format!("g{}v{}", ctx.id, index),
                 Box::new(move || crate::vcpu::run(i, index as u32, vcpu)),
             ) {
-                Ok(h) => lock(&inst.threads).push(h),
+                Ok(h) => inst.threads.lock().push(h),
                 Err(e) => {
                     inst.shutdown();
                     return Err(e);
@@ -234,7 +232,7 @@ impl Instance {
                 format!("g{}watchdog", ctx.id),
                 Box::new(move || crate::watchdog::run(i)),
             ) {
-                Ok(h) => lock(&inst.threads).push(h),
+                Ok(h) => inst.threads.lock().push(h),
                 Err(e) => {
                     inst.shutdown();
                     return Err(e);
@@ -323,7 +321,7 @@ impl Instance {
     /// Records a failure: the first of this generation freezes the guest and is reported
     /// once every vCPU has stopped. Returns whether this was the first.
     pub(crate) fn fail(&self, cause: FailureCause, vcpu: Option<u32>, detail: String) -> bool {
-        let mut ctl = lock(&self.ctl);
+        let mut ctl = self.ctl.lock();
         if ctl.failed || ctl.mode == Mode::Stopping {
             tracing::debug!(
                 guest = self.ctx.id,
@@ -372,17 +370,13 @@ impl Instance {
                 self.kick_all(&ctl);
                 last_kick = now;
             }
-            ctl = self
-                .cv
-                .wait_timeout(ctl, REKICK_INTERVAL)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            self.cv.wait_for(&mut ctl, REKICK_INTERVAL);
         }
         Ok(ctl)
     }
 
     pub(crate) fn freeze(&self) -> Result<FrozenState> {
-        let mut ctl = lock(&self.ctl);
+        let mut ctl = self.ctl.lock();
         if ctl.mode == Mode::Stopping {
             return Err(Error::Stopped {
                 guest: self.ctx.name().to_string(),
@@ -397,7 +391,7 @@ impl Instance {
     }
 
     pub(crate) fn resume(&self) -> Result<()> {
-        let ctl = lock(&self.ctl);
+        let ctl = self.ctl.lock();
         match ctl.mode {
             Mode::Stopping => Err(Error::Stopped {
                 guest: self.ctx.name().to_string(),
@@ -418,11 +412,11 @@ impl Instance {
     }
 
     pub(crate) fn frozen_state(&self) -> Option<FrozenState> {
-        lock(&self.ctl).frozen.clone()
+        self.ctl.lock().frozen.clone()
     }
 
     pub(crate) fn state(&self) -> GuestState {
-        match lock(&self.ctl).mode {
+        match self.ctl.lock().mode {
             Mode::Running => GuestState::Running,
             Mode::Paused => GuestState::Frozen,
             Mode::Stopping => GuestState::Stopped,
@@ -431,7 +425,7 @@ impl Instance {
 
     /// `(running and not failed, run epoch)`, for the watchdog.
     pub(crate) fn watch_status(&self) -> (bool, u64, bool) {
-        let ctl = lock(&self.ctl);
+        let ctl = self.ctl.lock();
         (
             ctl.mode == Mode::Running && !ctl.failed,
             ctl.run_epoch,
@@ -442,7 +436,7 @@ impl Instance {
     /// Stops every thread of this generation and waits for them.
     pub(crate) fn shutdown(&self) {
         {
-            let mut ctl = lock(&self.ctl);
+            let mut ctl = self.ctl.lock();
             if ctl.mode != Mode::Stopping {
                 ctl.mode = Mode::Stopping;
                 ctl.pending = None;
@@ -451,7 +445,7 @@ impl Instance {
                 self.cv.notify_all();
             }
         }
-        let threads = std::mem::take(&mut *lock(&self.threads));
+        let threads = std::mem::take(&mut *self.threads.lock());
         for t in threads {
             let name = t.thread().name().unwrap_or("?").to_string();
             if t.join().is_err() {
@@ -465,12 +459,12 @@ impl Instance {
     pub(crate) fn vcpu_started(&self, index: u32) {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        lock(&self.ctl).threads[index as usize] = Some(me);
+        self.ctl.lock().threads[index as usize] = Some(me);
     }
 
     /// Called by a vCPU thread just before it returns.
     pub(crate) fn vcpu_exited(&self, index: u32) {
-        let mut ctl = lock(&self.ctl);
+        let mut ctl = self.ctl.lock();
         ctl.threads[index as usize] = None;
         ctl.exited[index as usize] = true;
         ctl.parked[index as usize] = None;
@@ -484,7 +478,7 @@ impl Instance {
     pub(crate) fn park(&self, index: u32, vcpu: &VcpuFd, activity: VcpuActivity) -> Flow {
         let state = capture(index, vcpu, activity);
         let i = index as usize;
-        let mut ctl = lock(&self.ctl);
+        let mut ctl = self.ctl.lock();
         ctl.parked[i] = Some(state);
         self.maybe_complete(&mut ctl);
         loop {
@@ -496,7 +490,7 @@ impl Instance {
                 ctl.parked[i] = None;
                 return Flow::Continue;
             }
-            ctl = self.cv.wait(ctl).unwrap_or_else(|e| e.into_inner());
+            self.cv.wait(&mut ctl);
         }
     }
 
@@ -506,7 +500,7 @@ impl Instance {
             return;
         }
         {
-            let mut log = lock(&self.ctx.console_log);
+            let mut log = self.ctx.console_log.lock();
             for l in &lines {
                 if log.len() == CONSOLE_LOG_LINES {
                     log.pop_front();
@@ -522,7 +516,7 @@ impl Instance {
 
     /// Reports a partial console line (before a failure report or at stop).
     fn flush_console(&self) {
-        let line = lock(&self.console).flush();
+        let line = self.console.lock().flush();
         if let Some(line) = line {
             self.console_lines(vec![line]);
         }
@@ -566,7 +560,7 @@ struct GuestInner {
 
 impl Drop for GuestInner {
     fn drop(&mut self) {
-        let instance = lock(&self.slot).instance.take();
+        let instance = self.slot.lock().instance.take();
         if let Some(i) = instance {
             i.shutdown();
         }
@@ -605,7 +599,9 @@ impl Guest {
     }
 
     fn instance(&self) -> Result<Arc<Instance>> {
-        lock(&self.inner.slot)
+        self.inner
+            .slot
+            .lock()
             .instance
             .clone()
             .ok_or_else(|| Error::Stopped {
@@ -630,7 +626,7 @@ impl Guest {
 
     /// The generation: 0 at start, bumped by every successful restart.
     pub fn generation(&self) -> u32 {
-        lock(&self.inner.slot).generation
+        self.inner.slot.lock().generation
     }
 
     /// Running, frozen or stopped.
@@ -671,7 +667,7 @@ impl Guest {
     /// Stops all threads of the guest and frees its VM. Memory exported earlier stays
     /// readable. Idempotent.
     pub fn destroy(&self) {
-        let instance = lock(&self.inner.slot).instance.take();
+        let instance = self.inner.slot.lock().instance.take();
         if let Some(i) = instance {
             i.shutdown();
             tracing::info!(guest = self.id(), name = %self.name(), "guest destroyed");
@@ -682,7 +678,7 @@ impl Guest {
     /// RAM (a new memfd), a new VM, the kernel loaded again. Same id; the generation is
     /// bumped. If the new generation cannot be built the guest is left stopped.
     pub fn restart(&self) -> Result<()> {
-        let mut slot = lock(&self.inner.slot);
+        let mut slot = self.inner.slot.lock();
         if let Some(old) = slot.instance.take() {
             old.shutdown();
         }
@@ -700,13 +696,13 @@ impl Guest {
 
     /// The latest accepted registration of this generation: the host's copy.
     pub fn registration(&self) -> Option<AcceptedDescriptor> {
-        lock(&self.instance().ok()?.reg).latest.clone()
+        self.instance().ok()?.reg.lock().latest.clone()
     }
 
     /// The status a guest reads back from the registration doorbell.
     pub fn registration_status(&self) -> RegistrationStatus {
         match self.instance() {
-            Ok(i) => lock(&i.reg).status,
+            Ok(i) => i.reg.lock().status,
             Err(_) => RegistrationStatus::None,
         }
     }
@@ -714,7 +710,7 @@ impl Guest {
     /// The heartbeat counter the guest registered, read now.
     pub fn heartbeat(&self) -> Option<u64> {
         let i = self.instance().ok()?;
-        let gpa = lock(&i.reg).latest.as_ref()?.descriptor.heartbeat_gpa;
+        let gpa = i.reg.lock().latest.as_ref()?.descriptor.heartbeat_gpa;
         i.ram.load_u64(gpa)
     }
 
@@ -733,6 +729,6 @@ impl Guest {
     /// Console lines so far, all generations, oldest first (the last
     /// [`CONSOLE_LOG_LINES`] are kept).
     pub fn console_lines(&self) -> Vec<String> {
-        lock(&self.inner.ctx.console_log).iter().cloned().collect()
+        self.inner.ctx.console_log.lock().iter().cloned().collect()
     }
 }

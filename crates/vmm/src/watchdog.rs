@@ -56,7 +56,7 @@ pub(crate) fn run(inst: Arc<Instance>) {
             continue;
         }
         let (gpa, seq) = {
-            let reg = inst.reg.lock().unwrap_or_else(|e| e.into_inner());
+            let reg = inst.reg.lock();
             match &reg.latest {
                 Some(r) => (r.descriptor.heartbeat_gpa, reg.seq),
                 None => {

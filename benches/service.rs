@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use ambulance_capture::vmm::freeze_and_capture;
 use ambulance_report::ReportDir;
-use ambulance_service::{Config, Service};
+use ambulance_service::{Service, ServiceConfig};
 use ambulance_vmm::Guest;
 use criterion::Criterion;
 
-fn config(dir: &Path, guests: &[(&str, &str)]) -> Config {
+fn config(dir: &Path, guests: &[(&str, &str)]) -> ServiceConfig {
     let mut toml = String::new();
     for (name, memory) in guests {
         toml += &format!(
@@ -27,7 +27,7 @@ fn config(dir: &Path, guests: &[(&str, &str)]) -> Config {
         );
     }
     let kernels = ambulance_cli::kernels::builtin().expect("built-in kernels");
-    let mut cfg = Config::parse(&toml, "<bench>", &kernels).expect("bench config");
+    let mut cfg = ServiceConfig::parse(&toml, "<bench>", &kernels).expect("bench config");
     cfg.data_dir = dir.to_path_buf();
     cfg.api.socket = dir.join("api.sock");
     cfg.worker.executable = Some(env!("CARGO_BIN_EXE_ambulance").into());

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use ambulance_service::store::Status;
-use ambulance_service::{Config, Notice, Service};
+use ambulance_service::{Notice, Service, ServiceConfig};
 use ambulance_vmm::EventKind;
 use clap::Args;
 use tokio::sync::broadcast::error::RecvError;
@@ -38,7 +38,7 @@ const VICTIM: usize = 1;
 
 /// The demo's service configuration: three test guests (2 vCPUs, 64 MiB); the victim is
 /// held frozen after its diagnosis (with an ELF core), the others restart on failure.
-fn config(args: &DemoArgs, data_dir: &Path) -> Result<Config, CliError> {
+fn config(args: &DemoArgs, data_dir: &Path) -> Result<ServiceConfig, CliError> {
     let mut toml = String::new();
     for (i, name) in NAMES.iter().enumerate() {
         let (cmdline, policy, core) = if i == VICTIM {
@@ -59,7 +59,7 @@ fn config(args: &DemoArgs, data_dir: &Path) -> Result<Config, CliError> {
              policy = \"{policy}\"\ncore = {core}\n\n"
         );
     }
-    let mut cfg = Config::parse(&toml, "<demo>", &crate::kernels::builtin()?)?;
+    let mut cfg = ServiceConfig::parse(&toml, "<demo>", &crate::kernels::builtin()?)?;
     cfg.data_dir = data_dir.to_path_buf();
     cfg.api.socket = ambulance_service::config::socket_in(data_dir);
     Ok(cfg)
@@ -85,7 +85,7 @@ pub fn demo(args: DemoArgs) -> Result<(), CliError> {
     rt.block_on(run_demo(args, cfg))
 }
 
-async fn run_demo(args: DemoArgs, cfg: Config) -> Result<(), CliError> {
+async fn run_demo(args: DemoArgs, cfg: ServiceConfig) -> Result<(), CliError> {
     let data_dir = cfg.data_dir.clone();
     let svc = Service::new(cfg)?;
     let mut notices = svc.subscribe();

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use ambulance_service::Config;
+use ambulance_service::ServiceConfig;
 use clap::Args;
 
 use crate::CliError;
@@ -35,8 +35,8 @@ pub struct WorkerArgs {
 /// Runs `ambulance serve`.
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let config = match &args.config {
-        Some(path) => Config::load(path, &crate::kernels::builtin()?)?,
-        None => Config::defaults(),
+        Some(path) => ServiceConfig::load(path, &crate::kernels::builtin()?)?,
+        None => ServiceConfig::defaults(),
     };
     if args.check {
         println!(

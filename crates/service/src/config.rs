@@ -479,7 +479,7 @@ pub struct AlertConfig {
 
 /// The checked configuration.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub struct ServiceConfig {
     /// Where the file came from (`<embedded defaults>` without one).
     pub source: String,
     /// Reports, index, socket.
@@ -521,22 +521,22 @@ pub fn default_socket() -> PathBuf {
 /// Longest Unix socket path (sun_path holds 108 bytes with the NUL).
 const SOCKET_PATH_MAX: usize = 107;
 
-impl Config {
+impl ServiceConfig {
     /// The embedded defaults: default data directory, Unix socket API, no guests.
-    pub fn defaults() -> Config {
-        Config::parse("", "<embedded defaults>", &BuiltinKernels::none())
+    pub fn defaults() -> ServiceConfig {
+        ServiceConfig::parse("", "<embedded defaults>", &BuiltinKernels::none())
             .expect("the embedded defaults are valid")
     }
 
     /// Reads and checks a configuration file; `kernels` are the kernel names it may use
     /// besides paths.
-    pub fn load(path: &Path, kernels: &BuiltinKernels) -> Result<Config> {
+    pub fn load(path: &Path, kernels: &BuiltinKernels) -> Result<ServiceConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| ServiceError::Config {
             file: path.display().to_string(),
             key: "(the file)".into(),
             reason: format!("cannot read it: {e}"),
         })?;
-        let mut cfg = Config::parse(&text, &path.display().to_string(), kernels)?;
+        let mut cfg = ServiceConfig::parse(&text, &path.display().to_string(), kernels)?;
         // Relative paths in the file are relative to the file.
         let base = path.parent().unwrap_or(Path::new("."));
         let rebase = |p: &mut PathBuf| {
@@ -562,7 +562,7 @@ impl Config {
 
     /// Parses and checks configuration text; `file` names it in errors, `kernels` are
     /// the kernel names it may use besides paths.
-    pub fn parse(text: &str, file: &str, kernels: &BuiltinKernels) -> Result<Config> {
+    pub fn parse(text: &str, file: &str, kernels: &BuiltinKernels) -> Result<ServiceConfig> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(text, file, &e))?;
         let bad = |key: String, reason: String| ServiceError::Config {
             file: file.to_string(),
@@ -657,7 +657,7 @@ impl Config {
             }
             guests.push(spec);
         }
-        Ok(Config {
+        Ok(ServiceConfig {
             source: file.to_string(),
             data_dir,
             max_parallel_diagnoses,
@@ -965,8 +965,8 @@ mod tests {
         BuiltinKernels::none().with("test", ambulance_test_kernel::ELF_PATH)
     }
 
-    fn parse(text: &str) -> Result<Config> {
-        Config::parse(text, "a.toml", &kernels())
+    fn parse(text: &str) -> Result<ServiceConfig> {
+        ServiceConfig::parse(text, "a.toml", &kernels())
     }
 
     fn err(text: &str) -> String {
@@ -975,7 +975,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let c = Config::defaults();
+        let c = ServiceConfig::defaults();
         assert!(c.guests.is_empty());
         assert_eq!(c.api.socket, socket_in(&c.data_dir));
         assert!(c.api.tcp.is_none());

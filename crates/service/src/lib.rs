@@ -25,7 +25,7 @@ pub mod worker;
 
 use std::path::Path;
 
-pub use config::Config;
+pub use config::ServiceConfig;
 pub use error::{Result, ServiceError};
 pub use supervisor::{Notice, Service};
 
@@ -62,7 +62,7 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener> {
 
 /// Runs the daemon until SIGINT or SIGTERM: the service, its Unix socket API and, when
 /// configured, its TCP API.
-pub async fn serve(config: Config) -> Result<()> {
+pub async fn serve(config: ServiceConfig) -> Result<()> {
     let socket = config.api.socket.clone();
     let tcp = config.api.tcp;
     let token = config.api.bearer_token.clone();

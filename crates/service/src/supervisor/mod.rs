@@ -31,7 +31,7 @@ use tokio::sync::{broadcast, mpsc, Semaphore};
 
 use crate::alerts::{self, Alert};
 pub use crate::config::ImageKind;
-use crate::config::{Config, Kind};
+use crate::config::{Kind, ServiceConfig};
 use crate::error::{Result, ServiceError};
 use crate::metrics::Metrics;
 use crate::store::{IndexEntry, Reconciled, Store};
@@ -57,7 +57,7 @@ pub enum Notice {
 
 /// The running service.
 pub struct Service {
-    config: Config,
+    config: ServiceConfig,
     vmm: Option<Vmm>,
     store: Store,
     slots: Mutex<BTreeMap<String, Slot>>,
@@ -74,7 +74,7 @@ pub struct Service {
 impl Service {
     /// Opens the store, the VMM and the alert dispatcher. Guests are booted by
     /// [`Service::run`]. Must be called inside a tokio runtime.
-    pub fn new(config: Config) -> Result<Arc<Service>> {
+    pub fn new(config: ServiceConfig) -> Result<Arc<Service>> {
         let (store, reconciled) = Store::open(&config.data_dir)?;
         let vmm_guests = config.guests.iter().any(|g| g.kind() == Kind::Vmm);
         let vmm = match Vmm::new() {
@@ -120,7 +120,7 @@ impl Service {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &ServiceConfig {
         &self.config
     }
 

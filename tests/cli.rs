@@ -1,7 +1,6 @@
 //! The `ambulance` binary as operators use it: `run --json` prints one JSON object per
 //! line, `demo` works on embedded defaults, and bad arguments get clear errors.
 
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -11,11 +10,7 @@ fn ambulance() -> Command {
 }
 
 fn have_kvm() -> bool {
-    let ok = Path::new("/dev/kvm").exists();
-    if !ok {
-        eprintln!("SKIPPED (no /dev/kvm)");
-    }
-    ok
+    ambulance_testkit::kvm()
 }
 
 fn json_lines(stdout: &[u8]) -> Vec<Value> {

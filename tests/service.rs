@@ -20,11 +20,7 @@ use serde_json::Value;
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn have_kvm() -> bool {
-    let ok = Path::new("/dev/kvm").exists();
-    if !ok {
-        eprintln!("SKIPPED (no /dev/kvm)");
-    }
-    ok
+    ambulance_testkit::kvm()
 }
 
 /// A running `ambulance serve`, killed when dropped.

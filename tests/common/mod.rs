@@ -13,8 +13,7 @@ use crossbeam_channel::Receiver;
 
 /// A VMM, or `None` after printing a loud skip line when this machine has no KVM.
 pub fn vmm() -> Option<Vmm> {
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED (no /dev/kvm)");
+    if !ambulance_testkit::kvm() {
         return None;
     }
     Some(Vmm::new().expect("/dev/kvm exists but the VMM cannot use it"))

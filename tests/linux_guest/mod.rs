@@ -15,25 +15,7 @@ use serde_json::{json, Value};
 /// Builds (or finds in the cache) the Linux fixture; its directory. With `dbg`, the
 /// matching `-dbg` vmlinux (DWARF) is fetched too, as `vmlinux` in that directory.
 pub fn fixture(dbg: bool) -> PathBuf {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/linux/build.sh");
-    let mut cmd = Command::new("bash");
-    cmd.arg(script);
-    if dbg {
-        cmd.arg("--dbg");
-    }
-    let out = cmd.output().expect("bash runs");
-    assert!(
-        out.status.success(),
-        "fixtures/linux/build.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .expect("build.sh prints the fixture directory")
-            .trim(),
-    )
+    ambulance_testkit::linux_fixture(dbg)
 }
 
 /// A runtime for the async QMP client ([`ambulance_qemu::Qmp`]) in synchronous tests.

@@ -1419,16 +1419,11 @@ mod tests {
         }
     }
 
-    const VMLINUX: &str = ".cache/ambulance/fixtures/linux/6.1.0-56-cloud-amd64/vmlinux";
-
-    /// The Debian kernel's BTF against its DWARF.
+    /// The Debian kernel's BTF against its DWARF (the `-dbg` vmlinux of the Linux guest
+    /// fixture, built on first use).
     #[test]
     fn debian_vmlinux_btf_matches_dwarf() {
-        let path = std::path::Path::new(&std::env::var("HOME").unwrap_or_default()).join(VMLINUX);
-        if !path.exists() {
-            println!("SKIPPED (no Debian vmlinux fixture)");
-            return;
-        }
+        let path = ambulance_testkit::linux_fixture(true).join("vmlinux");
         let di = crate::debuginfo::DebugInfo::open(&path).unwrap();
         let bytes = di.elf_bytes();
         let elf = crate::symbols::parse_elf(bytes, "vmlinux").unwrap();

@@ -2,7 +2,6 @@
 //! use, a minimal ELF64 writer, and event waiting.
 #![allow(dead_code)]
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +21,7 @@ pub const fn kva(pa: u64) -> u64 {
 
 /// A `Vmm`, or `None` (with a loud line on stderr) when this machine has no KVM.
 pub fn vmm() -> Option<Vmm> {
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED (no /dev/kvm)");
+    if !ambulance_testkit::kvm() {
         return None;
     }
     Some(Vmm::new().expect("/dev/kvm exists but the VMM cannot use it"))

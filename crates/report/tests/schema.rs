@@ -214,3 +214,46 @@ fn text_puts_the_worst_findings_first_and_ends_with_the_log() {
         "{text}"
     );
 }
+
+/// A report written by hand, as a consumer of the format would: it validates against the
+/// published schema file (not the one generated from the code), parses into the types,
+/// and serializes back to the same document — so neither the schema nor the code can
+/// drift from what the format promises without this test saying so.
+#[test]
+fn the_hand_written_golden_report_matches_schema_and_code() {
+    let golden: serde_json::Value = serde_json::from_str(include_str!("golden/report-v1.json"))
+        .expect("the golden report is JSON");
+    let published: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(SCHEMA_FILE).unwrap()).unwrap();
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&published)
+        .unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&golden)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let report = Report::from_json(&golden.to_string()).expect("the code reads it");
+    assert_eq!(report.id.as_str(), "20261122T062315Z-web-0a1b2c3d");
+    assert_eq!(report.failure.time.to_string(), "2026-11-22T06:23:15.139Z");
+    let back: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(
+        back, golden,
+        "the code writes the golden document back unchanged"
+    );
+    // And the schema refuses what the format forbids.
+    for (pointer, bad) in [
+        ("/id", serde_json::json!("../../etc/passwd")),
+        ("/failure/time", serde_json::json!("yesterday")),
+        ("/vcpus/0/rip", serde_json::json!("0XFFFF")),
+    ] {
+        let mut doc = golden.clone();
+        *doc.pointer_mut(pointer).unwrap() = bad;
+        assert!(
+            !validator.is_valid(&doc),
+            "the schema accepts a bad {pointer}"
+        );
+        assert!(Report::from_json(&doc.to_string()).is_err(), "{pointer}");
+    }
+}

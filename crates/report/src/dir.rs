@@ -57,10 +57,16 @@ pub struct ReportDir {
 pub const TEMP_SUFFIX: &str = ".tmp";
 
 impl ReportDir {
-    /// The directory `dir`, created if missing.
+    /// The directory `dir`, created (private to its owner: reports and cores hold guest
+    /// memory) if missing.
     pub fn open(dir: impl Into<PathBuf>) -> Result<ReportDir, Error> {
+        use std::os::unix::fs::DirBuilderExt;
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io("create", &dir, e))?;
         Ok(ReportDir { dir })
     }
 

@@ -29,10 +29,11 @@ pub use config::ServiceConfig;
 pub use error::{Result, ServiceError};
 pub use supervisor::{Notice, Service};
 
-/// Binds the Unix socket at `path` with mode 0600, replacing a stale socket file but
-/// refusing to steal one another daemon is listening on.
+/// Binds the Unix socket at `path` with mode 0600 from its creation (no window in which
+/// it is more open), replacing a stale socket file but refusing to steal one another
+/// daemon is listening on.
 fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(ServiceError::Invalid(format!(
@@ -49,12 +50,20 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener> {
         std::fs::remove_file(path)
             .map_err(|e| ServiceError::io("cannot remove stale socket", path, e))?;
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|e| ServiceError::io("cannot create directory", dir, e))?;
     }
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| ServiceError::io("cannot listen on", path, e))?;
+    // The umask is the process's: while it is narrowed, files other threads create are
+    // at most 0600 too — stricter, never looser — and it is restored at once.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(|e| ServiceError::io("cannot listen on", path, e))?;
+    // Belt and braces: a umask cannot widen, but say what the mode is.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| ServiceError::io("cannot restrict the permissions of", path, e))?;
     Ok(listener)
@@ -107,4 +116,29 @@ pub async fn serve(config: ServiceConfig) -> Result<()> {
     svc.shutdown();
     let _ = std::fs::remove_file(&socket);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_socket_and_the_data_directory_are_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("state/ambulance");
+        let (_store, _) = crate::store::Store::open(&data).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("reports")), 0o700);
+        let sock = tmp.path().join("run/api.sock");
+        let _l = super::bind_unix(&sock).unwrap();
+        assert_eq!(mode(&sock), 0o600);
+        assert_eq!(mode(sock.parent().unwrap()), 0o700);
+        // A second daemon on the same socket is refused.
+        let e = super::bind_unix(&sock).unwrap_err().to_string();
+        assert!(e.contains("another daemon"), "{e}");
+    }
 }

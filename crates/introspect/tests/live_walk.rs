@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use ambulance_abi::boot::KERNEL_VIRT_BASE;
 use ambulance_abi::descriptor::{root_flags, Descriptor, Root, RootKind};
-use ambulance_introspect::memory::{CpuRegs, ElfCore, LiveMemory, PhysRange, RawImage};
+use ambulance_elfcore::{CoreInput, PrStatus, RamRange, UserRegs};
+use ambulance_introspect::memory::{ElfCore, LiveMemory, PhysRange, RawImage};
 use ambulance_introspect::program::Program;
 use ambulance_introspect::translate::Paging;
 use ambulance_introspect::walk::{
@@ -262,8 +263,8 @@ fn walks_a_frozen_test_kernel_live_from_a_raw_image_and_from_an_elf_core() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Writes a minimal ELF core of the guest: one `PT_NOTE` (an `NT_PRSTATUS` per vCPU and
-/// the VMCOREINFO text) and one `PT_LOAD` per RAM range, addressed by `p_paddr`.
+/// Writes an ELF core of the guest with `ambulance_elfcore`: an `NT_PRSTATUS` per vCPU,
+/// the VMCOREINFO text, and its RAM addressed by `p_paddr`.
 fn write_core(
     path: &Path,
     prog: &Program,
@@ -271,101 +272,59 @@ fn write_core(
     frozen: &FrozenState,
     vmcoreinfo: &str,
 ) {
-    fn note(out: &mut Vec<u8>, name: &str, ty: u32, desc: &[u8]) {
-        let mut n = name.as_bytes().to_vec();
-        n.push(0);
-        out.extend_from_slice(&(n.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(desc.len() as u32).to_le_bytes());
-        out.extend_from_slice(&ty.to_le_bytes());
-        n.resize(n.len().next_multiple_of(4), 0);
-        out.extend_from_slice(&n);
-        out.extend_from_slice(desc);
-        out.resize(out.len().next_multiple_of(4), 0);
-    }
-    let mut notes = Vec::new();
-    for v in &frozen.vcpus {
-        let r = &v.regs;
-        let regs = CpuRegs {
-            r15: r.r15,
-            r14: r.r14,
-            r13: r.r13,
-            r12: r.r12,
-            rbp: r.rbp,
-            rbx: r.rbx,
-            r11: r.r11,
-            r10: r.r10,
-            r9: r.r9,
-            r8: r.r8,
-            rax: r.rax,
-            rcx: r.rcx,
-            rdx: r.rdx,
-            rsi: r.rsi,
-            rdi: r.rdi,
-            rip: r.rip,
-            eflags: r.rflags,
-            rsp: r.rsp,
-            cs: v.sregs.cs.selector as u64,
-            ss: v.sregs.ss.selector as u64,
-            fs_base: v.sregs.fs.base,
-            gs_base: v.sregs.gs.base,
-            ..Default::default()
-        };
-        let mut desc = vec![0u8; ambulance_introspect::memory::PRSTATUS_SIZE];
-        desc[32..36].copy_from_slice(&(v.index as i32 + 1).to_le_bytes());
-        for (i, w) in regs.to_array().iter().enumerate() {
-            let at = ambulance_introspect::memory::PR_REG_OFFSET + i * 8;
-            desc[at..at + 8].copy_from_slice(&w.to_le_bytes());
-        }
-        note(
-            &mut notes,
-            "CORE",
-            ambulance_introspect::memory::NT_PRSTATUS,
-            &desc,
-        );
-    }
-    note(&mut notes, "VMCOREINFO", 0, vmcoreinfo.as_bytes());
-
-    let phnum = 1 + ranges.len();
-    let mut head = vec![0u8; 64];
-    head[..4].copy_from_slice(b"\x7fELF");
-    head[4] = 2; // ELFCLASS64
-    head[5] = 1; // little-endian
-    head[6] = 1; // EV_CURRENT
-    head[16..18].copy_from_slice(&4u16.to_le_bytes()); // ET_CORE
-    head[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-    head[20..24].copy_from_slice(&1u32.to_le_bytes());
-    head[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
-    head[52..54].copy_from_slice(&64u16.to_le_bytes());
-    head[54..56].copy_from_slice(&56u16.to_le_bytes());
-    head[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
-    let mut offset = (64 + 56 * phnum) as u64;
-    let mut phdr = |ty: u32, off: u64, paddr: u64, size: u64| {
-        let mut p = [0u8; 56];
-        p[0..4].copy_from_slice(&ty.to_le_bytes());
-        p[8..16].copy_from_slice(&off.to_le_bytes());
-        p[24..32].copy_from_slice(&paddr.to_le_bytes());
-        p[32..40].copy_from_slice(&size.to_le_bytes());
-        p[40..48].copy_from_slice(&size.to_le_bytes());
-        head.extend_from_slice(&p);
+    let prstatus = frozen
+        .vcpus
+        .iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let r = &v.regs;
+            let regs = UserRegs {
+                r15: r.r15,
+                r14: r.r14,
+                r13: r.r13,
+                r12: r.r12,
+                rbp: r.rbp,
+                rbx: r.rbx,
+                r11: r.r11,
+                r10: r.r10,
+                r9: r.r9,
+                r8: r.r8,
+                rax: r.rax,
+                rcx: r.rcx,
+                rdx: r.rdx,
+                rsi: r.rsi,
+                rdi: r.rdi,
+                rip: r.rip,
+                eflags: r.rflags,
+                rsp: r.rsp,
+                cs: v.sregs.cs.selector as u64,
+                ss: v.sregs.ss.selector as u64,
+                fs_base: v.sregs.fs.base,
+                gs_base: v.sregs.gs.base,
+                ..Default::default()
+            };
+            PrStatus {
+                index,
+                pid: v.index as i32 + 1,
+                regs,
+            }
+        })
+        .collect();
+    let ram = ranges
+        .iter()
+        .map(|r| RamRange {
+            gpa: r.start,
+            bytes: prog
+                .memory()
+                .slice(r.start, r.size as usize)
+                .expect("live RAM is contiguous"),
+        })
+        .collect();
+    let input = CoreInput {
+        ram,
+        prstatus,
+        vmcoreinfo: Some(vmcoreinfo.to_string()),
+        ..Default::default()
     };
-    phdr(4, offset, 0, notes.len() as u64);
-    offset += notes.len() as u64;
-    for r in ranges {
-        phdr(1, offset, r.start, r.size);
-        offset += r.size;
-    }
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    f.write_all(&head).unwrap();
-    f.write_all(&notes).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    for r in ranges {
-        let mut at = 0;
-        while at < r.size {
-            let n = buf.len().min((r.size - at) as usize);
-            prog.memory().read(r.start + at, &mut buf[..n]).unwrap();
-            f.write_all(&buf[..n]).unwrap();
-            at += n as u64;
-        }
-    }
-    f.flush().unwrap();
+    ambulance_elfcore::write_core(path, &input).unwrap();
 }

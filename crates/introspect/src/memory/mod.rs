@@ -27,7 +27,8 @@ use std::path::Path;
 use ambulance_ram::{GuestRam, RamRegion};
 use memmap2::{Mmap, MmapOptions};
 
-pub use elfcore::{CpuRegs, ElfCore, Note, PrStatus, NT_PRSTATUS, PRSTATUS_SIZE, PR_REG_OFFSET};
+pub use ambulance_elfcore::{CoreNote, PrStatus, UserRegs};
+pub use elfcore::ElfCore;
 
 use crate::{Error, Result};
 

@@ -6,8 +6,9 @@
 //! [`Report`]. The same function serves a live guest (a read-only mapping of its RAM), an
 //! ELF core file ([`Subject::from_core`]) and tests.
 //!
-//! A core written by Ambulance carries the registration descriptor and the failure as
-//! notes, so an offline diagnosis of it finds what the live one found.
+//! A core written by Ambulance ([`core::write_core_file`]) carries the registration
+//! descriptor and the failure as notes, so an offline diagnosis of it finds what the live
+//! one found.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ambulance_abi::descriptor::{self, Descriptor, FLAG_LA57};
+use ambulance_elfcore::{
+    NOTE_NAME, NT_AMBULANCE_DESCRIPTOR, NT_AMBULANCE_DESCRIPTOR_GPA, NT_AMBULANCE_FAILURE,
+    NT_AMBULANCE_GUEST,
+};
 use ambulance_introspect::debuginfo::DebugInfo;
 use ambulance_introspect::memory::{ElfCore, LiveMemory, PhysicalMemory};
 use ambulance_introspect::program::Program;
@@ -36,11 +41,6 @@ use serde::{Deserialize, Serialize};
 /// Linux's `__START_KERNEL_map`: kernel-image addresses are this plus physical, less
 /// `phys_base`.
 pub const LINUX_START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
-
-/// Note type (name [`ambulance_report::core::NOTE_NAME`]) of the failure, as JSON.
-pub const NT_AMBULANCE_FAILURE: u32 = 2;
-/// Note type of the guest facts, as JSON.
-pub const NT_AMBULANCE_GUEST: u32 = 3;
 
 /// Why a diagnosis could not be made at all (anything less becomes a finding).
 #[derive(Debug, thiserror::Error)]
@@ -102,10 +102,7 @@ impl Subject {
     /// What an ELF core says about its guest: registers from `NT_PRSTATUS`, VMCOREINFO,
     /// and — in cores Ambulance wrote — the descriptor, the failure and the guest.
     pub fn from_core(core: &ElfCore) -> Subject {
-        let note = |n_type: u32| {
-            core.note(ambulance_report::core::NOTE_NAME, n_type)
-                .map(<[u8]>::to_vec)
-        };
+        let note = |n_type: u32| core.note(NOTE_NAME, n_type).map(<[u8]>::to_vec);
         let failure = note(NT_AMBULANCE_FAILURE)
             .and_then(|d| serde_json::from_slice::<FailureInfo>(&d).ok())
             .unwrap_or_else(|| FailureInfo {
@@ -124,44 +121,15 @@ impl Subject {
                 memory_bytes: core.ranges().iter().map(|r| r.size).sum(),
                 vcpus: core.prstatus().len() as u32,
             });
-        let descriptor_bytes = note(ambulance_report::core::NT_AMBULANCE_DESCRIPTOR);
-        let descriptor_gpa =
-            note(ambulance_report::core::NT_AMBULANCE_DESCRIPTOR_GPA).and_then(|d| {
-                d.get(..8)
-                    .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-            });
+        let descriptor_bytes = note(NT_AMBULANCE_DESCRIPTOR);
+        let descriptor_gpa = note(NT_AMBULANCE_DESCRIPTOR_GPA).and_then(|d| {
+            d.get(..8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        });
         let vcpus = core
             .prstatus()
             .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let r = &p.regs;
-                VcpuRegisters {
-                    vcpu: i as u32,
-                    activity: "unknown".into(),
-                    rip: Hex(r.rip),
-                    rsp: Hex(r.rsp),
-                    rbp: Hex(r.rbp),
-                    rflags: Hex(r.eflags),
-                    rax: Hex(r.rax),
-                    rbx: Hex(r.rbx),
-                    rcx: Hex(r.rcx),
-                    rdx: Hex(r.rdx),
-                    rsi: Hex(r.rsi),
-                    rdi: Hex(r.rdi),
-                    r8: Hex(r.r8),
-                    r9: Hex(r.r9),
-                    r10: Hex(r.r10),
-                    r11: Hex(r.r11),
-                    r12: Hex(r.r12),
-                    r13: Hex(r.r13),
-                    r14: Hex(r.r14),
-                    r15: Hex(r.r15),
-                    fs_base: Hex(r.fs_base),
-                    gs_base: Hex(r.gs_base),
-                    ..Default::default()
-                }
-            })
+            .map(crate::core::vcpu_registers)
             .collect();
         Subject {
             report_id: ReportId::mint(&guest.name, ambulance_report::now()),

@@ -6,9 +6,9 @@
 //! (`"0xffff888003a1c000"`): they do not fit a JSON number. [`text::render`] renders a
 //! report for people. A report is identified by a [`ReportId`], minted when the failure is
 //! accepted, and its files are written by [`dir::ReportDir`]; times are [`Timestamp`]s
-//! until serialized.
+//! until serialized. (The ELF core written alongside a report is `ambulance_elfcore`'s
+//! format, assembled by `ambulance_diagnose::core`.)
 
-pub mod core;
 pub mod dir;
 mod id;
 pub mod text;
@@ -28,18 +28,6 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// This crate's error type.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Writing a core file failed.
-    #[error("cannot write core file {path}: {source}")]
-    CoreIo {
-        /// The file.
-        path: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The input to the core writer is inconsistent.
-    #[error("cannot write core: {0}")]
-    CoreInput(String),
     /// A report id is not one Ambulance could have minted.
     #[error("{id:?} is not a valid report id: {why}")]
     BadId {

@@ -46,6 +46,8 @@
 //! name (`Option<u64>`); statics are `DW_TAG_variable`s in namespaces
 //! (`test_kernel::sched::TASKS`).
 //!
+//! [`TypeKind::Union`]: super::TypeKind::Union
+//!
 //! # Not supported
 //!
 //! DWARF 4 type units in `.debug_types` (`-fdebug-types-section`), supplementary files

@@ -9,7 +9,7 @@ use gimli::{constants, AttributeValue, DebuggingInformationEntry, DwTag, Express
 use super::index::category;
 use super::sections::R;
 use super::units::UnitCtx;
-use super::{lock, DwarfTypes, DIM_BIT, VOID};
+use super::{DwarfTypes, DIM_BIT, VOID};
 use crate::types::{Member, Type, TypeId, TypeKind};
 use crate::Result;
 
@@ -50,7 +50,7 @@ fn bound(v: &AttributeValue<R>) -> Option<i128> {
 
 impl DwarfTypes {
     pub(super) fn get_depth(&self, id: TypeId, depth: u32) -> Result<Arc<Type>> {
-        if let Some(t) = lock(&self.cache).get(&id) {
+        if let Some(t) = self.cache.lock().get(&id) {
             return Ok(t.clone());
         }
         if depth > MAX_DEPTH {
@@ -60,7 +60,7 @@ impl DwarfTypes {
             ));
         }
         let t = Arc::new(self.convert(id, depth)?);
-        Ok(lock(&self.cache).entry(id).or_insert(t).clone())
+        Ok(self.cache.lock().entry(id).or_insert(t).clone())
     }
 
     fn size_of(&self, id: TypeId, depth: u32) -> Option<u64> {

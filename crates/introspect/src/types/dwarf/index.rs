@@ -7,7 +7,7 @@ use gimli::{constants, AttributeValue, DwAt, DwTag};
 
 use super::sections::R;
 use super::units::{UnitCtx, UnitSlot};
-use super::{lock, DwarfTypes};
+use super::DwarfTypes;
 use crate::types::TypeSource;
 use crate::{Error, Result};
 
@@ -104,7 +104,7 @@ impl DwarfTypes {
     /// Scans the next unscanned unit into the index. `false` when all are scanned.
     pub(super) fn scan_next(&self, idx: &mut Index) -> bool {
         let i = idx.next_unit;
-        let Some(slot) = lock(&self.units).slot(i) else {
+        let Some(slot) = self.units.lock().slot(i) else {
             return false;
         };
         idx.next_unit += 1;
@@ -271,7 +271,7 @@ impl DwarfTypes {
 
     /// Finds a type definition by name, scanning as needed; falls back to a declaration.
     pub(super) fn lookup(&self, name: &str, cat: Option<usize>) -> Option<u64> {
-        let mut idx = lock(&self.index);
+        let mut idx = self.index.lock();
         loop {
             if let Some(off) = idx.type_def(name, cat) {
                 return Some(off);
@@ -284,7 +284,7 @@ impl DwarfTypes {
     }
 
     pub(super) fn no_type(&self, name: &str) -> Error {
-        let idx = lock(&self.index);
+        let idx = self.index.lock();
         let mut searched = self.describe();
         if idx.error_count > 0 {
             let (off, e) = &idx.errors[0];
@@ -293,7 +293,7 @@ impl DwarfTypes {
                 idx.error_count
             ));
         }
-        if let Some(e) = &lock(&self.units).error {
+        if let Some(e) = &self.units.lock().error {
             searched.push_str(&format!("; {e}"));
         }
         Error::NoType {

@@ -65,9 +65,10 @@ mod units;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use gimli::{constants, AttributeValue, Expression};
+use parking_lot::Mutex;
 
 use super::{Type, TypeId, TypeSource};
 use crate::{Error, Result};
@@ -107,15 +108,9 @@ impl Debug for DwarfTypes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DwarfTypes")
             .field("path", &self.path)
-            .field("units", &lock(&self.units).slots.len())
+            .field("units", &self.units.lock().slots.len())
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave these maps inconsistent in a way that
-    // matters (entries are inserted whole); keep going.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl DwarfTypes {
@@ -176,13 +171,13 @@ impl DwarfTypes {
     /// (units scanned by name lookups so far, units whose headers were read so far): how
     /// lazy it has been. See [`DwarfTypes::unit_count`] for the total.
     pub fn index_progress(&self) -> (usize, usize) {
-        let scanned = lock(&self.index).next_unit;
-        (scanned, lock(&self.units).slots.len())
+        let scanned = self.index.lock().next_unit;
+        (scanned, self.units.lock().slots.len())
     }
 
     /// The number of units in the file (reads every unit header: a page per unit).
     pub fn unit_count(&self) -> usize {
-        let mut units = lock(&self.units);
+        let mut units = self.units.lock();
         units.read_all();
         units.slots.len()
     }
@@ -202,7 +197,7 @@ impl DwarfTypes {
     /// A global variable by name (plain or qualified), scanning as needed.
     pub fn variable(&self, name: &str) -> Result<Variable> {
         let off = {
-            let mut idx = lock(&self.index);
+            let mut idx = self.index.lock();
             loop {
                 if let Some(v) = idx.vars.get(name).filter(|v| v.def != 0) {
                     break Some(v.def);

@@ -9,7 +9,7 @@ use gimli::{
 };
 
 use super::sections::R;
-use super::{lock, DwarfTypes};
+use super::DwarfTypes;
 use crate::types::TypeId;
 use crate::Result;
 
@@ -180,7 +180,7 @@ impl DwarfTypes {
 
     /// The unit containing `.debug_info` offset `off`.
     fn unit_of(&self, off: u64) -> Result<Arc<UnitCtx>> {
-        let slot = lock(&self.units).containing(off);
+        let slot = self.units.lock().containing(off);
         match slot {
             Some(slot) => self.unit_in(&slot),
             None => Err(self.err(off, "offset is in no compilation unit")),
@@ -217,7 +217,7 @@ impl DwarfTypes {
             AttributeValue::DebugInfoRef(o) => Ok(o.0 as u64),
             AttributeValue::DebugTypesRef(sig) => {
                 let found = {
-                    let mut units = lock(&self.units);
+                    let mut units = self.units.lock();
                     if !units.signatures.contains_key(&sig.0) {
                         units.read_all();
                     }

@@ -358,7 +358,7 @@ fn options(
     let build_id = args.debuginfo.as_ref().and_then(|_| {
         let text = match &subject.vmcoreinfo {
             Some(t) => t.clone(),
-            None => ambulance_introspect::linux::scan_vmcoreinfo(memory)?.1,
+            None => ambulance_linux::scan_vmcoreinfo(memory)?.1,
         };
         let info = ambulance_introspect::vmcoreinfo::Vmcoreinfo::parse(&text).ok()?;
         info.build_id().map(<[u8]>::to_vec)

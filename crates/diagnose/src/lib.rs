@@ -30,10 +30,6 @@ use ambulance_report::{
 use ambulance_validate::rules::RuleSet;
 use ambulance_validate::{Config, Context, Registry};
 
-/// Linux's `__START_KERNEL_map`: kernel-image addresses are this plus physical, less
-/// `phys_base`.
-pub const LINUX_START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
-
 /// Note type (name [`ambulance_report::core::NOTE_NAME`]) of the failure, as JSON.
 pub const NT_AMBULANCE_FAILURE: u32 = 2;
 /// Note type of the guest facts, as JSON.
@@ -179,8 +175,7 @@ pub fn diagnose(
         .is_some_and(|d| d.flags & FLAG_LA57 != 0)
         || vmcoreinfo
             .as_ref()
-            .and_then(|v| v.number("pgtable_l5_enabled"))
-            == Some(1)
+            .is_some_and(|v| ambulance_linux::paging(v) == Paging::Five)
         || subject
             .vcpus
             .first()
@@ -191,7 +186,11 @@ pub fn diagnose(
     let root = descriptor
         .as_ref()
         .map(|d| d.page_table_root)
-        .or_else(|| vmcoreinfo.as_ref().and_then(linux::page_table_root))
+        .or_else(|| {
+            vmcoreinfo
+                .as_ref()
+                .and_then(ambulance_linux::page_table_root)
+        })
         .or_else(|| {
             subject
                 .vcpus
@@ -350,8 +349,7 @@ fn find_vmcoreinfo(
     if descriptor.is_some() {
         return (None, None);
     }
-    match ambulance_introspect::linux::scan_vmcoreinfo(memory)
-        .map(|(pa, text)| (pa, Vmcoreinfo::parse(&text)))
+    match ambulance_linux::scan_vmcoreinfo(memory).map(|(pa, text)| (pa, Vmcoreinfo::parse(&text)))
     {
         Some((_, Ok(v))) => (Some(v), Some("memory-scan".into())),
         Some((pa, Err(e))) => {

@@ -6,8 +6,8 @@
 use std::collections::HashSet;
 
 use ambulance_abi::descriptor::RootKind;
-use ambulance_introspect::linux::tasks::{read_task, TaskLayout};
 use ambulance_introspect::object::MemberLayout;
+use ambulance_linux::tasks::{read_task, TaskLayout};
 use ambulance_report::{Finding, Severity};
 
 use super::hex;

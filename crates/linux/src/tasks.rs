@@ -1,13 +1,16 @@
 //! The task list: every `task_struct` on `init_task.tasks`, with its pid, command and
-//! state as `ps` would show them.
+//! state as `ps` would show them — and the root a registration would have declared for
+//! it, so that validators check it like any registered list.
 //!
 //! Layouts come from the program's type sources (BTF or DWARF: Linux's VMCOREINFO does not
 //! describe `task_struct`), so this works without a debug-info package whenever the
 //! kernel carries BTF.
 
-use crate::program::Program;
-use crate::walk::{walk_list, ListWalk, WalkLimits};
-use crate::Result;
+use ambulance_abi::descriptor::{root_flags, Root, RootKind};
+use ambulance_introspect::program::Program;
+use ambulance_introspect::walk::{walk_list, ListWalk, WalkLimits};
+
+use crate::{Error, Result};
 
 /// Where the fields of `task_struct` are, looked up once per diagnosis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,9 +38,16 @@ pub struct TaskLayout {
 /// `TASK_COMM_LEN`.
 pub const TASK_COMM_LEN: usize = 16;
 
+/// The name of the task-list root in findings and "structures walked".
+pub const TASKS_ROOT: &str = "init_task.tasks";
+
 impl TaskLayout {
     /// The layout of `task_struct` from the program's types.
     pub fn of(program: &Program) -> Result<TaskLayout> {
+        Self::find(program).map_err(|source| Error::TaskLayout { source })
+    }
+
+    fn find(program: &Program) -> ambulance_introspect::Result<TaskLayout> {
         let off = |m: &str| program.offset_of("task_struct", m);
         let (source, id) = program.find_type("task_struct")?;
         let size = source.get(id)?.size.unwrap_or(0);
@@ -122,6 +132,29 @@ pub fn tasks(program: &Program, limits: WalkLimits) -> Result<(Vec<Task>, ListWa
         .filter_map(|&link| read_task(program, &layout, link.wrapping_sub(layout.tasks)).ok())
         .collect();
     Ok((tasks, walk))
+}
+
+/// The root a registration would have declared for the task list: `init_task.tasks`, a
+/// list of `task_struct`s linked through `tasks`, of at most `max_count` elements, whose
+/// writers hold `tasklist_lock` (a qrwlock whose low byte is set while write-held;
+/// readers count above it).
+pub fn task_list_root(program: &Program, max_count: u64) -> Result<Root> {
+    let layout = TaskLayout::of(program)?;
+    let head = task_list_head(program, &layout)?;
+    let lock = program.symbol("tasklist_lock").unwrap_or(0);
+    Ok(Root {
+        name: TASKS_ROOT.into(),
+        type_name: "task_struct".into(),
+        kind: RootKind::List,
+        flags: root_flags::LOCK_BYTE,
+        address: head,
+        element_size: layout.size.min(u32::MAX as u64) as u32,
+        link_offset: layout.tasks as u32,
+        max_count: max_count.min(u32::MAX as u64) as u32,
+        aux: 0,
+        lock,
+        hints: Vec::new(),
+    })
 }
 
 /// The state letter `ps` shows for a task's `__state` and `exit_state`, as the kernel's

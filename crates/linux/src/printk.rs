@@ -24,9 +24,10 @@
 
 use std::time::Instant;
 
-use crate::program::Program;
-use crate::vmcoreinfo::Vmcoreinfo;
-use crate::walk::WalkLimits;
+use ambulance_introspect::program::Program;
+use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
+use ambulance_introspect::walk::WalkLimits;
+
 use crate::{Error, Result};
 
 /// Largest descriptor ring accepted, as a power of two.
@@ -526,8 +527,8 @@ pub fn panic_message(records: &[LogRecord]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::RawImage;
-    use crate::translate::{PageTableBuilder, Paging};
+    use ambulance_introspect::memory::RawImage;
+    use ambulance_introspect::translate::{PageTableBuilder, Paging};
     use proptest::prelude::*;
     use std::collections::VecDeque;
     use std::sync::Arc;

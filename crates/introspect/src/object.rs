@@ -30,11 +30,49 @@ pub const MAX_READ_BYTES: u64 = 64 << 20;
 #[derive(Clone)]
 pub struct Object<'p> {
     prog: &'p Program,
-    types: Arc<dyn TypeSource>,
+    types: Types<'p>,
     addr: u64,
     ty: TypeId,
     /// For bitfield members: bit offset from `addr` (LSB first) and width.
     bitfield: Option<(u32, u32)>,
+    /// What is known of the type without looking it up (objects made from a
+    /// [`MemberLayout`]).
+    known: Option<Known>,
+}
+
+/// An object's type source: shared, or borrowed from the [`MemberLayout`] it was made
+/// from, so that reading a member of many objects does not touch the reference count.
+#[derive(Clone)]
+enum Types<'p> {
+    Shared(Arc<dyn TypeSource>),
+    Borrowed(&'p Arc<dyn TypeSource>),
+}
+
+impl Types<'_> {
+    fn arc(&self) -> &Arc<dyn TypeSource> {
+        match self {
+            Types::Shared(t) => t,
+            Types::Borrowed(t) => t,
+        }
+    }
+}
+
+impl std::ops::Deref for Types<'_> {
+    type Target = dyn TypeSource;
+
+    fn deref(&self) -> &(dyn TypeSource + 'static) {
+        &**self.arc()
+    }
+}
+
+/// What a [`MemberLayout`] learned of its member's type when it was resolved, so that
+/// reading the member of many objects does not look the type up again.
+#[derive(Clone, Copy, Debug)]
+struct Known {
+    /// Its size, typedefs followed (`None`: it has none).
+    size: Option<u64>,
+    /// Whether it is a pointer, typedefs followed.
+    pointer: bool,
 }
 
 impl std::fmt::Debug for Object<'_> {
@@ -277,6 +315,7 @@ pub struct MemberLayout {
     offset: u64,
     ty: TypeId,
     bitfield: Option<(u32, u32)>,
+    known: Known,
 }
 
 impl std::fmt::Debug for MemberLayout {
@@ -302,6 +341,11 @@ impl MemberLayout {
     ) -> Result<MemberLayout> {
         let (container_resolved, _) = resolve(&*types, container)?;
         let found = find_path(&*types, container, path)?;
+        let known = Known {
+            size: size_of(&*types, found.ty).ok(),
+            pointer: resolve(&*types, found.ty)
+                .is_ok_and(|(_, t)| matches!(t.kind, TypeKind::Pointer { .. })),
+        };
         Ok(MemberLayout {
             types,
             container: container_resolved,
@@ -309,6 +353,7 @@ impl MemberLayout {
             offset: found.offset,
             ty: found.ty,
             bitfield: found.bitfield,
+            known,
         })
     }
 
@@ -339,7 +384,10 @@ impl MemberLayout {
 
     /// The member's size in bytes.
     pub fn size(&self) -> Result<u64> {
-        size_of(&*self.types, self.ty)
+        match self.known.size {
+            Some(size) => Ok(size),
+            None => size_of(&*self.types, self.ty),
+        }
     }
 
     /// For a bitfield: bit offset from the member's byte offset, and width.
@@ -348,13 +396,14 @@ impl MemberLayout {
     }
 
     /// This member of the container object at `container`, read through `prog`.
-    pub fn object<'p>(&self, prog: &'p Program, container: u64) -> Object<'p> {
+    pub fn object<'p>(&'p self, prog: &'p Program, container: u64) -> Object<'p> {
         Object {
             prog,
-            types: self.types.clone(),
+            types: Types::Borrowed(&self.types),
             addr: container.wrapping_add(self.offset),
             ty: self.ty,
             bitfield: self.bitfield,
+            known: Some(self.known),
         }
     }
 
@@ -375,10 +424,30 @@ impl<'p> Object<'p> {
     pub fn new(prog: &'p Program, types: Arc<dyn TypeSource>, addr: u64, ty: TypeId) -> Object<'p> {
         Object {
             prog,
-            types,
+            types: Types::Shared(types),
             addr,
             ty,
             bitfield: None,
+            known: None,
+        }
+    }
+
+    /// The object of type `ty` (from `types`) at `addr`, borrowing the type source: what
+    /// code that makes an object of the same type for every element of a list uses, so
+    /// that neither it nor the members read from it touch a reference count.
+    pub fn new_borrowed(
+        prog: &'p Program,
+        types: &'p Arc<dyn TypeSource>,
+        addr: u64,
+        ty: TypeId,
+    ) -> Object<'p> {
+        Object {
+            prog,
+            types: Types::Borrowed(types),
+            addr,
+            ty,
+            bitfield: None,
+            known: None,
         }
     }
 
@@ -402,7 +471,7 @@ impl<'p> Object<'p> {
 
     /// The type source its type comes from.
     pub fn type_source(&self) -> &Arc<dyn TypeSource> {
-        &self.types
+        self.types.arc()
     }
 
     /// Its address.
@@ -432,7 +501,10 @@ impl<'p> Object<'p> {
 
     /// Its size in bytes.
     pub fn size(&self) -> Result<u64> {
-        size_of(&*self.types, self.ty)
+        match self.known.and_then(|k| k.size) {
+            Some(size) => Ok(size),
+            None => size_of(&*self.types, self.ty),
+        }
     }
 
     fn with(&self, addr: u64, ty: TypeId, bitfield: Option<(u32, u32)>) -> Object<'p> {
@@ -442,6 +514,7 @@ impl<'p> Object<'p> {
             addr,
             ty,
             bitfield,
+            known: None,
         }
     }
 
@@ -496,24 +569,37 @@ impl<'p> Object<'p> {
     /// an object of that type, of the object it points at (C's `->`). Costs an addition,
     /// not a lookup: the way to read the same member of many objects.
     pub fn member_at(&self, m: &MemberLayout) -> Result<Object<'p>> {
-        if Arc::ptr_eq(&self.types, &m.types) {
+        if Arc::ptr_eq(self.types.arc(), &m.types) {
             if self.ty == m.container {
-                return Ok(m.object(self.prog, self.addr));
+                return Ok(self.member_of(self.addr, m));
             }
             let (rid, t) = resolve(&*self.types, self.ty)?;
             if rid == m.container {
-                return Ok(m.object(self.prog, self.addr));
+                return Ok(self.member_of(self.addr, m));
             }
             if let TypeKind::Pointer {
                 target: Some(target),
             } = t.kind
             {
                 if resolve(&*self.types, target)?.0 == m.container {
-                    return Ok(m.object(self.prog, self.read_pointer()?));
+                    return Ok(self.member_of(self.read_pointer()?, m));
                 }
             }
         }
         Err(self.wrong("take a member found in another type from"))
+    }
+
+    /// Member `m` of the object (of `m`'s container type, in this object's type source)
+    /// at `container`.
+    fn member_of(&self, container: u64, m: &MemberLayout) -> Object<'p> {
+        Object {
+            prog: self.prog,
+            types: self.types.clone(),
+            addr: container.wrapping_add(m.offset),
+            ty: m.ty,
+            bitfield: m.bitfield,
+            known: Some(m.known),
+        }
     }
 
     /// The same bytes seen as the type `type_name` of the same type source (drgn's
@@ -688,10 +774,17 @@ impl<'p> Object<'p> {
     /// `char` array). Stops at the first NUL or after `max_len` bytes; invalid UTF-8 is
     /// replaced. Fails if a byte before the end cannot be read.
     pub fn read_cstr(&self, max_len: usize) -> Result<String> {
-        let (_, t) = resolve(&*self.types, self.ty)?;
-        let start = match t.kind {
-            TypeKind::Pointer { .. } => self.read_pointer()?,
-            _ => self.addr,
+        let pointer = match self.known {
+            Some(k) => k.pointer,
+            None => matches!(
+                resolve(&*self.types, self.ty)?.1.kind,
+                TypeKind::Pointer { .. }
+            ),
+        };
+        let start = if pointer {
+            self.read_pointer()?
+        } else {
+            self.addr
         };
         let mut out = Vec::new();
         let mut chunk = [0u8; 256];
@@ -708,7 +801,10 @@ impl<'p> Object<'p> {
             }
             out.extend_from_slice(&chunk[..n]);
         }
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        Ok(match String::from_utf8(out) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
     }
 }
 
@@ -1107,6 +1203,23 @@ pub(crate) mod tests {
         let flag = p.member_layout("Task", "flag_hi").unwrap();
         let t = p.object(DIRECT + TASK0, "Task").unwrap();
         assert_eq!(t.member_at(&flag).unwrap().as_i64().unwrap(), -6);
+        // What the layout learned of the member's type serves every object made from it.
+        let at = DIRECT + TASK0 + 96;
+        assert_eq!(pid.object(&p, at).size().unwrap(), 4);
+        assert!(
+            pid.object(&p, at).read_u64().is_err(),
+            "wider than the member"
+        );
+        let name = p.member_layout("Task", "name").unwrap();
+        let comm = p.member_layout("Task", "comm").unwrap();
+        assert_eq!(name.object(&p, at).read_cstr(64).unwrap(), "hello, world");
+        assert_eq!(comm.object(&p, at).read_cstr(64).unwrap(), "task1");
+        // A container made in a loop borrows its type source.
+        let (types, task) = p.find_type("Task").unwrap();
+        let t = Object::new_borrowed(&p, &types, at, task);
+        assert_eq!(t.member_at(&comm).unwrap().read_cstr(3).unwrap(), "tas");
+        assert_eq!(t.member_at(&pid).unwrap().read_u32().unwrap(), 2);
+        assert!(Arc::ptr_eq(t.type_source(), pid.type_source()));
         // Through a typedef'd pointer to the container (C's `->`): task 0's
         // run_list.next, read as a TaskRef, points at task 1's run_list.
         let r = p.object(DIRECT + TASK0 + 32, "TaskRef").unwrap();

@@ -142,7 +142,7 @@ impl<'a> Context<'a> {
                 let mut elements = Vec::new();
                 let mut end = complete();
                 for i in 0..root.max_count as u64 {
-                    let slot = root.address + 8 * i;
+                    let slot = root.address.wrapping_add(8 * i);
                     match self.program.read_u64(slot) {
                         Ok(0) => {}
                         Ok(p) => elements.push(Element { index: i, addr: p }),
@@ -162,7 +162,7 @@ impl<'a> Context<'a> {
                 elements: (0..root.max_count as u64)
                     .map(|i| Element {
                         index: i,
-                        addr: root.address + i * size,
+                        addr: root.address.wrapping_add(i * size),
                     })
                     .collect(),
                 list: None,
@@ -234,7 +234,7 @@ impl<'a> Context<'a> {
                 addr: node,
             });
             for child in [root.link_offset as u64, root.link_offset as u64 + 8] {
-                match self.program.read_u64(node + child) {
+                match self.program.read_u64(node.wrapping_add(child)) {
                     Ok(0) => {}
                     Ok(c) => stack.push(c),
                     Err(e) => {

@@ -70,7 +70,7 @@ fn benches(c: &mut Criterion) {
     g.sample_size(20);
     let core = ElfCore::open(&dump.core).unwrap();
     g.bench_function("vmcoreinfo scan of 512 MiB", |b| {
-        b.iter(|| ambulance_introspect::linux::scan_vmcoreinfo(&core).expect("found"))
+        b.iter(|| ambulance_linux::scan_vmcoreinfo(&core).expect("found"))
     });
     g.finish();
 

@@ -230,13 +230,12 @@ fn options(
                 ambulance_introspect::memory::LiveMemory::map(&capture.ram).map_err(failed)?;
             let registered = match &capture.registered {
                 Some(ambulance_capture::Registered::LinuxAgent { note, .. }) => {
-                    ambulance_introspect::linux::vmcoreinfo_note_at(&memory, note.pa, note.size)
-                        .ok()
+                    ambulance_linux::vmcoreinfo_note_at(&memory, note.pa, note.size).ok()
                 }
                 _ => None,
             };
             registered
-                .or_else(|| ambulance_introspect::linux::scan_vmcoreinfo(&memory).map(|(_, t)| t))
+                .or_else(|| ambulance_linux::scan_vmcoreinfo(&memory).map(|(_, t)| t))
                 .and_then(|text| {
                     let info = ambulance_introspect::vmcoreinfo::Vmcoreinfo::parse(&text).ok()?;
                     info.build_id().map(<[u8]>::to_vec)

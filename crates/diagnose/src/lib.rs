@@ -38,10 +38,6 @@ use ambulance_validate::rules::RuleSet;
 use ambulance_validate::{Config, Context, Registry};
 use serde::{Deserialize, Serialize};
 
-/// Linux's `__START_KERNEL_map`: kernel-image addresses are this plus physical, less
-/// `phys_base`.
-pub const LINUX_START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
-
 /// Why a diagnosis could not be made at all (anything less becomes a finding).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -183,8 +179,7 @@ pub fn diagnose_ram(
             subject.descriptor_gpa.zip(subject.descriptor_bytes.clone()),
             subject.vmcoreinfo.clone().or_else(|| {
                 let at = subject.vmcoreinfo_note?;
-                ambulance_introspect::linux::vmcoreinfo_note_at(memory.as_ref(), at.pa, at.size)
-                    .ok()
+                ambulance_linux::vmcoreinfo_note_at(memory.as_ref(), at.pa, at.size).ok()
             }),
         )
         .map_err(|reason| Error::Core {
@@ -220,8 +215,7 @@ pub fn diagnose(
         .is_some_and(|d| d.flags & FLAG_LA57 != 0)
         || vmcoreinfo
             .as_ref()
-            .and_then(|v| v.number("pgtable_l5_enabled"))
-            == Some(1)
+            .is_some_and(|v| ambulance_linux::paging(v) == Paging::Five)
         || subject
             .vcpus
             .first()
@@ -232,7 +226,11 @@ pub fn diagnose(
     let root = descriptor
         .as_ref()
         .map(|d| d.page_table_root)
-        .or_else(|| vmcoreinfo.as_ref().and_then(linux::page_table_root))
+        .or_else(|| {
+            vmcoreinfo
+                .as_ref()
+                .and_then(ambulance_linux::page_table_root)
+        })
         .or_else(|| {
             subject
                 .vcpus
@@ -377,17 +375,15 @@ fn find_vmcoreinfo(
                 let origin = subject.vmcoreinfo_origin.clone();
                 Some((t.clone(), origin.unwrap_or_else(|| "provided".into())))
             }
-            (None, Some(at)) => {
-                match ambulance_introspect::linux::vmcoreinfo_note_at(memory, at.pa, at.size) {
-                    Ok(t) => Some((t, "registration".to_string())),
-                    Err(e) => {
-                        notes.push(format!(
-                            "the registered VMCOREINFO is unusable ({e}); scanning guest RAM for it"
-                        ));
-                        None
-                    }
+            (None, Some(at)) => match ambulance_linux::vmcoreinfo_note_at(memory, at.pa, at.size) {
+                Ok(t) => Some((t, "registration".to_string())),
+                Err(e) => {
+                    notes.push(format!(
+                        "the registered VMCOREINFO is unusable ({e}); scanning guest RAM for it"
+                    ));
+                    None
                 }
-            }
+            },
             (None, None) => None,
         },
     };
@@ -405,8 +401,7 @@ fn find_vmcoreinfo(
     if descriptor.is_some() {
         return (None, None);
     }
-    match ambulance_introspect::linux::scan_vmcoreinfo(memory)
-        .map(|(pa, text)| (pa, Vmcoreinfo::parse(&text)))
+    match ambulance_linux::scan_vmcoreinfo(memory).map(|(pa, text)| (pa, Vmcoreinfo::parse(&text)))
     {
         Some((_, Ok(v))) => (Some(v), Some("memory-scan".into())),
         Some((pa, Err(e))) => {

@@ -160,7 +160,6 @@ pub enum Error {
         looked_for: String,
     },
 
-    // ---- Linux kernel structures read from guest memory ----
     /// BTF type information (from guest memory or a file) that cannot be used.
     #[error("BTF of {source_name}: {reason} (at byte {offset:#x})")]
     Btf {
@@ -169,18 +168,6 @@ pub enum Error {
         /// Byte offset into the BTF blob of the problem.
         offset: u64,
         /// What is wrong.
-        reason: String,
-    },
-    /// The kernel's kallsyms tables in guest memory cannot be decoded.
-    #[error("kallsyms in guest memory: {reason}")]
-    Kallsyms {
-        /// What is wrong (names the table and address).
-        reason: String,
-    },
-    /// The printk ring buffer in guest memory cannot be read.
-    #[error("printk ring buffer: {reason}")]
-    Printk {
-        /// What is wrong (names the field and address).
         reason: String,
     },
 

@@ -16,13 +16,13 @@
 //! * [`walk`]: bounded walkers over lists, arrays and rings — node limits, Brent cycle
 //!   detection and a time budget — that report how they ended.
 //!
-//! Nothing here knows about KVM: the same code reads a live guest, a core file, and
-//! fuzzer input. Guest memory is hostile input: every read is bounds-checked, every walk
-//! bounded.
+//! Nothing here knows about KVM or about any one kernel (Linux's own structures are read
+//! by the `ambulance-linux` crate on top of this one): the same code reads a live guest, a
+//! core file, and fuzzer input. Guest memory is hostile input: every read is
+//! bounds-checked, every walk bounded.
 
 pub mod debuginfo;
 pub mod error;
-pub mod linux;
 pub mod memory;
 pub mod object;
 pub mod program;

@@ -5,6 +5,13 @@
 //! through typedefs; on a pointer to a struct it dereferences first, like C's `->`.
 //! Reads happen only when a value is asked for, and every read goes through the bounded,
 //! checked [`Program`] accessors.
+//!
+//! Reading the same member of many objects (a list's elements, the task list) looks the
+//! member up once, as a [`MemberLayout`] ([`Program::member_layout`]), and then only adds
+//! its offset to each object's address ([`Object::member_at`], [`MemberLayout::object`]).
+//! Type sources that do not know a member's width — VMCOREINFO's layouts give every member
+//! the placeholder type `u64` — are read with explicit widths ([`Object::read_u32`] and
+//! friends) and [`Object::reinterpret`].
 
 use std::sync::Arc;
 
@@ -23,11 +30,49 @@ pub const MAX_READ_BYTES: u64 = 64 << 20;
 #[derive(Clone)]
 pub struct Object<'p> {
     prog: &'p Program,
-    types: Arc<dyn TypeSource>,
+    types: Types<'p>,
     addr: u64,
     ty: TypeId,
     /// For bitfield members: bit offset from `addr` (LSB first) and width.
     bitfield: Option<(u32, u32)>,
+    /// What is known of the type without looking it up (objects made from a
+    /// [`MemberLayout`]).
+    known: Option<Known>,
+}
+
+/// An object's type source: shared, or borrowed from the [`MemberLayout`] it was made
+/// from, so that reading a member of many objects does not touch the reference count.
+#[derive(Clone)]
+enum Types<'p> {
+    Shared(Arc<dyn TypeSource>),
+    Borrowed(&'p Arc<dyn TypeSource>),
+}
+
+impl Types<'_> {
+    fn arc(&self) -> &Arc<dyn TypeSource> {
+        match self {
+            Types::Shared(t) => t,
+            Types::Borrowed(t) => t,
+        }
+    }
+}
+
+impl std::ops::Deref for Types<'_> {
+    type Target = dyn TypeSource;
+
+    fn deref(&self) -> &(dyn TypeSource + 'static) {
+        &**self.arc()
+    }
+}
+
+/// What a [`MemberLayout`] learned of its member's type when it was resolved, so that
+/// reading the member of many objects does not look the type up again.
+#[derive(Clone, Copy, Debug)]
+struct Known {
+    /// Its size, typedefs followed (`None`: it has none).
+    size: Option<u64>,
+    /// Whether it is a pointer, typedefs followed.
+    pointer: bool,
 }
 
 impl std::fmt::Debug for Object<'_> {
@@ -173,11 +218,19 @@ fn parse_path(path: &str) -> Result<Vec<(&str, Vec<u64>)>> {
     Ok(out)
 }
 
-/// Offset of `path` inside type `ty`, through nested (and anonymous) members and array
-/// indices, but not through pointers.
-pub(crate) fn offset_of(types: &dyn TypeSource, ty: TypeId, path: &str) -> Result<u64> {
+/// Finds `path` (`a.b[2].c`) inside type `ty`, through nested (and anonymous) members and
+/// array indices but not through pointers: the offset from the start of `ty`, the type of
+/// what it names and, for a bitfield member, its placement.
+///
+/// VMCOREINFO's layouts name a nested member by its whole path (`OFFSET(a.b.c)` is a
+/// member `b.c` of `a`), so a member spelt exactly like a dotted path is taken first.
+fn find_path(types: &dyn TypeSource, ty: TypeId, path: &str) -> Result<Found> {
+    if let Some(found) = find_dotted(types, ty, path) {
+        return Ok(found);
+    }
     let mut cur = ty;
     let mut off = 0u64;
+    let mut bitfield = None;
     for (name, indices) in parse_path(path)? {
         let (rid, t) = resolve(types, cur)?;
         if !matches!(t.kind, TypeKind::Struct | TypeKind::Union) {
@@ -192,6 +245,7 @@ pub(crate) fn offset_of(types: &dyn TypeSource, ty: TypeId, path: &str) -> Resul
         })?;
         off = off.wrapping_add(o);
         cur = m.ty;
+        bitfield = m.bitfield;
         for i in indices {
             let (rid, t) = resolve(types, cur)?;
             let TypeKind::Array { element, .. } = t.kind else {
@@ -202,9 +256,167 @@ pub(crate) fn offset_of(types: &dyn TypeSource, ty: TypeId, path: &str) -> Resul
             };
             off = off.wrapping_add(i.wrapping_mul(size_of(types, element)?));
             cur = element;
+            bitfield = None;
         }
     }
-    Ok(off)
+    Ok(Found {
+        offset: off,
+        ty: cur,
+        bitfield,
+    })
+}
+
+/// A member of struct or union `ty` named exactly `path`, when `path` is dotted (and has
+/// no index or `->`): how VMCOREINFO's layouts name nested members.
+fn find_dotted(types: &dyn TypeSource, ty: TypeId, path: &str) -> Option<Found> {
+    if !path.contains('.') || path.contains('[') || path.contains("->") {
+        return None;
+    }
+    let (_, t) = resolve(types, ty).ok()?;
+    if !matches!(t.kind, TypeKind::Struct | TypeKind::Union) {
+        return None;
+    }
+    let (offset, m) = find_member(types, &t, path, 0).ok()??;
+    Some(Found {
+        offset,
+        ty: m.ty,
+        bitfield: m.bitfield,
+    })
+}
+
+/// What a member path names: its offset from the start of the containing type, its type,
+/// and its bitfield placement.
+struct Found {
+    offset: u64,
+    ty: TypeId,
+    bitfield: Option<(u32, u32)>,
+}
+
+/// Offset of `path` inside type `ty`, through nested (and anonymous) members and array
+/// indices, but not through pointers.
+pub(crate) fn offset_of(types: &dyn TypeSource, ty: TypeId, path: &str) -> Result<u64> {
+    Ok(find_path(types, ty, path)?.offset)
+}
+
+/// A member of a type, found once: where it is in its container, what type it has and,
+/// for a bitfield, its placement.
+///
+/// Looking a member up by name searches the container's members (and anonymous ones);
+/// code that reads the same member of many objects — a list's elements, the task list —
+/// resolves it once and then reads each object's member with
+/// [`Object::member_at`] or [`MemberLayout::object`], which only add an offset, as drgn
+/// resolves `offsetof` once.
+#[derive(Clone)]
+pub struct MemberLayout {
+    types: Arc<dyn TypeSource>,
+    /// The container type, typedefs followed.
+    container: TypeId,
+    path: String,
+    offset: u64,
+    ty: TypeId,
+    bitfield: Option<(u32, u32)>,
+    known: Known,
+}
+
+impl std::fmt::Debug for MemberLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "({}) {}.{} at +{:#x}",
+            self.type_name(),
+            describe(&*self.types, self.container, 0),
+            self.path,
+            self.offset
+        )
+    }
+}
+
+impl MemberLayout {
+    /// Finds `path` (`a.b`, `comm[3]`, through anonymous members and typedefs, not
+    /// through pointers) in type `container` of `types`.
+    pub fn resolve(
+        types: Arc<dyn TypeSource>,
+        container: TypeId,
+        path: &str,
+    ) -> Result<MemberLayout> {
+        let (container_resolved, _) = resolve(&*types, container)?;
+        let found = find_path(&*types, container, path)?;
+        let known = Known {
+            size: size_of(&*types, found.ty).ok(),
+            pointer: resolve(&*types, found.ty)
+                .is_ok_and(|(_, t)| matches!(t.kind, TypeKind::Pointer { .. })),
+        };
+        Ok(MemberLayout {
+            types,
+            container: container_resolved,
+            path: path.to_string(),
+            offset: found.offset,
+            ty: found.ty,
+            bitfield: found.bitfield,
+            known,
+        })
+    }
+
+    /// The member path, as asked for.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Byte offset from the start of the container.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The member's type's id.
+    pub fn type_id(&self) -> TypeId {
+        self.ty
+    }
+
+    /// The type source of the container and the member.
+    pub fn type_source(&self) -> &Arc<dyn TypeSource> {
+        &self.types
+    }
+
+    /// The member's type's name (a description for anonymous types).
+    pub fn type_name(&self) -> String {
+        describe(&*self.types, self.ty, 0)
+    }
+
+    /// The member's size in bytes.
+    pub fn size(&self) -> Result<u64> {
+        match self.known.size {
+            Some(size) => Ok(size),
+            None => size_of(&*self.types, self.ty),
+        }
+    }
+
+    /// For a bitfield: bit offset from the member's byte offset, and width.
+    pub fn bitfield(&self) -> Option<(u32, u32)> {
+        self.bitfield
+    }
+
+    /// This member of the container object at `container`, read through `prog`.
+    pub fn object<'p>(&'p self, prog: &'p Program, container: u64) -> Object<'p> {
+        Object {
+            prog,
+            types: Types::Borrowed(&self.types),
+            addr: container.wrapping_add(self.offset),
+            ty: self.ty,
+            bitfield: self.bitfield,
+            known: Some(self.known),
+        }
+    }
+
+    /// The container object whose member this is at `member_addr`: Linux's
+    /// `container_of`.
+    pub fn container_of<'p>(&self, prog: &'p Program, member_addr: u64) -> Object<'p> {
+        Object::new(
+            prog,
+            self.types.clone(),
+            member_addr.wrapping_sub(self.offset),
+            self.container,
+        )
+    }
 }
 
 impl<'p> Object<'p> {
@@ -212,10 +424,30 @@ impl<'p> Object<'p> {
     pub fn new(prog: &'p Program, types: Arc<dyn TypeSource>, addr: u64, ty: TypeId) -> Object<'p> {
         Object {
             prog,
-            types,
+            types: Types::Shared(types),
             addr,
             ty,
             bitfield: None,
+            known: None,
+        }
+    }
+
+    /// The object of type `ty` (from `types`) at `addr`, borrowing the type source: what
+    /// code that makes an object of the same type for every element of a list uses, so
+    /// that neither it nor the members read from it touch a reference count.
+    pub fn new_borrowed(
+        prog: &'p Program,
+        types: &'p Arc<dyn TypeSource>,
+        addr: u64,
+        ty: TypeId,
+    ) -> Object<'p> {
+        Object {
+            prog,
+            types: Types::Borrowed(types),
+            addr,
+            ty,
+            bitfield: None,
+            known: None,
         }
     }
 
@@ -239,7 +471,7 @@ impl<'p> Object<'p> {
 
     /// The type source its type comes from.
     pub fn type_source(&self) -> &Arc<dyn TypeSource> {
-        &self.types
+        self.types.arc()
     }
 
     /// Its address.
@@ -269,7 +501,10 @@ impl<'p> Object<'p> {
 
     /// Its size in bytes.
     pub fn size(&self) -> Result<u64> {
-        size_of(&*self.types, self.ty)
+        match self.known.and_then(|k| k.size) {
+            Some(size) => Ok(size),
+            None => size_of(&*self.types, self.ty),
+        }
     }
 
     fn with(&self, addr: u64, ty: TypeId, bitfield: Option<(u32, u32)>) -> Object<'p> {
@@ -279,6 +514,7 @@ impl<'p> Object<'p> {
             addr,
             ty,
             bitfield,
+            known: None,
         }
     }
 
@@ -316,6 +552,9 @@ impl<'p> Object<'p> {
 
     /// A chain of members and indices: `a.b.c`, `run_list.next`, `comm[3]`, `a->b`.
     pub fn member_path(&self, path: &str) -> Result<Object<'p>> {
+        if let Some(f) = find_dotted(&*self.types, self.ty, path) {
+            return Ok(self.with(self.addr.wrapping_add(f.offset), f.ty, f.bitfield));
+        }
         let mut cur = self.clone();
         for (name, indices) in parse_path(path)? {
             cur = cur.member(name)?;
@@ -324,6 +563,51 @@ impl<'p> Object<'p> {
             }
         }
         Ok(cur)
+    }
+
+    /// The member `m` (found once, in this object's type) of this object; on a pointer to
+    /// an object of that type, of the object it points at (C's `->`). Costs an addition,
+    /// not a lookup: the way to read the same member of many objects.
+    pub fn member_at(&self, m: &MemberLayout) -> Result<Object<'p>> {
+        if Arc::ptr_eq(self.types.arc(), &m.types) {
+            if self.ty == m.container {
+                return Ok(self.member_of(self.addr, m));
+            }
+            let (rid, t) = resolve(&*self.types, self.ty)?;
+            if rid == m.container {
+                return Ok(self.member_of(self.addr, m));
+            }
+            if let TypeKind::Pointer {
+                target: Some(target),
+            } = t.kind
+            {
+                if resolve(&*self.types, target)?.0 == m.container {
+                    return Ok(self.member_of(self.read_pointer()?, m));
+                }
+            }
+        }
+        Err(self.wrong("take a member found in another type from"))
+    }
+
+    /// Member `m` of the object (of `m`'s container type, in this object's type source)
+    /// at `container`.
+    fn member_of(&self, container: u64, m: &MemberLayout) -> Object<'p> {
+        Object {
+            prog: self.prog,
+            types: self.types.clone(),
+            addr: container.wrapping_add(m.offset),
+            ty: m.ty,
+            bitfield: m.bitfield,
+            known: Some(m.known),
+        }
+    }
+
+    /// The same bytes seen as the type `type_name` of the same type source (drgn's
+    /// `reinterpret`). VMCOREINFO's layouts give every member the placeholder type
+    /// `u64`: a member that is a structure is read by reinterpreting it.
+    pub fn reinterpret(&self, type_name: &str) -> Result<Object<'p>> {
+        let ty = self.types.find(type_name)?;
+        Ok(self.with(self.addr, ty, None))
     }
 
     /// The object a pointer points at.
@@ -423,6 +707,58 @@ impl<'p> Object<'p> {
         })
     }
 
+    /// The `N` bytes at the object's address, whatever its type says: for type sources
+    /// that do not know a member's width (VMCOREINFO's placeholder `u64`) and for
+    /// integers wrapped in structures (Rust's atomics). Fails on a bitfield, and on an
+    /// object whose type is known to be smaller than `N` bytes.
+    fn read_exact<const N: usize>(&self) -> Result<[u8; N]> {
+        if self.bitfield.is_some() {
+            return Err(self.wrong("read with an explicit width a bitfield of"));
+        }
+        if self.size().is_ok_and(|size| size < N as u64) {
+            return Err(self.wrong("read more bytes than the size of"));
+        }
+        self.prog.read_array::<N>(self.addr)
+    }
+
+    /// The byte at the object's address (see [`read_uint`](Self::read_uint)).
+    pub fn read_u8(&self) -> Result<u8> {
+        Ok(self.read_exact::<1>()?[0])
+    }
+
+    /// The little-endian `u16` at the object's address (see
+    /// [`read_uint`](Self::read_uint)).
+    pub fn read_u16(&self) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.read_exact()?))
+    }
+
+    /// The little-endian `u32` at the object's address (see
+    /// [`read_uint`](Self::read_uint)).
+    pub fn read_u32(&self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.read_exact()?))
+    }
+
+    /// The little-endian `u64` at the object's address (see
+    /// [`read_uint`](Self::read_uint)).
+    pub fn read_u64(&self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.read_exact()?))
+    }
+
+    /// The little-endian unsigned integer of `width` bytes (1, 2, 4 or 8) at the object's
+    /// address, whatever its type says — for type sources that do not know a member's
+    /// width (VMCOREINFO's layouts give every member the placeholder type `u64`) and for
+    /// integers wrapped in structures (Rust's atomics). Fails on a bitfield, and on an
+    /// object whose type is known to be smaller than `width`.
+    pub fn read_uint(&self, width: u64) -> Result<u64> {
+        match width {
+            1 => self.read_u8().map(u64::from),
+            2 => self.read_u16().map(u64::from),
+            4 => self.read_u32().map(u64::from),
+            8 => self.read_u64(),
+            _ => Err(self.wrong("read (not 1, 2, 4 or 8 bytes) as an integer")),
+        }
+    }
+
     /// The object's bytes (at most [`MAX_READ_BYTES`]).
     pub fn read_bytes(&self) -> Result<Vec<u8>> {
         let size = self.size()?;
@@ -438,10 +774,17 @@ impl<'p> Object<'p> {
     /// `char` array). Stops at the first NUL or after `max_len` bytes; invalid UTF-8 is
     /// replaced. Fails if a byte before the end cannot be read.
     pub fn read_cstr(&self, max_len: usize) -> Result<String> {
-        let (_, t) = resolve(&*self.types, self.ty)?;
-        let start = match t.kind {
-            TypeKind::Pointer { .. } => self.read_pointer()?,
-            _ => self.addr,
+        let pointer = match self.known {
+            Some(k) => k.pointer,
+            None => matches!(
+                resolve(&*self.types, self.ty)?.1.kind,
+                TypeKind::Pointer { .. }
+            ),
+        };
+        let start = if pointer {
+            self.read_pointer()?
+        } else {
+            self.addr
         };
         let mut out = Vec::new();
         let mut chunk = [0u8; 256];
@@ -458,7 +801,10 @@ impl<'p> Object<'p> {
             }
             out.extend_from_slice(&chunk[..n]);
         }
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        Ok(match String::from_utf8(out) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
     }
 }
 
@@ -824,6 +1170,170 @@ pub(crate) mod tests {
                 .unwrap(),
             "cannot take a member offset in a value of type Task[4]"
         );
+    }
+
+    #[test]
+    fn member_layouts_are_found_once_and_read_many_objects() {
+        let p = program();
+        let pid = p.member_layout("Task", "pid").unwrap();
+        assert_eq!((pid.offset(), pid.path()), (8, "pid"));
+        assert_eq!(pid.type_name(), "kpid_t");
+        assert_eq!(pid.size().unwrap(), 4);
+        assert_eq!(
+            format!("{pid:?}"),
+            "(kpid_t) Task.pid at +0x8",
+            "Debug says what it is"
+        );
+        let prev = p.member_layout("Task", "run_list.prev").unwrap();
+        assert_eq!(prev.offset(), 40);
+        assert_eq!(p.member_layout("Task", "half").unwrap().offset(), 48);
+        assert_eq!(p.member_layout("Task", "comm[3]").unwrap().offset(), 19);
+        assert_eq!(
+            p.member_layout("Task", "flag_hi").unwrap().bitfield(),
+            Some((8, 4))
+        );
+        // Many objects, one lookup: by address, or from the container object.
+        for i in 0..4u64 {
+            let at = DIRECT + TASK0 + i * 96;
+            assert_eq!(pid.object(&p, at).as_u64().unwrap(), i + 1);
+            let t = p.object(at, "Task").unwrap();
+            assert_eq!(t.member_at(&pid).unwrap().as_u64().unwrap(), i + 1);
+            assert_eq!(pid.container_of(&p, at + 8).address(), at, "container_of");
+        }
+        let flag = p.member_layout("Task", "flag_hi").unwrap();
+        let t = p.object(DIRECT + TASK0, "Task").unwrap();
+        assert_eq!(t.member_at(&flag).unwrap().as_i64().unwrap(), -6);
+        // What the layout learned of the member's type serves every object made from it.
+        let at = DIRECT + TASK0 + 96;
+        assert_eq!(pid.object(&p, at).size().unwrap(), 4);
+        assert!(
+            pid.object(&p, at).read_u64().is_err(),
+            "wider than the member"
+        );
+        let name = p.member_layout("Task", "name").unwrap();
+        let comm = p.member_layout("Task", "comm").unwrap();
+        assert_eq!(name.object(&p, at).read_cstr(64).unwrap(), "hello, world");
+        assert_eq!(comm.object(&p, at).read_cstr(64).unwrap(), "task1");
+        // A container made in a loop borrows its type source.
+        let (types, task) = p.find_type("Task").unwrap();
+        let t = Object::new_borrowed(&p, &types, at, task);
+        assert_eq!(t.member_at(&comm).unwrap().read_cstr(3).unwrap(), "tas");
+        assert_eq!(t.member_at(&pid).unwrap().read_u32().unwrap(), 2);
+        assert!(Arc::ptr_eq(t.type_source(), pid.type_source()));
+        // Through a typedef'd pointer to the container (C's `->`): task 0's
+        // run_list.next, read as a TaskRef, points at task 1's run_list.
+        let r = p.object(DIRECT + TASK0 + 32, "TaskRef").unwrap();
+        let via = r.member_at(&pid).unwrap();
+        assert_eq!(via.address(), DIRECT + TASK0 + 96 + 32 + 8);
+        // Not on another type.
+        let l = p.object(DIRECT + TASK0 + 32, "ListHead").unwrap();
+        let e = l.member_at(&pid).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot take a member found in another type from a value of type ListHead"
+        );
+        // Errors are those of offset_of.
+        assert!(matches!(
+            p.member_layout("Task", "nope").unwrap_err(),
+            Error::NoMember { .. }
+        ));
+        assert!(matches!(
+            p.member_layout("Nope", "pid").unwrap_err(),
+            Error::NoType { .. }
+        ));
+    }
+
+    #[test]
+    fn explicit_widths_and_reinterpretation() {
+        let p = program();
+        let t = p.object(DIRECT + TASK0, "Task").unwrap();
+        let pid = t.member("pid").unwrap();
+        assert_eq!(pid.read_u32().unwrap(), 1);
+        assert_eq!(pid.read_u16().unwrap(), 1);
+        assert_eq!(pid.read_u8().unwrap(), 1);
+        assert_eq!(pid.read_uint(4).unwrap(), 1);
+        let e = pid.read_u64().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot read more bytes than the size of a value of type kpid_t"
+        );
+        assert!(pid.read_uint(3).is_err());
+        assert!(t.member("flag_lo").unwrap().read_u32().is_err(), "bitfield");
+        // A structure read as a word (Rust's atomics are structures).
+        let run_list = t.member("run_list").unwrap();
+        assert_eq!(run_list.read_u64().unwrap(), DIRECT + TASK0 + 96 + 32);
+        assert_eq!(
+            t.member("magic").unwrap().read_u64().unwrap(),
+            0x6b73_6174_7562_6d61
+        );
+        // The same bytes as another type of the same source.
+        let as_list = t.member("word").unwrap().reinterpret("ListHead").unwrap();
+        assert_eq!(as_list.type_name(), "ListHead");
+        assert_eq!(as_list.address(), DIRECT + TASK0 + 48);
+        assert_eq!(
+            as_list.member("next").unwrap().as_u64().unwrap(),
+            0x1122_3344_5566_7788
+        );
+        assert!(matches!(
+            t.reinterpret("Nope").unwrap_err(),
+            Error::NoType { .. }
+        ));
+        let far = p.object(DIRECT + (3 << 20), "Task").unwrap();
+        assert!(far.member("pid").unwrap().read_u32().is_err());
+    }
+
+    #[test]
+    fn vmcoreinfo_layouts_back_up_the_primary_types() {
+        use crate::vmcoreinfo::Vmcoreinfo;
+        // What a registration's inline layouts say: a member the debug info lacks, and
+        // a nested member spelt as its path.
+        let v = Vmcoreinfo::parse(
+            "SIZE(Task)=96\nOFFSET(Task.pid)=8\nOFFSET(Task.stack_base)=88\n\
+             OFFSET(Ring.desc_ring)=16\nOFFSET(Ring.desc_ring.count_bits)=24\n\
+             OFFSET(DescRing.count_bits)=8\n",
+        )
+        .unwrap();
+        let p = program().with_vmcoreinfo(v.clone());
+        let pid = p.member_layout("Task", "pid").unwrap();
+        assert_eq!(pid.type_name(), "kpid_t", "the primary source first");
+        let stack = p.member_layout("Task", "stack_base").unwrap();
+        assert_eq!(stack.offset(), 88);
+        assert_eq!(stack.type_name(), "u64", "VMCOREINFO's placeholder");
+        assert_eq!(p.offset_of("Task", "stack_base").unwrap(), 88);
+        assert_eq!(
+            stack.object(&p, DIRECT + TASK0).read_u64().unwrap(),
+            1 << 40
+        );
+        assert_eq!(
+            p.offset_of("Ring", "desc_ring.count_bits").unwrap(),
+            24,
+            "OFFSET(a.b.c) is the path b.c of a"
+        );
+        // Objects over VMCOREINFO's types alone.
+        let p = task_guest(&[]).with_vmcoreinfo(v);
+        let t = p.object(DIRECT + TASK0 + 96, "Task").unwrap();
+        assert_eq!(t.member("pid").unwrap().read_u32().unwrap(), 2);
+        let ring = p.object(DIRECT + TASK0, "Ring").unwrap();
+        assert_eq!(
+            ring.member_path("desc_ring.count_bits").unwrap().address(),
+            DIRECT + TASK0 + 24
+        );
+        let desc_ring = ring
+            .member("desc_ring")
+            .unwrap()
+            .reinterpret("DescRing")
+            .unwrap();
+        let count_bits = p.member_layout("DescRing", "count_bits").unwrap();
+        assert_eq!(
+            desc_ring.member_at(&count_bits).unwrap().address(),
+            DIRECT + TASK0 + 16 + 8
+        );
+        assert!(matches!(
+            p.member_layout("Task", "comm").unwrap_err(),
+            Error::NoMember { .. }
+        ));
+        let e = p.member_layout("Nope", "x").unwrap_err();
+        assert!(e.to_string().contains("VMCOREINFO layouts"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::memory::PhysicalMemory;
-use crate::object::Object;
+use crate::object::{MemberLayout, Object};
 use crate::symbols::Symbols;
 use crate::translate::{Paging, Translation, Translator};
 use crate::types::{TypeId, TypeSource};
@@ -262,11 +262,46 @@ impl Program {
         Ok(Object::new(self, src, addr, ty))
     }
 
+    /// Where `member_path` (`a.b.c`, `comm[3]`, through anonymous members, not through
+    /// pointers) is in the type `type_name`, found once to read it in many objects (see
+    /// [`MemberLayout`]).
+    ///
+    /// Every type source that has the type is asked in turn — the primary one (DWARF,
+    /// BTF) first, then VMCOREINFO's layouts — so a member only VMCOREINFO describes, as
+    /// a registration's inline layouts do, is found as well. VMCOREINFO's `OFFSET(a.b.c)`
+    /// is found as the path `b.c` of `a`.
+    pub fn member_layout(&self, type_name: &str, member_path: &str) -> Result<MemberLayout> {
+        let mut first_error = None;
+        for src in [&self.types, &self.vmcoreinfo_types].into_iter().flatten() {
+            let found = src
+                .find(type_name)
+                .and_then(|ty| MemberLayout::resolve(src.clone(), ty, member_path));
+            match found {
+                Ok(m) => return Ok(m),
+                // This source does not have the type.
+                Err(Error::NoType { .. }) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(match first_error {
+            Some(e) => e,
+            None => match self.find_type(type_name) {
+                Err(e) => e,
+                Ok(_) => Error::NoMember {
+                    ty: type_name.to_string(),
+                    member: member_path.to_string(),
+                },
+            },
+        })
+    }
+
     /// Byte offset of `member_path` (`a.b.c`, through anonymous members, not through
-    /// pointers) inside type `type_name`.
+    /// pointers) inside type `type_name`, from the first type source that has it (see
+    /// [`member_layout`](Self::member_layout)).
     pub fn offset_of(&self, type_name: &str, member_path: &str) -> Result<u64> {
-        let (src, ty) = self.find_type(type_name)?;
-        crate::object::offset_of(&*src, ty, member_path)
+        Ok(self.member_layout(type_name, member_path)?.offset())
     }
 }
 

@@ -356,7 +356,7 @@ impl Symbols {
 
     /// [`from_entries`](Self::from_entries) with a binding for each entry: `(name,
     /// address, size, global)`. Among symbols sharing a name, a global one is found first.
-    pub(crate) fn from_bound_entries(
+    pub fn from_bound_entries(
         description: &str,
         entries: impl IntoIterator<Item = (Arc<str>, u64, u64, bool)>,
         load_offset: i64,

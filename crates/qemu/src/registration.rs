@@ -29,7 +29,6 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use ambulance_introspect::memory::PhysicalMemory;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -40,7 +39,7 @@ use crate::{Error, Result};
 pub const MAX_LINE: usize = 256;
 /// Largest note buffer accepted: the kernel's `VMCOREINFO_NOTE_SIZE` is a page of text
 /// plus the note headers (4132 bytes with 4 KiB pages); the introspection layer's bound.
-pub const MAX_NOTE_SIZE: u64 = ambulance_introspect::linux::VMCOREINFO_NOTE_MAX as u64;
+pub const MAX_NOTE_SIZE: u64 = ambulance_linux::VMCOREINFO_NOTE_MAX as u64;
 /// Smallest: an ELF note header and the `VMCOREINFO` name.
 pub const MIN_NOTE_SIZE: u64 = 24;
 /// Longest `uname -r` (`__NEW_UTS_LEN`).
@@ -188,19 +187,6 @@ pub fn parse_line(line: &[u8]) -> Result<AgentRegistration, LineError> {
         release,
         received: SystemTime::now(),
     })
-}
-
-/// The VMCOREINFO text of the note `registration` points at, read out of guest RAM and
-/// checked (size, note header, `OSRELEASE=` first).
-pub fn vmcoreinfo_text(
-    memory: &dyn PhysicalMemory,
-    registration: &AgentRegistration,
-) -> std::result::Result<String, ambulance_introspect::Error> {
-    ambulance_introspect::linux::vmcoreinfo_note_at(
-        memory,
-        registration.vmcoreinfo_pa,
-        registration.vmcoreinfo_size,
-    )
 }
 
 /// Refusals logged per connection; a guest that keeps sending garbage is not allowed to

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use ambulance_abi::descriptor::{root_flags, Descriptor, Root, RootKind};
+use ambulance_introspect::object::MemberLayout;
 use ambulance_introspect::program::Program;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::{self, ListWalk, WalkEnd, WalkLimits};
@@ -141,7 +142,7 @@ impl<'a> Context<'a> {
                 let mut elements = Vec::new();
                 let mut end = complete();
                 for i in 0..root.max_count as u64 {
-                    let slot = root.address + 8 * i;
+                    let slot = root.address.wrapping_add(8 * i);
                     match self.program.read_u64(slot) {
                         Ok(0) => {}
                         Ok(p) => elements.push(Element { index: i, addr: p }),
@@ -161,7 +162,7 @@ impl<'a> Context<'a> {
                 elements: (0..root.max_count as u64)
                     .map(|i| Element {
                         index: i,
-                        addr: root.address + i * size,
+                        addr: root.address.wrapping_add(i * size),
                     })
                     .collect(),
                 list: None,
@@ -233,7 +234,7 @@ impl<'a> Context<'a> {
                 addr: node,
             });
             for child in [root.link_offset as u64, root.link_offset as u64 + 8] {
-                match self.program.read_u64(node + child) {
+                match self.program.read_u64(node.wrapping_add(child)) {
                     Ok(0) => {}
                     Ok(c) => stack.push(c),
                     Err(e) => {
@@ -272,20 +273,26 @@ impl<'a> Context<'a> {
     /// The owner CPU recorded in the lock whose lock word is at `word`, when the layout is
     /// known (`OFFSET(Spinlock.locked)`, `OFFSET(Spinlock.owner_cpu)`).
     pub fn lock_owner(&self, word: u64) -> Option<u32> {
-        let locked = self.member_offset("Spinlock", "locked")?;
-        let owner = self.member_offset("Spinlock", "owner_cpu")?;
-        self.program
-            .read_u32(word - locked + owner)
+        let locked = self.member("Spinlock", "locked")?;
+        let owner = self.member("Spinlock", "owner_cpu")?;
+        let lock = word.wrapping_sub(locked.offset());
+        owner
+            .object(self.program, lock)
+            .read_u32()
             .ok()
             .filter(|&c| c != u32::MAX)
     }
 
-    /// Offset of `member` in `type_name`, from DWARF or VMCOREINFO.
+    /// Where `member` (a path: `a.b`) is in `type_name`, found once to read it in every
+    /// element with [`MemberLayout::object`]: from the program's type sources — DWARF or
+    /// BTF first, then the layouts VMCOREINFO gives (a registration's inline layouts).
+    pub fn member(&self, type_name: &str, member: &str) -> Option<MemberLayout> {
+        self.program.member_layout(type_name, member).ok()
+    }
+
+    /// Offset of `member` in `type_name` (see [`member`](Self::member)).
     pub fn member_offset(&self, type_name: &str, member: &str) -> Option<u64> {
-        if let Ok(off) = self.program.offset_of(type_name, member) {
-            return Some(off);
-        }
-        self.vmcoreinfo?.offset(type_name, member)
+        self.member(type_name, member).map(|m| m.offset())
     }
 
     /// A finding with the physical address filled in when `virt` translates.

@@ -3,7 +3,8 @@
 //! A log ring is a ring root whose element type has `seq`, `timestamp_ns` and `text`
 //! members (and optionally `cpu` and `len`), as the test kernel's is; record `seq` lives
 //! in slot `seq % capacity`, and a slot whose stored sequence does not match is being
-//! written (or was overwritten) and is skipped.
+//! written (or was overwritten) and is skipped. Members are found once per ring and read
+//! in each slot as [`Object`](ambulance_introspect::object::Object)s.
 
 use ambulance_abi::descriptor::RootKind;
 use ambulance_introspect::walk;
@@ -19,17 +20,17 @@ pub fn extract(ctx: &Context<'_>) -> Vec<LogRecord> {
     let mut out = Vec::new();
     for root in ctx.roots().iter().filter(|r| r.kind == RootKind::Ring) {
         let t = &root.type_name;
-        let (Some(seq_off), Some(ts_off), Some(text_off)) = (
-            ctx.member_offset(t, "seq"),
-            ctx.member_offset(t, "timestamp_ns"),
-            ctx.member_offset(t, "text"),
+        let (Some(m_seq), Some(m_timestamp), Some(m_text)) = (
+            ctx.member(t, "seq"),
+            ctx.member(t, "timestamp_ns"),
+            ctx.member(t, "text"),
         ) else {
             continue;
         };
-        let cpu_off = ctx.member_offset(t, "cpu");
-        let len_off = ctx.member_offset(t, "len");
+        let m_cpu = ctx.member(t, "cpu");
+        let m_len = ctx.member(t, "len");
         let text_cap = (root.element_size as u64)
-            .saturating_sub(text_off)
+            .saturating_sub(m_text.offset())
             .min(MAX_TEXT);
         let Ok(slots) = walk::read_ring(
             ctx.program,
@@ -37,30 +38,30 @@ pub fn extract(ctx: &Context<'_>) -> Vec<LogRecord> {
             root.element_size as u64,
             root.max_count as u64,
             root.aux,
-            seq_off,
+            m_seq.offset(),
         ) else {
             continue;
         };
         for (seq, slot) in slots {
-            let Ok(timestamp_ns) = ctx.program.read_u64(slot + ts_off) else {
+            let Ok(timestamp_ns) = m_timestamp.object(ctx.program, slot).read_u64() else {
                 continue;
             };
-            let cpu = cpu_off
-                .and_then(|o| ctx.program.read_u32(slot + o).ok())
+            let cpu = m_cpu
+                .as_ref()
+                .and_then(|m| m.object(ctx.program, slot).read_u32().ok())
                 .unwrap_or(0);
-            let len = len_off
-                .and_then(|o| ctx.program.read_u32(slot + o).ok())
+            let len = m_len
+                .as_ref()
+                .and_then(|m| m.object(ctx.program, slot).read_u32().ok())
                 .map_or(text_cap, |l| (l as u64).min(text_cap));
-            let mut text = vec![0u8; len as usize];
-            if ctx.program.read_virt(slot + text_off, &mut text).is_err() {
+            let Ok(text) = m_text.object(ctx.program, slot).read_cstr(len as usize) else {
                 continue;
-            }
-            let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+            };
             out.push(LogRecord {
                 seq,
                 timestamp_ns,
                 cpu,
-                text: String::from_utf8_lossy(&text[..end]).into_owned(),
+                text,
             });
         }
     }

@@ -274,17 +274,6 @@ pub fn member_name_at(ctx: &Context<'_>, type_name: &str, offset: u64) -> Option
         .and_then(|m| m.name.clone())
 }
 
-/// Size of the member of `type_name` named `member`, from DWARF.
-fn member_size(ctx: &Context<'_>, type_name: &str, member: &str) -> Option<u64> {
-    let (source, id) = ctx.program.find_type(type_name).ok()?;
-    let ty = source.get(id).ok()?;
-    let m = ty
-        .members
-        .iter()
-        .find(|m| m.name.as_deref() == Some(member))?;
-    source.get(m.ty).ok()?.size
-}
-
 impl Validator for RuleSet {
     fn name(&self) -> &str {
         "rules"
@@ -313,9 +302,14 @@ impl Validator for RuleSet {
                 ));
                 continue;
             };
-            let (offset, name) = match &rule.field {
-                Field::Offset(o) => (Some(*o), None),
-                Field::Named(f) => (ctx.member_offset(&root.type_name, f), Some(f.clone())),
+            // A named field's offset and size, found once in the element type.
+            let (offset, member_size, name) = match &rule.field {
+                Field::Offset(o) => (Some(*o), None, None),
+                Field::Named(f) => {
+                    let m = ctx.member(&root.type_name, f);
+                    let size = m.as_ref().and_then(|m| m.size().ok());
+                    (m.map(|m| m.offset()), size, Some(f.clone()))
+                }
             };
             let Some(offset) = offset else {
                 out.push(ctx.note(
@@ -334,20 +328,19 @@ impl Validator for RuleSet {
             let size = rule
                 .size
                 .map(u64::from)
-                .or_else(|| {
-                    name.as_deref()
-                        .and_then(|n| member_size(ctx, &root.type_name, n))
-                })
+                .or(member_size)
                 .filter(|s| matches!(s, 1 | 2 | 4 | 8))
                 .unwrap_or(8);
             let into_root = match &rule.check {
-                Check::IntoRoot { root, .. } => ctx
-                    .root(root)
-                    .map(|r| r.address..r.address + r.max_count as u64 * r.element_size as u64),
+                Check::IntoRoot { root, .. } => ctx.root(root).map(|r| {
+                    let len = r.max_count as u64 * r.element_size as u64;
+                    r.address..r.address.saturating_add(len)
+                }),
                 _ => None,
             };
             for e in ctx.elements(root).elements.iter() {
-                let at = e.addr + offset;
+                // The rule's size, not the member's type, says how many bytes to read.
+                let at = e.addr.wrapping_add(offset);
                 let v = match size {
                     1 => ctx.program.read_u8(at).map(u64::from),
                     2 => ctx.program.read_u16(at).map(u64::from),

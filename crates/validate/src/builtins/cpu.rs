@@ -8,6 +8,7 @@
 //! by far is reported as stuck — Linux's soft-lockup detector, after the fact.
 
 use ambulance_abi::descriptor::{Root, RootKind};
+use ambulance_introspect::object::MemberLayout;
 use ambulance_report::{Finding, Severity};
 
 use super::hex;
@@ -22,12 +23,12 @@ const STALL_LAG_NS: u64 = 250_000_000;
 /// A lag worth a warning whatever the failure.
 const LAG_WARNING_NS: u64 = 2_000_000_000;
 
-fn percpu_root<'a>(ctx: &Context<'a>) -> Option<(&'a Root, u64)> {
+fn percpu_root<'a>(ctx: &Context<'a>) -> Option<(&'a Root, MemberLayout)> {
     ctx.roots().iter().find_map(|r| {
         (r.kind == RootKind::Array && ctx.member_offset(&r.type_name, "current").is_some())
-            .then(|| ctx.member_offset(&r.type_name, "cpu"))
+            .then(|| ctx.member(&r.type_name, "cpu"))
             .flatten()
-            .map(|o| (r, o))
+            .map(|m| (r, m))
     })
 }
 
@@ -45,11 +46,11 @@ impl Validator for CpuState {
     }
 
     fn run(&self, ctx: &Context<'_>, out: &mut Vec<Finding>) {
-        let Some((root, off_cpu)) = percpu_root(ctx) else {
+        let Some((root, m_cpu)) = percpu_root(ctx) else {
             return;
         };
         let elements = ctx.elements(root);
-        let cpu_of = |e: &Element| ctx.program.read_u32(e.addr + off_cpu).ok();
+        let cpu_of = |e: &Element| m_cpu.object(ctx.program, e.addr).read_u32().ok();
         let failure = ctx.failure;
 
         if let Some(vcpu) = failure.vcpu {
@@ -86,17 +87,20 @@ impl Validator for CpuState {
             }
         }
 
-        let Some(off_switch) = ctx.member_offset(&root.type_name, "last_switch_ns") else {
+        let Some(m_switch) = ctx.member(&root.type_name, "last_switch_ns") else {
             return;
         };
-        let off_online = ctx.member_offset(&root.type_name, "online");
+        let m_online = ctx.member(&root.type_name, "online");
         let mut stamps = Vec::new();
         for e in elements.elements.iter() {
-            let online = off_online.map_or(Some(1), |o| ctx.program.read_u32(e.addr + o).ok());
+            let online = m_online
+                .as_ref()
+                .map_or(Some(1), |m| m.object(ctx.program, e.addr).read_u32().ok());
             if online != Some(1) {
                 continue;
             }
-            if let (Ok(ts), Some(cpu)) = (ctx.program.read_u64(e.addr + off_switch), cpu_of(e)) {
+            let ts = m_switch.object(ctx.program, e.addr).read_u64();
+            if let (Ok(ts), Some(cpu)) = (ts, cpu_of(e)) {
                 stamps.push((*e, cpu, ts));
             }
         }

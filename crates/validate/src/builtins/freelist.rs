@@ -52,18 +52,18 @@ impl Validator for FreeLists {
                     &root.name,
                     index_of(*closing_node),
                     Some("next"),
-                    Some(closing_node - link),
+                    Some(closing_node.wrapping_sub(link)),
                     "a free list that ends".into(),
                     format!(
                         "next -> {} (already on the list)",
-                        hex(first_repeated - link)
+                        hex(first_repeated.wrapping_sub(link))
                     ),
                     format!(
                         "free list {} loops: entry {} points back to entry {}; the allocator \
                          would hand the same objects out again and again",
                         root.name,
-                        hex(closing_node - link),
-                        hex(first_repeated - link)
+                        hex(closing_node.wrapping_sub(link)),
+                        hex(first_repeated.wrapping_sub(link))
                     ),
                 )),
                 WalkEnd::Unreadable { at, error } => out.push(
@@ -90,7 +90,7 @@ impl Validator for FreeLists {
             }
             // Entries outside the slab.
             for (i, &l) in w.links.iter().enumerate() {
-                let entry = l - link;
+                let entry = l.wrapping_sub(link);
                 if entry < lo || entry >= hi {
                     out.push(ctx.finding(
                         NAME,
@@ -110,7 +110,7 @@ impl Validator for FreeLists {
                 }
             }
             // Free objects still referenced as live by a pointer table into the same slab.
-            let free: HashSet<u64> = w.links.iter().map(|l| l - link).collect();
+            let free: HashSet<u64> = w.links.iter().map(|l| l.wrapping_sub(link)).collect();
             for table in ctx
                 .roots()
                 .iter()

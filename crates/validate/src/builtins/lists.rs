@@ -51,15 +51,15 @@ impl Validator for ListIntegrity {
                     &root.name,
                     index_of(*closing_node),
                     Some("next"),
-                    Some(closing_node - link),
+                    Some(closing_node.wrapping_sub(link)),
                     format!("a chain back to the list head {}", hex(root.address)),
-                    format!("next -> element {}", hex(first_repeated - link)),
+                    format!("next -> element {}", hex(first_repeated.wrapping_sub(link))),
                     format!(
                         "list {} loops: element {} links back to element {} instead of \
                          continuing to the head; a walker of this list never terminates",
                         root.name,
-                        hex(closing_node - link),
-                        hex(first_repeated - link)
+                        hex(closing_node.wrapping_sub(link)),
+                        hex(first_repeated.wrapping_sub(link))
                     ),
                 )),
                 WalkEnd::Unreadable { at, error } => {
@@ -149,7 +149,11 @@ impl Validator for ListIntegrity {
                     &root.name,
                     if is_head { None } else { index_of(m.node) },
                     Some("prev"),
-                    Some(if is_head { m.node } else { m.node - link }),
+                    Some(if is_head {
+                        m.node
+                    } else {
+                        m.node.wrapping_sub(link)
+                    }),
                     hex(m.expected_prev),
                     hex(m.found_prev),
                     format!(
@@ -157,7 +161,11 @@ impl Validator for ListIntegrity {
                          previous element {}{why}",
                         root.name,
                         if is_head { "the head" } else { "element" },
-                        hex(if is_head { m.node } else { m.node - link }),
+                        hex(if is_head {
+                            m.node
+                        } else {
+                            m.node.wrapping_sub(link)
+                        }),
                         hex(m.expected_prev.wrapping_sub(link))
                     ),
                 ));

@@ -3,7 +3,8 @@
 //!
 //! Lock roots are roots whose element type has `locked` and `owner_cpu` members; per-CPU
 //! roots are those whose element type has a `waiting_on` member (a pointer to the lock
-//! the CPU spins on). Layouts come from DWARF or VMCOREINFO.
+//! the CPU spins on). Layouts come from DWARF or VMCOREINFO; members are found once per
+//! root and read in each element as [`Object`](ambulance_introspect::object::Object)s.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,8 @@ use crate::{Context, Validator};
 pub struct Locks;
 
 const NAME: &str = "locks";
+/// Longest lock name read (the test kernel's `name: [u8; 16]`).
+const NAME_LEN: usize = 16;
 
 struct Held {
     owner: Option<u32>,
@@ -43,32 +46,28 @@ impl Validator for Locks {
     fn run(&self, ctx: &Context<'_>, out: &mut Vec<Finding>) {
         let mut held: BTreeMap<u64, Held> = BTreeMap::new();
         for root in ctx.roots() {
-            let (Some(off_locked), Some(off_owner)) = (
-                ctx.member_offset(&root.type_name, "locked"),
-                ctx.member_offset(&root.type_name, "owner_cpu"),
+            let (Some(m_locked), Some(m_owner)) = (
+                ctx.member(&root.type_name, "locked"),
+                ctx.member(&root.type_name, "owner_cpu"),
             ) else {
                 continue;
             };
-            let off_name = ctx.member_offset(&root.type_name, "name");
+            let m_name = ctx.member(&root.type_name, "name");
             for e in ctx.elements(root).elements.iter() {
-                let Ok(locked) = ctx.program.read_u32(e.addr + off_locked) else {
+                let Ok(locked) = m_locked.object(ctx.program, e.addr).read_u32() else {
                     continue;
                 };
                 if locked == 0 {
                     continue;
                 }
-                let owner = ctx
-                    .program
-                    .read_u32(e.addr + off_owner)
+                let owner = m_owner
+                    .object(ctx.program, e.addr)
+                    .read_u32()
                     .ok()
                     .filter(|&c| c != u32::MAX);
-                let name = off_name
-                    .and_then(|o| {
-                        let mut b = [0u8; 16];
-                        ctx.program.read_virt(e.addr + o, &mut b).ok()?;
-                        let n = b.iter().position(|&c| c == 0).unwrap_or(16);
-                        Some(String::from_utf8_lossy(&b[..n]).into_owned())
-                    })
+                let name = m_name
+                    .as_ref()
+                    .and_then(|m| m.object(ctx.program, e.addr).read_cstr(NAME_LEN).ok())
                     .unwrap_or_else(|| format!("{}[{}]", root.name, e.index));
                 out.push(ctx.finding(
                     NAME,
@@ -102,19 +101,20 @@ impl Validator for Locks {
         // Who spins on what.
         let mut waits: BTreeMap<u32, u64> = BTreeMap::new();
         for root in ctx.roots() {
-            let Some(off_wait) = ctx.member_offset(&root.type_name, "waiting_on") else {
+            let Some(m_wait) = ctx.member(&root.type_name, "waiting_on") else {
                 continue;
             };
-            let off_cpu = ctx.member_offset(&root.type_name, "cpu");
+            let m_cpu = ctx.member(&root.type_name, "cpu");
             for e in ctx.elements(root).elements.iter() {
-                let Ok(lock) = ctx.program.read_u64(e.addr + off_wait) else {
+                let Ok(lock) = m_wait.object(ctx.program, e.addr).read_u64() else {
                     continue;
                 };
                 if lock == 0 {
                     continue;
                 }
-                let cpu = off_cpu
-                    .and_then(|o| ctx.program.read_u32(e.addr + o).ok())
+                let cpu = m_cpu
+                    .as_ref()
+                    .and_then(|m| m.object(ctx.program, e.addr).read_u32().ok())
                     .unwrap_or(e.index as u32);
                 waits.insert(cpu, lock);
                 let what = held.get(&lock);

@@ -6,7 +6,8 @@
 use std::collections::HashSet;
 
 use ambulance_abi::descriptor::RootKind;
-use ambulance_introspect::linux::tasks::{read_task, TaskLayout};
+use ambulance_introspect::object::MemberLayout;
+use ambulance_linux::tasks::{read_task, TaskLayout};
 use ambulance_report::{Finding, Severity};
 
 use super::hex;
@@ -29,18 +30,16 @@ impl StackEnd {
     }
 }
 
-/// The member holding the lowest address of an element's stack, and its offset.
+/// The member holding the lowest address of an element's stack: its name and where it is.
 fn stack_member(
     ctx: &Context<'_>,
     root: &ambulance_abi::descriptor::Root,
-) -> Option<(&'static str, u64)> {
-    if let Some(o) = ctx.member_offset(&root.type_name, "stack_base") {
-        return Some(("stack_base", o));
+) -> Option<(&'static str, MemberLayout)> {
+    if let Some(m) = ctx.member(&root.type_name, "stack_base") {
+        return Some(("stack_base", m));
     }
     if root.type_name == "task_struct" {
-        return ctx
-            .member_offset("task_struct", "stack")
-            .map(|o| ("stack", o));
+        return ctx.member("task_struct", "stack").map(|m| ("stack", m));
     }
     None
 }
@@ -80,12 +79,12 @@ impl Validator for StackEnd {
             .filter_map(|r| stack_member(ctx, r).map(|m| (r, m)))
             .collect();
         roots.sort_by_key(|(r, _)| r.kind != RootKind::Array);
-        for (root, (member, off)) in roots {
+        for (root, (member, stack)) in roots {
             for e in ctx.elements(root).elements.iter() {
                 if !seen.insert(e.addr) {
                     continue;
                 }
-                let Ok(base) = ctx.program.read_u64(e.addr + off) else {
+                let Ok(base) = stack.object(ctx.program, e.addr).read_u64() else {
                     continue;
                 };
                 // A Linux task that has exited keeps its task_struct but not its stack.

@@ -18,15 +18,21 @@
 //!
 //! [`read_log`] walks the descriptors from `tail_id` to `head_id` the way the kernel's
 //! reader, makedumpfile and crash do, keeps those that are committed or finalized, and
-//! reads each one's text. The three arrays are copied with a few large reads and decoded
-//! in memory; the walk is bounded by the descriptor count, the node limit and the time
-//! budget. Anything inconsistent skips the record and is counted, never trusted.
+//! reads each one's text. The ring's header is read as [`Object`]s over VMCOREINFO's
+//! layouts, every member found once; the three arrays are copied with a few large reads
+//! and decoded in memory at the offsets those layouts give. The walk is bounded by the
+//! descriptor count, the node limit and the time budget. Anything inconsistent skips the
+//! record and is counted, never trusted.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::program::Program;
-use crate::vmcoreinfo::Vmcoreinfo;
-use crate::walk::WalkLimits;
+use ambulance_introspect::object::{MemberLayout, Object};
+use ambulance_introspect::program::Program;
+use ambulance_introspect::types::{TypeId, TypeSource};
+use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
+use ambulance_introspect::walk::WalkLimits;
+
 use crate::{Error, Result};
 
 /// Largest descriptor ring accepted, as a power of two.
@@ -87,16 +93,22 @@ fn err(reason: String) -> Error {
     Error::Printk { reason }
 }
 
-/// Field offsets and sizes from VMCOREINFO.
+/// The ring's structures as VMCOREINFO lays them out: the header's members, read as
+/// [`Object`]s, and the offsets and sizes of the records, which are copied in bulk and
+/// decoded in memory. Every member is found once.
 struct Layout {
     prb: u64,
-    desc_ring: u64,
-    text_data_ring: u64,
-    count_bits: u64,
-    descs: u64,
-    infos: u64,
-    head_id: u64,
-    tail_id: u64,
+    types: Arc<dyn TypeSource>,
+    ringbuffer: TypeId,
+    desc_ring: MemberLayout,
+    text_data_ring: MemberLayout,
+    count_bits: MemberLayout,
+    descs: MemberLayout,
+    infos: MemberLayout,
+    head_id: MemberLayout,
+    tail_id: MemberLayout,
+    size_bits: MemberLayout,
+    data: MemberLayout,
     desc_size: u64,
     state_var: u64,
     lpos_begin: u64,
@@ -106,18 +118,24 @@ struct Layout {
     ts_nsec: u64,
     text_len: u64,
     caller_id: u64,
-    size_bits: u64,
-    data: u64,
 }
 
 impl Layout {
     fn from_vmcoreinfo(v: &Vmcoreinfo) -> Result<Layout> {
-        let off = |ty: &str, member: &str| {
-            v.offset(ty, member)
-                .ok_or_else(|| err(format!("VMCOREINFO has no OFFSET({ty}.{member})")))
+        let types = v.types();
+        let member = |ty: &str, path: &str| {
+            types
+                .find(ty)
+                .and_then(|id| MemberLayout::resolve(types.clone(), id, path))
+                .map_err(|_| err(format!("VMCOREINFO has no OFFSET({ty}.{path})")))
         };
+        let off = |ty: &str, path: &str| member(ty, path).map(|m| m.offset());
         let size = |ty: &str| {
-            v.size(ty)
+            types
+                .find(ty)
+                .and_then(|id| types.get(id))
+                .ok()
+                .and_then(|t| t.size)
                 .ok_or_else(|| err(format!("VMCOREINFO has no SIZE({ty})")))
         };
         let text_blk_lpos = off("prb_desc", "text_blk_lpos")?;
@@ -125,13 +143,13 @@ impl Layout {
             prb: v
                 .symbol("prb")
                 .ok_or_else(|| err("VMCOREINFO has no SYMBOL(prb)".into()))?,
-            desc_ring: off("printk_ringbuffer", "desc_ring")?,
-            text_data_ring: off("printk_ringbuffer", "text_data_ring")?,
-            count_bits: off("prb_desc_ring", "count_bits")?,
-            descs: off("prb_desc_ring", "descs")?,
-            infos: off("prb_desc_ring", "infos")?,
-            head_id: off("prb_desc_ring", "head_id")?,
-            tail_id: off("prb_desc_ring", "tail_id")?,
+            desc_ring: member("printk_ringbuffer", "desc_ring")?,
+            text_data_ring: member("printk_ringbuffer", "text_data_ring")?,
+            count_bits: member("prb_desc_ring", "count_bits")?,
+            descs: member("prb_desc_ring", "descs")?,
+            infos: member("prb_desc_ring", "infos")?,
+            head_id: member("prb_desc_ring", "head_id")?,
+            tail_id: member("prb_desc_ring", "tail_id")?,
             desc_size: size("prb_desc")?,
             state_var: off("prb_desc", "state_var")?,
             lpos_begin: text_blk_lpos.saturating_add(off("prb_data_blk_lpos", "begin")?),
@@ -141,8 +159,12 @@ impl Layout {
             ts_nsec: off("printk_info", "ts_nsec")?,
             text_len: off("printk_info", "text_len")?,
             caller_id: off("printk_info", "caller_id")?,
-            size_bits: off("prb_data_ring", "size_bits")?,
-            data: off("prb_data_ring", "data")?,
+            size_bits: member("prb_data_ring", "size_bits")?,
+            data: member("prb_data_ring", "data")?,
+            ringbuffer: types
+                .find("printk_ringbuffer")
+                .map_err(|_| err("VMCOREINFO has no printk_ringbuffer".into()))?,
+            types,
         };
         let fits = |what: &str, at: u64, width: u64, size: u64, max: u64| {
             if size == 0 || size > max {
@@ -323,45 +345,44 @@ pub fn read_log(program: &Program, vmcoreinfo: &Vmcoreinfo, limits: WalkLimits) 
     let rb = program
         .read_u64(l.prb)
         .map_err(|e| err(format!("cannot read the prb pointer at {:#x}: {e}", l.prb)))?;
-    let field = |what: &str, va: u64, wide: bool| -> Result<u64> {
+    // VMCOREINFO's layouts do not say what a member is: the two rings inside
+    // `struct printk_ringbuffer` are read as the structures they are.
+    let ring = Object::new(program, l.types.clone(), rb, l.ringbuffer);
+    let dr = ring.member_at(&l.desc_ring)?.reinterpret("prb_desc_ring")?;
+    let tr = ring
+        .member_at(&l.text_data_ring)?
+        .reinterpret("prb_data_ring")?;
+    let field = |what: &str, ring: &Object<'_>, m: &MemberLayout, wide: bool| -> Result<u64> {
+        let f = ring.member_at(m)?;
         let v = if wide {
-            program.read_u64(va)
+            f.read_u64()
         } else {
-            program.read_u32(va).map(u64::from)
+            f.read_u32().map(u64::from)
         };
         v.map_err(|e| {
             err(format!(
-                "cannot read {what} at {va:#x} (ring at {rb:#x}): {e}"
+                "cannot read {what} at {:#x} (ring at {rb:#x}): {e}",
+                f.address()
             ))
         })
     };
-    let dr = rb.wrapping_add(l.desc_ring);
-    let tr = rb.wrapping_add(l.text_data_ring);
-    let count_bits = field(
-        "prb_desc_ring.count_bits",
-        dr.wrapping_add(l.count_bits),
-        false,
-    )?;
-    let descs = field("prb_desc_ring.descs", dr.wrapping_add(l.descs), true)?;
-    let infos = field("prb_desc_ring.infos", dr.wrapping_add(l.infos), true)?;
-    let head_id = field("prb_desc_ring.head_id", dr.wrapping_add(l.head_id), true)? & ID_MASK;
-    let tail_id = field("prb_desc_ring.tail_id", dr.wrapping_add(l.tail_id), true)? & ID_MASK;
-    let size_bits = field(
-        "prb_data_ring.size_bits",
-        tr.wrapping_add(l.size_bits),
-        false,
-    )?;
-    let data_va = field("prb_data_ring.data", tr.wrapping_add(l.data), true)?;
+    let count_bits = field("prb_desc_ring.count_bits", &dr, &l.count_bits, false)?;
+    let descs = field("prb_desc_ring.descs", &dr, &l.descs, true)?;
+    let infos = field("prb_desc_ring.infos", &dr, &l.infos, true)?;
+    let head_id = field("prb_desc_ring.head_id", &dr, &l.head_id, true)? & ID_MASK;
+    let tail_id = field("prb_desc_ring.tail_id", &dr, &l.tail_id, true)? & ID_MASK;
+    let size_bits = field("prb_data_ring.size_bits", &tr, &l.size_bits, false)?;
+    let data_va = field("prb_data_ring.data", &tr, &l.data, true)?;
     if count_bits > MAX_COUNT_BITS as u64 {
         return Err(err(format!(
             "prb_desc_ring.count_bits at {:#x} is {count_bits} (at most {MAX_COUNT_BITS})",
-            dr.wrapping_add(l.count_bits)
+            dr.address().wrapping_add(l.count_bits.offset())
         )));
     }
     if size_bits > MAX_SIZE_BITS as u64 {
         return Err(err(format!(
             "prb_data_ring.size_bits at {:#x} is {size_bits} (at most {MAX_SIZE_BITS})",
-            tr.wrapping_add(l.size_bits)
+            tr.address().wrapping_add(l.size_bits.offset())
         )));
     }
     let count = 1u64 << count_bits;
@@ -526,11 +547,10 @@ pub fn panic_message(records: &[LogRecord]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::RawImage;
-    use crate::translate::{PageTableBuilder, Paging};
+    use ambulance_introspect::memory::RawImage;
+    use ambulance_introspect::translate::{PageTableBuilder, Paging};
     use proptest::prelude::*;
     use std::collections::VecDeque;
-    use std::sync::Arc;
     use std::time::Duration;
 
     /// Linux 6.1's layout, as its VMCOREINFO gives it.

@@ -27,10 +27,11 @@
 
 use std::time::Instant;
 
-use crate::program::Program;
-use crate::symbols::Symbols;
-use crate::vmcoreinfo::Vmcoreinfo;
-use crate::walk::WalkLimits;
+use ambulance_introspect::program::Program;
+use ambulance_introspect::symbols::Symbols;
+use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
+use ambulance_introspect::walk::WalkLimits;
+
 use crate::{Error, Result};
 
 /// Most symbols accepted (a distribution kernel has ~150k).
@@ -634,8 +635,8 @@ impl Kallsyms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::RawImage;
-    use crate::translate::{PageTableBuilder, Paging};
+    use ambulance_introspect::memory::RawImage;
+    use ambulance_introspect::translate::{PageTableBuilder, Paging};
     use proptest::prelude::*;
     use std::sync::Arc;
     use std::time::Duration;

@@ -1,18 +1,18 @@
-//! Linux knowledge: the kernel's own tables read out of guest memory, with VMCOREINFO
-//! (and BTF or DWARF where layouts are needed) — no debug-info package required.
+//! Linux's VMCOREINFO, interpreted: finding the kernel's note in guest RAM (at a registered
+//! address or by scanning for it), and what its entries say about translation — where the
+//! page tables are, how many levels they have, and the KASLR slide.
 //!
-//! * this module: finding the VMCOREINFO note in guest RAM, at a registered address or by
-//!   scanning for it;
-//! * [`kallsyms`]: the kernel's compressed symbol table, located through VMCOREINFO's
-//!   `SYMBOL(kallsyms_*)` entries;
-//! * [`printk`]: the lockless printk ring buffer (Linux ≥ 5.10) as dmesg records;
-//! * [`tasks`]: the task list from `init_task.tasks`, with pid, comm and state.
+//! The text format itself (`KEY=value` lines) is parsed by
+//! [`ambulance_introspect::vmcoreinfo::Vmcoreinfo`], which also reads the test kernel's
+//! registration; what the entries mean for Linux is here.
 
-pub mod kallsyms;
-pub mod printk;
-pub mod tasks;
+use std::sync::Arc;
 
-use crate::memory::PhysicalMemory;
+use ambulance_introspect::memory::PhysicalMemory;
+use ambulance_introspect::program::Program;
+use ambulance_introspect::translate::Paging;
+use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
+
 use crate::{Error, Result};
 
 /// The largest VMCOREINFO note buffer accepted. The kernel's (`VMCOREINFO_NOTE_SIZE`) is
@@ -23,13 +23,14 @@ pub const VMCOREINFO_NOTE_MAX: usize = 8192;
 /// The ELF note name Linux gives VMCOREINFO, NUL-terminated and padded to 4 bytes.
 const NOTE_NAME: &[u8; 12] = b"VMCOREINFO\0\0";
 
+/// Linux's `__START_KERNEL_map` on x86-64: kernel-image addresses are this plus the
+/// physical address, less `phys_base`.
+pub const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+
 /// The VMCOREINFO text of the ELF note at guest-physical `pa` (as
 /// `/sys/kernel/vmcoreinfo` names it: the note's address and the buffer's size).
 pub fn vmcoreinfo_note_at(mem: &dyn PhysicalMemory, pa: u64, size: u64) -> Result<String> {
-    let bad = |reason: String| Error::Vmcoreinfo {
-        line: 0,
-        reason: format!("note at guest-physical {pa:#x}: {reason}"),
-    };
+    let bad = |reason: String| Error::VmcoreinfoNote { pa, reason };
     if size < 12 + NOTE_NAME.len() as u64 || size > VMCOREINFO_NOTE_MAX as u64 {
         return Err(bad(format!(
             "size {size} is not that of a VMCOREINFO note (24..={VMCOREINFO_NOTE_MAX} bytes)"
@@ -42,7 +43,10 @@ pub fn vmcoreinfo_note_at(mem: &dyn PhysicalMemory, pa: u64, size: u64) -> Resul
 
 /// Parses a VMCOREINFO ELF note (header, name, text) out of `buf`.
 fn note_text(buf: &[u8]) -> std::result::Result<String, String> {
-    let word = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().unwrap());
+    let word = |i: usize| {
+        buf.get(i..i + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
     if buf.len() < 24 {
         return Err("shorter than a note header".into());
     }
@@ -102,10 +106,52 @@ pub fn scan_vmcoreinfo(mem: &dyn PhysicalMemory) -> Option<(u64, String)> {
     None
 }
 
+/// The physical address of the kernel's page tables: `swapper_pg_dir`'s kernel-image
+/// address minus `__START_KERNEL_map`, plus `phys_base` (signed: negative when the kernel
+/// runs below where it was linked). `None` without both entries, or when
+/// `swapper_pg_dir` is not a kernel-image address.
+pub fn page_table_root(vmcoreinfo: &Vmcoreinfo) -> Option<u64> {
+    let pgd = vmcoreinfo.symbol("swapper_pg_dir")?;
+    let phys_base = vmcoreinfo.number("phys_base")?;
+    pgd.checked_sub(START_KERNEL_MAP)
+        .map(|p| p.wrapping_add(phys_base as u64))
+}
+
+/// The paging mode: 5 levels when `NUMBER(pgtable_l5_enabled)` is 1, else 4.
+pub fn paging(vmcoreinfo: &Vmcoreinfo) -> Paging {
+    if vmcoreinfo.number("pgtable_l5_enabled") == Some(1) {
+        Paging::Five
+    } else {
+        Paging::Four
+    }
+}
+
+/// The KASLR slide of the kernel's virtual addresses (`KERNELOFFSET`, 0 when absent):
+/// what to add to a vmlinux file's addresses to get the running kernel's.
+pub fn kaslr_offset(vmcoreinfo: &Vmcoreinfo) -> u64 {
+    vmcoreinfo.kerneloffset().unwrap_or(0)
+}
+
+/// A [`Program`] over a Linux guest's memory from its VMCOREINFO alone: translation through
+/// `swapper_pg_dir` with as many levels as [`paging`] says, and VMCOREINFO's symbols and
+/// layouts. No other symbols or types yet: [`crate::sources::load`] adds them.
+pub fn program(memory: Arc<dyn PhysicalMemory>, vmcoreinfo: &Vmcoreinfo) -> Result<Program> {
+    let root = page_table_root(vmcoreinfo).ok_or(Error::NoPageTables {
+        missing: if vmcoreinfo.symbol("swapper_pg_dir").is_none() {
+            "SYMBOL(swapper_pg_dir)"
+        } else if vmcoreinfo.number("phys_base").is_none() {
+            "NUMBER(phys_base)"
+        } else {
+            "SYMBOL(swapper_pg_dir) in the kernel image"
+        },
+    })?;
+    Ok(Program::new(memory, root, paging(vmcoreinfo)).with_vmcoreinfo(vmcoreinfo.clone()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::RawImage;
+    use ambulance_introspect::memory::RawImage;
 
     fn note(text: &str) -> Vec<u8> {
         let mut n = Vec::new();
@@ -156,5 +202,39 @@ mod tests {
     fn scan_of_memory_without_a_note_finds_nothing() {
         let mem = RawImage::from_bytes(vec![0xab; 1 << 20], 0);
         assert_eq!(scan_vmcoreinfo(&mem), None);
+    }
+
+    #[test]
+    fn translation_entries() {
+        let v = |text: &str| Vmcoreinfo::parse(text).unwrap();
+        let linked = v("SYMBOL(swapper_pg_dir)=ffffffff8260a000\nNUMBER(phys_base)=0\n");
+        assert_eq!(page_table_root(&linked), Some(0x260_a000));
+        assert_eq!(paging(&linked), Paging::Four);
+        assert_eq!(kaslr_offset(&linked), 0);
+        // Loaded 16 MiB below where it was linked, five levels, slid by KASLR.
+        let moved = v(
+            "SYMBOL(swapper_pg_dir)=ffffffff9a60a000\nNUMBER(phys_base)=-16777216\n\
+             NUMBER(pgtable_l5_enabled)=1\nKERNELOFFSET=19000000\n",
+        );
+        assert_eq!(page_table_root(&moved), Some(0x1a60_a000 - 0x100_0000));
+        assert_eq!(paging(&moved), Paging::Five);
+        assert_eq!(kaslr_offset(&moved), 0x1900_0000);
+        // Not a kernel-image address; entries missing.
+        let low = v("SYMBOL(swapper_pg_dir)=1000\nNUMBER(phys_base)=0\n");
+        assert_eq!(page_table_root(&low), None);
+        let mem: Arc<dyn PhysicalMemory> = Arc::new(RawImage::from_bytes(vec![0; 4096], 0));
+        for (text, missing) in [
+            ("NUMBER(phys_base)=0\n", "SYMBOL(swapper_pg_dir)"),
+            (
+                "SYMBOL(swapper_pg_dir)=ffffffff8260a000\n",
+                "NUMBER(phys_base)",
+            ),
+        ] {
+            let e = program(mem.clone(), &v(text)).unwrap_err();
+            assert!(e.to_string().contains(missing), "{e}");
+        }
+        let p = program(mem, &linked).unwrap();
+        assert_eq!(p.translator().root(), 0x260_a000);
+        assert!(p.vmcoreinfo().is_some());
     }
 }

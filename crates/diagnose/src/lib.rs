@@ -35,7 +35,7 @@ use ambulance_report::{
     Severity, ToolInfo, VcpuRegisters, SCHEMA_VERSION,
 };
 use ambulance_validate::rules::RuleSet;
-use ambulance_validate::{Config, Context, Registry};
+use ambulance_validate::{Context, Registry, ValidationConfig};
 use serde::{Deserialize, Serialize};
 
 /// Why a diagnosis could not be made at all (anything less becomes a finding).
@@ -149,7 +149,7 @@ pub struct Options {
     /// Declarative rules.
     pub rules: Option<RuleSet>,
     /// Which validators run, and budgets.
-    pub config: Config,
+    pub config: ValidationConfig,
 }
 
 /// Diagnoses a frozen guest from its RAM: maps `ram` read-only, runs [`diagnose`], and,
@@ -243,6 +243,12 @@ pub fn diagnose(
         max_nodes: options.config.max_nodes,
         time_budget: std::time::Duration::from_millis(options.config.walk_budget_ms),
     };
+    // Decoding a kernel's own tables (kallsyms, BTF, the printk ring) is a one-time load,
+    // bounded on its own: a walk's budget is far too small for it on a busy host.
+    let load_limits = WalkLimits {
+        time_budget: std::time::Duration::from_millis(options.config.load_budget_ms),
+        ..limits
+    };
     let mut program = Program::new(memory, root, if la57 { Paging::Five } else { Paging::Four });
     if let Some(v) = &vmcoreinfo {
         program = program.with_vmcoreinfo(v.clone());
@@ -261,7 +267,7 @@ pub fn diagnose(
             duration_us: t.elapsed().as_micros() as u64,
         });
         let d = options.debuginfo.as_deref();
-        program = linux::load(program, v, d, limits, &mut sources, &mut timeline);
+        program = linux::load(program, v, d, load_limits, &mut sources, &mut timeline);
         kernel_roots = linux::roots(&program, limits, &mut sources);
     } else if let Some(d) = &options.debuginfo {
         let load_offset = descriptor.as_ref().map_or(0, |d| d.load_offset);
@@ -313,7 +319,7 @@ pub fn diagnose(
     });
     let kernel = linux.map(|v| {
         let t = Instant::now();
-        let k = linux::kernel_info(&ctx, v, sources, limits);
+        let k = linux::kernel_info(&ctx, v, sources, load_limits);
         timeline.push(Phase {
             name: "kernel".into(),
             duration_us: t.elapsed().as_micros() as u64,

@@ -5,7 +5,7 @@
 //! [`Program`], the host's boot-time copy of its registration descriptor, the failure,
 //! the vCPUs), appends [`Finding`]s. The [`Registry`] holds the built-ins
 //! ([`builtins::all`]) plus any declarative [`rules`] loaded from TOML; which validators
-//! run, and their walk budgets, come from a [`Config`].
+//! run, and their walk budgets, come from a [`ValidationConfig`].
 //!
 //! Walks are shared: the first validator that needs a root's elements walks it (bounded,
 //! see [`ambulance_introspect::walk`]) and the result is cached in the context, together
@@ -71,7 +71,7 @@ pub trait Validator: Send + Sync {
 /// Which validators run and with what budgets.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub struct ValidationConfig {
     /// Run only these (all when empty).
     pub enabled: Vec<String>,
     /// Never run these.
@@ -80,18 +80,23 @@ pub struct Config {
     pub max_nodes: u64,
     /// Time budget of one walk, in milliseconds.
     pub walk_budget_ms: u64,
+    /// Time budget of loading what the guest's kernel keeps about itself (decoding a
+    /// Linux kernel's kallsyms, indexing its BTF, reading its printk ring), in
+    /// milliseconds: a one-time cost per diagnosis, not a walk.
+    pub load_budget_ms: u64,
     /// Time budget of the whole validation, in milliseconds; validators that would
     /// start after it is spent are skipped and say so.
     pub total_budget_ms: u64,
 }
 
-impl Default for Config {
+impl Default for ValidationConfig {
     fn default() -> Self {
-        Config {
+        ValidationConfig {
             enabled: Vec::new(),
             disabled: Vec::new(),
             max_nodes: 1 << 20,
             walk_budget_ms: 250,
+            load_budget_ms: 5_000,
             total_budget_ms: 5_000,
         }
     }
@@ -127,7 +132,7 @@ impl Registry {
     }
 
     /// Checks that a configuration only names known validators.
-    pub fn check_config(&self, config: &Config) -> Result<(), Error> {
+    pub fn check_config(&self, config: &ValidationConfig) -> Result<(), Error> {
         let names = self.names();
         for name in config.enabled.iter().chain(&config.disabled) {
             if !names.contains(&name.as_str()) {
@@ -142,7 +147,7 @@ impl Registry {
 
     /// Runs every enabled, applicable validator; returns the findings (most severe
     /// first) and one timeline phase per validator.
-    pub fn run(&self, ctx: &Context<'_>, config: &Config) -> (Vec<Finding>, Vec<Phase>) {
+    pub fn run(&self, ctx: &Context<'_>, config: &ValidationConfig) -> (Vec<Finding>, Vec<Phase>) {
         let mut findings = Vec::new();
         let mut phases = Vec::new();
         let start = Instant::now();

@@ -61,7 +61,7 @@ const NO_LPOS: u64 = 3;
 
 /// One printk record.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogRecord {
+pub struct PrintkRecord {
     /// Sequence number.
     pub seq: u64,
     /// Nanoseconds since boot (`local_clock()`), as dmesg shows them.
@@ -81,7 +81,7 @@ pub struct LogRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Log {
     /// Committed and finalized records, in sequence order.
-    pub records: Vec<LogRecord>,
+    pub records: Vec<PrintkRecord>,
     /// Descriptors skipped: being written (reserved), already recycled (reusable),
     /// overwritten (id mismatch), or whose text could not be read.
     pub dropped: u64,
@@ -503,7 +503,7 @@ pub fn read_log(program: &Program, vmcoreinfo: &Vmcoreinfo, limits: WalkLimits) 
             }
         };
         let flags_level = info[l.text_len as usize + 3];
-        records.push(LogRecord {
+        records.push(PrintkRecord {
             seq,
             timestamp_ns: u64_at(info, l.ts_nsec),
             level: flags_level >> 5,
@@ -536,7 +536,7 @@ pub fn read_log(program: &Program, vmcoreinfo: &Vmcoreinfo, limits: WalkLimits) 
 
 /// The message of the last `Kernel panic - not syncing: …` record: the text after that
 /// marker, up to the end of its line.
-pub fn panic_message(records: &[LogRecord]) -> Option<String> {
+pub fn panic_message(records: &[PrintkRecord]) -> Option<String> {
     records.iter().rev().find_map(|r| {
         let at = r.text.find(PANIC_MARKER)?;
         let rest = &r.text[at + PANIC_MARKER.len()..];
@@ -613,7 +613,7 @@ OFFSET(prb_data_ring.tail_lpos)=24
         head_lpos: u64,
         tail_lpos: u64,
         /// Records from tail to head: the expected record, or None when it is skipped.
-        live: VecDeque<(u64, Option<LogRecord>)>,
+        live: VecDeque<(u64, Option<PrintkRecord>)>,
         /// Data blocks in lpos order: (id, next).
         blocks: VecDeque<(u64, u64)>,
         wrapped: Vec<u64>,
@@ -714,20 +714,21 @@ OFFSET(prb_data_ring.tail_lpos)=24
             info[19] = (level << 5) | 0x1f;
             info[20..24].copy_from_slice(&caller.to_le_bytes());
             self.head_id = id;
-            let record = (state == DESC_COMMITTED || state == DESC_FINALIZED).then(|| LogRecord {
-                seq,
-                timestamp_ns: ts,
-                level,
-                facility,
-                caller_id: caller,
-                text: String::from_utf8_lossy(text).into_owned(),
-            });
+            let record =
+                (state == DESC_COMMITTED || state == DESC_FINALIZED).then(|| PrintkRecord {
+                    seq,
+                    timestamp_ns: ts,
+                    level,
+                    facility,
+                    caller_id: caller,
+                    text: String::from_utf8_lossy(text).into_owned(),
+                });
             self.live.push_back((id, record));
             id
         }
 
-        fn expected(&self) -> (Vec<LogRecord>, u64) {
-            let records: Vec<LogRecord> = self.live.iter().filter_map(|e| e.1.clone()).collect();
+        fn expected(&self) -> (Vec<PrintkRecord>, u64) {
+            let records: Vec<PrintkRecord> = self.live.iter().filter_map(|e| e.1.clone()).collect();
             // The bootstrap descriptor, while still in the ring, is not a lost record.
             let bootstrap = self.live.iter().any(|e| e.0 == FIRST_ID - 1) as u64;
             let dropped = self.live.len() as u64 - records.len() as u64 - bootstrap;
@@ -1041,7 +1042,7 @@ OFFSET(prb_data_ring.tail_lpos)=24
 
     #[test]
     fn panic_messages() {
-        let rec = |seq, text: &str| LogRecord {
+        let rec = |seq, text: &str| PrintkRecord {
             seq,
             timestamp_ns: 0,
             level: 0,

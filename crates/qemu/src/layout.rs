@@ -154,7 +154,7 @@ pub struct RamFile {
 
 /// What QEMU says about its guest RAM.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Backend {
+pub struct MemoryBackend {
     /// QEMU's machine type.
     pub machine_type: String,
     /// The memory backend's QOM path.
@@ -170,7 +170,7 @@ fn how_to_start() -> &'static str {
 }
 
 /// Asks QEMU where its guest RAM is and how it is laid out.
-pub async fn backend(qmp: &Qmp) -> Result<Backend> {
+pub async fn backend(qmp: &Qmp) -> Result<MemoryBackend> {
     let machine_type = qmp
         .qom_get("/machine", "type")
         .await?
@@ -244,7 +244,7 @@ pub async fn backend(qmp: &Qmp) -> Result<Backend> {
             }
         }
     }
-    Ok(Backend {
+    Ok(MemoryBackend {
         machine_type,
         path,
         mem_path,

@@ -369,13 +369,13 @@ pub struct StructureWalk {
     /// Elements visited.
     pub count: u64,
     /// How the walk ended.
-    pub end: WalkEnd,
+    pub end: WalkOutcome,
 }
 
 /// How a walk ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct WalkEnd {
+pub struct WalkOutcome {
     /// `complete`, `cycle`, `limit`, `unreadable`, `timed_out`.
     pub kind: String,
     /// The address involved (cycle-closing node, unreadable node), if any.

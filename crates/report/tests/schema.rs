@@ -60,7 +60,7 @@ pub fn sample() -> Report {
             structure: "run_queue".into(),
             kind: "list".into(),
             count: 14,
-            end: WalkEnd {
+            end: WalkOutcome {
                 kind: "complete".into(),
                 at: None,
                 detail: String::new(),

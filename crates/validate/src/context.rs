@@ -30,7 +30,7 @@ pub struct RootElements {
     /// For lists: the raw walk (link addresses), for validators that check links.
     pub list: Option<ListWalk>,
     /// How the enumeration ended.
-    pub end: ambulance_report::WalkEnd,
+    pub end: ambulance_report::WalkOutcome,
 }
 
 /// Everything a validator may look at.
@@ -123,7 +123,7 @@ impl<'a> Context<'a> {
     }
 
     fn enumerate(&self, root: &Root) -> RootElements {
-        let complete = || ambulance_report::WalkEnd {
+        let complete = || ambulance_report::WalkOutcome {
             kind: "complete".into(),
             at: None,
             detail: String::new(),
@@ -194,7 +194,7 @@ impl<'a> Context<'a> {
     /// Depth-first over a binary tree, bounded by the walk limits and `max_count`.
     fn walk_tree(&self, root: &Root) -> RootElements {
         let mut elements = Vec::new();
-        let mut end = ambulance_report::WalkEnd {
+        let mut end = ambulance_report::WalkOutcome {
             kind: "complete".into(),
             at: None,
             detail: String::new(),
@@ -214,7 +214,7 @@ impl<'a> Context<'a> {
         };
         while let Some(node) = stack.pop() {
             if !seen.insert(node) {
-                end = ambulance_report::WalkEnd {
+                end = ambulance_report::WalkOutcome {
                     kind: "cycle".into(),
                     at: Some(Hex(node)),
                     detail: "a tree node is reachable twice".into(),
@@ -222,7 +222,7 @@ impl<'a> Context<'a> {
                 break;
             }
             if elements.len() as u64 >= limit {
-                end = ambulance_report::WalkEnd {
+                end = ambulance_report::WalkOutcome {
                     kind: "limit".into(),
                     at: Some(Hex(node)),
                     detail: format!("stopped after {limit} nodes"),
@@ -349,8 +349,8 @@ impl<'a> Context<'a> {
     }
 }
 
-fn unreadable(at: u64, error: &str) -> ambulance_report::WalkEnd {
-    ambulance_report::WalkEnd {
+fn unreadable(at: u64, error: &str) -> ambulance_report::WalkOutcome {
+    ambulance_report::WalkOutcome {
         kind: "unreadable".into(),
         at: Some(Hex(at)),
         detail: error.to_string(),
@@ -358,7 +358,7 @@ fn unreadable(at: u64, error: &str) -> ambulance_report::WalkEnd {
 }
 
 /// A list walk's end as the report says it.
-pub fn report_end(end: &WalkEnd, root: &Root) -> ambulance_report::WalkEnd {
+pub fn report_end(end: &WalkEnd, root: &Root) -> ambulance_report::WalkOutcome {
     let (kind, at, detail) = match end {
         WalkEnd::Complete => ("complete", None, String::new()),
         WalkEnd::Cycle {
@@ -381,7 +381,7 @@ pub fn report_end(end: &WalkEnd, root: &Root) -> ambulance_report::WalkEnd {
         ),
         WalkEnd::TimedOut { after } => ("timed_out", None, format!("stopped after {after:?}")),
     };
-    ambulance_report::WalkEnd {
+    ambulance_report::WalkOutcome {
         kind: kind.into(),
         at: at.map(Hex),
         detail,

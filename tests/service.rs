@@ -319,6 +319,7 @@ fn api_end_to_end_report_webhook_auth_and_cli() {
             &Endpoint::Tcp {
                 authority: format!("127.0.0.1:{port}"),
                 token: token.map(str::to_string),
+                tls: None,
             },
             "GET",
             "/v1/guests",

@@ -19,12 +19,16 @@ pub struct ClientArgs {
     /// The daemon's Unix socket (default: `ambulance.sock` in the default data directory).
     #[arg(long, value_name = "PATH", conflicts_with = "url")]
     pub socket: Option<PathBuf>,
-    /// The daemon's TCP listener, e.g. http://127.0.0.1:7878 (needs --token).
+    /// The daemon's TCP listener, e.g. http://127.0.0.1:7878, or https://host:7878 with
+    /// --ca (needs --token).
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
     /// The bearer token of the TCP listener.
     #[arg(long, value_name = "TOKEN", requires = "url")]
     pub token: Option<String>,
+    /// With an https:// --url: the CA certificate (PEM) that signed the daemon's.
+    #[arg(long, value_name = "PEM", requires = "url")]
+    pub ca: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -37,9 +41,24 @@ impl ClientArgs {
                         "--url {url}: give the daemon's address only, e.g. http://127.0.0.1:7878"
                     )));
                 }
+                let tls = match (u.tls, &self.ca) {
+                    (true, Some(ca)) => Some(ambulance_service::tls::client_config(ca)?),
+                    (true, None) => {
+                        return Err(CliError::Usage(format!(
+                            "--url {url}: an https:// daemon needs --ca, the CA certificate that signed its certificate"
+                        )))
+                    }
+                    (false, Some(_)) => {
+                        return Err(CliError::Usage(format!(
+                            "--ca goes with an https:// --url, not {url}"
+                        )))
+                    }
+                    (false, None) => None,
+                };
                 Ok(Endpoint::Tcp {
                     authority: u.authority,
                     token: self.token.clone(),
+                    tls,
                 })
             }
             None => Ok(Endpoint::Unix(

@@ -74,6 +74,7 @@ async fn deliver(url: &str, body: Vec<u8>, attempts: u32, backoff: Duration) -> 
     let endpoint = Endpoint::Tcp {
         authority: parsed.authority.clone(),
         token: None,
+        tls: None,
     };
     let mut delay = backoff;
     for attempt in 1..=attempts {

@@ -1,5 +1,6 @@
-//! A small HTTP/1.1 client over tokio and hyper: the CLI's way to the daemon (Unix socket
-//! or TCP with a bearer token) and the daemon's way to alert webhooks (plain `http://`).
+//! A small HTTP/1.1 client over tokio and hyper: the CLI's way to the daemon (Unix socket,
+//! or TCP — `http://` on loopback, `https://` with the daemon's CA — with a bearer token)
+//! and the daemon's way to alert webhooks (`http://`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,10 +12,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{Result, ServiceError};
 
-/// An `http://host:port/path` URL (no TLS: webhooks and the API are for the host and its
-/// management network).
+/// An `http://` or `https://host:port/path` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// Whether it is `https://`.
+    pub tls: bool,
     /// `host:port`.
     pub authority: String,
     /// `/path?query`.
@@ -22,18 +24,24 @@ pub struct HttpUrl {
 }
 
 impl HttpUrl {
-    /// Parses `http://host[:port][/path]`.
+    /// Parses `http[s]://host[:port][/path]`.
     pub fn parse(url: &str) -> Result<HttpUrl> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            ServiceError::Invalid(format!("{url:?}: only http:// URLs are supported"))
-        })?;
+        let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (None, Some(rest)) => (true, rest),
+            _ => {
+                return Err(ServiceError::Invalid(format!(
+                    "{url:?}: only http:// and https:// URLs are supported"
+                )))
+            }
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         if authority.is_empty() || authority.contains('@') {
             return Err(ServiceError::Invalid(format!(
-                "{url:?}: expected http://host:port/path"
+                "{url:?}: expected http[s]://host:port/path"
             )));
         }
         let has_port = if authority.starts_with('[') {
@@ -41,16 +49,29 @@ impl HttpUrl {
         } else {
             authority.contains(':')
         };
-        let authority = if has_port {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
+        let authority = match (has_port, tls) {
+            (true, _) => authority.to_string(),
+            (false, false) => format!("{authority}:80"),
+            (false, true) => format!("{authority}:443"),
         };
         Ok(HttpUrl {
+            tls,
             authority,
             path: path.to_string(),
         })
     }
+
+    /// The host part of the authority (without port and brackets), as TLS names it.
+    pub fn host(&self) -> &str {
+        host_of(&self.authority)
+    }
+}
+
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
 
 /// Where the daemon is.
@@ -58,12 +79,14 @@ impl HttpUrl {
 pub enum Endpoint {
     /// Its Unix socket.
     Unix(PathBuf),
-    /// Its TCP listener (`http://host:port`), with the bearer token.
+    /// Its TCP listener, with the bearer token.
     Tcp {
         /// `host:port`.
         authority: String,
         /// The token.
         token: Option<String>,
+        /// For `https://`: the TLS configuration that trusts the daemon's CA.
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     },
 }
 
@@ -71,7 +94,11 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Unix(p) => write!(f, "unix socket {}", p.display()),
-            Endpoint::Tcp { authority, .. } => write!(f, "http://{authority}"),
+            Endpoint::Tcp { authority, tls, .. } => write!(
+                f,
+                "{}://{authority}",
+                if tls.is_some() { "https" } else { "http" }
+            ),
         }
     }
 }
@@ -125,7 +152,9 @@ pub async fn request(
             .header(hyper::header::ACCEPT, accept);
         let host = match endpoint {
             Endpoint::Unix(_) => "localhost".to_string(),
-            Endpoint::Tcp { authority, token } => {
+            Endpoint::Tcp {
+                authority, token, ..
+            } => {
                 if let Some(t) = token {
                     builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
                 }
@@ -150,13 +179,27 @@ pub async fn request(
                 })?;
                 send(s, req, endpoint).await
             }
-            Endpoint::Tcp { authority, .. } => {
+            Endpoint::Tcp { authority, tls, .. } => {
                 let s = tokio::net::TcpStream::connect(authority.as_str())
                     .await
                     .map_err(|e| {
-                        ServiceError::Client(format!("cannot connect to http://{authority}: {e}"))
+                        ServiceError::Client(format!("cannot connect to {endpoint}: {e}"))
                     })?;
-                send(s, req, endpoint).await
+                match tls {
+                    None => send(s, req, endpoint).await,
+                    Some(config) => {
+                        let name =
+                            rustls::pki_types::ServerName::try_from(host_of(authority).to_string())
+                                .map_err(|e| ServiceError::Invalid(format!("{endpoint}: {e}")))?;
+                        let s = tokio_rustls::TlsConnector::from(config.clone())
+                            .connect(name, s)
+                            .await
+                            .map_err(|e| {
+                                ServiceError::Client(format!("TLS with {endpoint} failed: {e}"))
+                            })?;
+                        send(s, req, endpoint).await
+                    }
+                }
             }
         }
     };
@@ -235,7 +278,12 @@ mod tests {
         let u = HttpUrl::parse("http://localhost").unwrap();
         assert_eq!(u.authority, "localhost:80");
         assert_eq!(u.path, "/");
-        assert!(HttpUrl::parse("https://x/").is_err());
+        let u = HttpUrl::parse("https://ambulance.example/").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.authority, "ambulance.example:443");
+        assert_eq!(u.host(), "ambulance.example");
+        assert_eq!(HttpUrl::parse("https://[::1]:7878").unwrap().host(), "::1");
+        assert!(HttpUrl::parse("ftp://x/").is_err());
         assert!(HttpUrl::parse("http:///x").is_err());
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! [api]
 //! socket = "/run/ambulance.sock"       # default: <data_dir>/ambulance.sock (mode 0600)
-//! tcp = "127.0.0.1:7878"               # optional; requires bearer_token
+//! tcp = "127.0.0.1:7878"               # optional; requires bearer_token, and tls off loopback
+//! tls = { cert = "api.pem", key = "api.key" }
 //! bearer_token = "…"
 //!
 //! [worker]
@@ -162,6 +163,14 @@ struct RawApi {
     socket: Option<PathBuf>,
     tcp: Option<String>,
     bearer_token: Option<String>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -445,10 +454,22 @@ pub enum ImageKind {
 pub struct ApiConfig {
     /// The Unix socket (mode 0600).
     pub socket: PathBuf,
-    /// An optional TCP listener, which requires `bearer_token`.
+    /// An optional TCP listener, which requires `bearer_token`, and `tls` unless it is on
+    /// a loopback address.
     pub tcp: Option<SocketAddr>,
     /// The token TCP clients must present.
     pub bearer_token: Option<String>,
+    /// TLS for the TCP listener.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A TLS server's certificate chain and private key (PEM files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// Diagnosis worker limits.
@@ -546,6 +567,10 @@ impl ServiceConfig {
         };
         rebase(&mut cfg.data_dir);
         rebase(&mut cfg.api.socket);
+        if let Some(tls) = &mut cfg.api.tls {
+            rebase(&mut tls.cert);
+            rebase(&mut tls.key);
+        }
         for g in &mut cfg.guests {
             if let Runner::Qemu(q) = &mut g.runner {
                 rebase(&mut q.qmp);
@@ -611,6 +636,27 @@ impl ServiceConfig {
                 "a TCP listener (api.tcp) requires a non-empty bearer_token".into(),
             ));
         }
+        let tls = raw.api.tls.map(|t| TlsFiles {
+            cert: t.cert,
+            key: t.key,
+        });
+        match (tcp, &tls) {
+            (Some(addr), None) if !addr.ip().is_loopback() => {
+                return Err(bad(
+                    "api.tcp".into(),
+                    format!(
+                        "{addr} is not a loopback address: a TCP listener reachable from other machines requires api.tls = {{ cert = \"…\", key = \"…\" }} (the bearer token must not cross a network in clear)"
+                    ),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "api.tls".into(),
+                    "applies to the TCP listener; set api.tcp too".into(),
+                ))
+            }
+            _ => {}
+        }
         let address_space_bytes = raw
             .worker
             .address_space
@@ -636,8 +682,14 @@ impl ServiceConfig {
             ));
         }
         for (i, url) in raw.alerts.webhooks.iter().enumerate() {
-            crate::client::HttpUrl::parse(url)
+            let u = crate::client::HttpUrl::parse(url)
                 .map_err(|e| bad(format!("alerts.webhooks[{i}]"), e.to_string()))?;
+            if u.tls {
+                return Err(bad(
+                    format!("alerts.webhooks[{i}]"),
+                    format!("{url:?}: webhooks are posted over http:// (to a relay on the host or its management network)"),
+                ));
+            }
         }
         let attempts = raw.alerts.attempts.unwrap_or(5);
         if !(1..=100).contains(&attempts) {
@@ -665,6 +717,7 @@ impl ServiceConfig {
                 socket,
                 tcp,
                 bearer_token,
+                tls,
             },
             worker: WorkerConfig {
                 executable: raw.worker.executable,
@@ -1045,6 +1098,12 @@ policy = "maintenance"
         assert!(e.contains("pray") && e.contains("line 3"), "{e}");
         let e = err("[api]\ntcp = \"127.0.0.1:1\"\n");
         assert!(e.contains("api.bearer_token"), "{e}");
+        let e = err("[api]\ntcp = \"0.0.0.0:7878\"\nbearer_token = \"t\"\n");
+        assert!(e.contains("api.tcp") && e.contains("api.tls"), "{e}");
+        let e = err("[api]\ntls = { cert = \"c\", key = \"k\" }\n");
+        assert!(e.contains("api.tls") && e.contains("api.tcp"), "{e}");
+        parse("[api]\ntcp = \"0.0.0.0:7878\"\nbearer_token = \"t\"\ntls = { cert = \"c\", key = \"k\" }\n")
+            .unwrap();
         let e = err("[[guest]]\nname = \"a\"\n[[guest]]\nname = \"a\"\n");
         assert!(e.contains("guest[1].name") && e.contains("unique"), "{e}");
         let e = err("[[guest]]\nname = \"a/b\"\n");

@@ -21,6 +21,7 @@ mod error;
 pub mod metrics;
 pub mod store;
 pub mod supervisor;
+pub mod tls;
 pub mod worker;
 
 use std::path::Path;
@@ -75,6 +76,12 @@ pub async fn serve(config: ServiceConfig) -> Result<()> {
     let socket = config.api.socket.clone();
     let tcp = config.api.tcp;
     let token = config.api.bearer_token.clone();
+    let tls = config
+        .api
+        .tls
+        .as_ref()
+        .map(tls::server_config)
+        .transpose()?;
     let svc = Service::new(config)?;
     let unix = bind_unix(&socket)?;
     let app = api::router(svc.clone());
@@ -90,6 +97,7 @@ pub async fn serve(config: ServiceConfig) -> Result<()> {
     tracing::info!(
         socket = %socket.display(),
         tcp = tcp.map(|a| a.to_string()).unwrap_or_default(),
+        tls = tls.is_some(),
         data_dir = %svc.config().data_dir.display(),
         guests = svc.config().guests.len(),
         "ambulance serving"
@@ -98,7 +106,10 @@ pub async fn serve(config: ServiceConfig) -> Result<()> {
     servers.spawn(async move { axum::serve(unix, app).await });
     if let (Some(l), Some(token)) = (tcp_listener, token) {
         let app = api::router_with_token(svc.clone(), token);
-        servers.spawn(async move { axum::serve(l, app).await });
+        match tls {
+            Some(config) => servers.spawn(tls::serve(l, config, app)),
+            None => servers.spawn(async move { axum::serve(l, app).await }),
+        };
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServiceError::Invalid(format!("cannot handle SIGTERM: {e}")))?;

@@ -40,6 +40,13 @@
 //! registration = "/run/ambulance/db.reg"   # optional: the Linux agent's serial port
 //! debuginfo = "/usr/lib/debug/boot/vmlinux-6.1.0-…"   # optional
 //! policy = "hold"                      # restart | hold
+//!
+//! [fleet]                              # optional: join a fleet (see `ambulance-fleet`)
+//! nats = ["tls://nats1:4222"]          # the engine's servers (one or a cluster's)
+//! subscriber = "acme"                  # the subscriber the zero certificate carries
+//! host_id = "hv-17"                    # default: the machine's host name
+//! bootstrap = "/etc/ambulance/zero"    # zero.pem (certificate and key) and ca.pem
+//! health_interval_ms = 5000
 //! ```
 //!
 //! Unknown keys are refused, and every refusal names the file, the key (with its line) and
@@ -154,6 +161,18 @@ struct RawConfig {
     alerts: RawAlerts,
     #[serde(default)]
     guest: Vec<RawGuest>,
+    fleet: Option<RawFleet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    #[serde(default)]
+    nats: Vec<String>,
+    subscriber: Option<String>,
+    host_id: Option<String>,
+    bootstrap: Option<PathBuf>,
+    health_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -494,6 +513,44 @@ pub struct ServiceConfig {
     pub alerts: AlertConfig,
     /// Supervised guests.
     pub guests: Vec<GuestSpec>,
+    /// Membership of a fleet (`[fleet]`); without it the host is on its own.
+    pub fleet: Option<FleetMembership>,
+}
+
+/// The `[fleet]` section: how this host joins a fleet. The agent that acts on it lives in
+/// the `ambulance-fleet` crate; the service only carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetMembership {
+    /// The engine's servers (`tls://host:port`), one or several of a cluster.
+    pub nats: Vec<String>,
+    /// The subscriber this host belongs to (the zero certificate carries it).
+    pub subscriber: String,
+    /// This host's id in the fleet (letters, digits, `-`; 1..=63 characters).
+    pub host_id: String,
+    /// The directory of the zero certificate: `zero.pem` (certificate and key) and
+    /// `ca.pem` (the fleet CA).
+    pub bootstrap: PathBuf,
+    /// How often the host publishes its health.
+    pub health_interval: Duration,
+}
+
+/// Whether `id` is a valid fleet name (host id, subscriber): lowercase letters, digits
+/// and `-`, 1..=63 characters, starting with a letter or digit — so it can stand in a
+/// NATS subject token, a bucket name and a certificate subject as it is.
+pub fn valid_fleet_name(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+}
+
+/// This machine's host name (`/proc/sys/kernel/hostname`), lowercased.
+fn machine_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
 }
 
 /// The default data directory: `$XDG_STATE_HOME/ambulance`, else
@@ -546,6 +603,9 @@ impl ServiceConfig {
         };
         rebase(&mut cfg.data_dir);
         rebase(&mut cfg.api.socket);
+        if let Some(f) = &mut cfg.fleet {
+            rebase(&mut f.bootstrap);
+        }
         for g in &mut cfg.guests {
             if let Runner::Qemu(q) = &mut g.runner {
                 rebase(&mut q.qmp);
@@ -657,6 +717,7 @@ impl ServiceConfig {
             }
             guests.push(spec);
         }
+        let fleet = raw.fleet.map(|f| fleet_membership(f, &bad)).transpose()?;
         Ok(ServiceConfig {
             source: file.to_string(),
             data_dir,
@@ -679,6 +740,7 @@ impl ServiceConfig {
                 report_base_url: raw.alerts.report_base_url,
             },
             guests,
+            fleet,
         })
     }
 
@@ -691,6 +753,75 @@ impl ServiceConfig {
     pub fn guest(&self, name: &str) -> Option<&GuestSpec> {
         self.guests.iter().find(|g| g.name == name)
     }
+}
+
+fn fleet_membership(
+    f: RawFleet,
+    bad: &impl Fn(String, String) -> ServiceError,
+) -> Result<FleetMembership> {
+    if f.nats.is_empty() {
+        return Err(bad(
+            "fleet.nats".into(),
+            "name at least one server of the engine, e.g. [\"tls://nats1:4222\"]".into(),
+        ));
+    }
+    for (i, url) in f.nats.iter().enumerate() {
+        let rest = url.strip_prefix("tls://").ok_or_else(|| {
+            bad(
+                format!("fleet.nats[{i}]"),
+                format!("{url:?}: a fleet is reached over TLS only: tls://host:port"),
+            )
+        })?;
+        if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+            return Err(bad(
+                format!("fleet.nats[{i}]"),
+                format!("{url:?}: expected tls://host:port"),
+            ));
+        }
+    }
+    let subscriber = f.subscriber.unwrap_or_default();
+    if !valid_fleet_name(&subscriber) {
+        return Err(bad(
+            "fleet.subscriber".into(),
+            format!("{subscriber:?}: required; lowercase letters, digits and -, at most 63"),
+        ));
+    }
+    let host_id = match f.host_id {
+        Some(h) => h,
+        None => machine_hostname().ok_or_else(|| {
+            bad(
+                "fleet.host_id".into(),
+                "not set, and this machine's host name cannot be read".into(),
+            )
+        })?,
+    };
+    if !valid_fleet_name(&host_id) {
+        return Err(bad(
+            "fleet.host_id".into(),
+            format!("{host_id:?}: lowercase letters, digits and -, at most 63 (set it explicitly)"),
+        ));
+    }
+    let bootstrap = f.bootstrap.ok_or_else(|| {
+        bad(
+            "fleet.bootstrap".into(),
+            "required: the directory holding zero.pem and ca.pem (ambulance fleet bootstrap --out)"
+                .into(),
+        )
+    })?;
+    let health_ms = f.health_interval_ms.unwrap_or(5000);
+    if !(100..=600_000).contains(&health_ms) {
+        return Err(bad(
+            "fleet.health_interval_ms".into(),
+            "must be 100..=600000".into(),
+        ));
+    }
+    Ok(FleetMembership {
+        nats: f.nats,
+        subscriber,
+        host_id,
+        bootstrap,
+        health_interval: Duration::from_millis(health_ms),
+    })
 }
 
 /// Reads the kernel `spec` names: a built-in name or a path.
@@ -1058,6 +1189,37 @@ policy = "maintenance"
         );
         let e = err("max_parallel_diagnoses = 0\n");
         assert!(e.contains("max_parallel_diagnoses"), "{e}");
+    }
+
+    #[test]
+    fn the_fleet_section_parses_and_is_checked() {
+        assert!(parse("").unwrap().fleet.is_none(), "no [fleet]: on its own");
+        let c = parse(
+            "[fleet]\nnats = [\"tls://127.0.0.1:4222\", \"tls://n2:4222\"]\nsubscriber = \"acme\"\n\
+             host_id = \"hv-1\"\nbootstrap = \"/etc/zero\"\nhealth_interval_ms = 1000\n",
+        )
+        .unwrap();
+        let f = c.fleet.unwrap();
+        assert_eq!(f.nats.len(), 2);
+        assert_eq!(
+            (f.subscriber.as_str(), f.host_id.as_str()),
+            ("acme", "hv-1")
+        );
+        assert_eq!(f.health_interval, Duration::from_secs(1));
+        let base = "subscriber = \"acme\"\nhost_id = \"hv-1\"\nbootstrap = \"/z\"\n";
+        let e = err(&format!("[fleet]\nnats = [\"nats://x:4222\"]\n{base}"));
+        assert!(e.contains("fleet.nats[0]") && e.contains("TLS"), "{e}");
+        let e = err(&format!("[fleet]\n{base}"));
+        assert!(e.contains("fleet.nats"), "{e}");
+        let e = err(
+            "[fleet]\nnats = [\"tls://x:1\"]\nsubscriber = \"Acme Corp\"\nbootstrap = \"/z\"\n",
+        );
+        assert!(e.contains("fleet.subscriber"), "{e}");
+        let e = err("[fleet]\nnats = [\"tls://x:1\"]\nsubscriber = \"a\"\nhost_id = \"h.1\"\nbootstrap = \"/z\"\n");
+        assert!(e.contains("fleet.host_id"), "{e}");
+        let e = err("[fleet]\nnats = [\"tls://x:1\"]\nsubscriber = \"a\"\nhost_id = \"h\"\n");
+        assert!(e.contains("fleet.bootstrap"), "{e}");
+        assert!(!valid_fleet_name("-x") && !valid_fleet_name("") && valid_fleet_name("h-2"));
     }
 
     #[test]

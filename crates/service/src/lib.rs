@@ -69,13 +69,28 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// Work that runs beside the daemon for as long as it serves (the fleet agent). When it
+/// ends with an error the daemon stops with that error; when it ends well the daemon
+/// serves on.
+pub type Companion = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
 /// Runs the daemon until SIGINT or SIGTERM: the service, its Unix socket API and, when
 /// configured, its TCP API.
 pub async fn serve(config: ServiceConfig) -> Result<()> {
+    serve_with(config, |_| Ok(None)).await
+}
+
+/// [`serve`], with a companion started once the service exists and before its guests
+/// boot (so it sees every [`Notice`]).
+pub async fn serve_with(
+    config: ServiceConfig,
+    companion: impl FnOnce(&std::sync::Arc<Service>) -> Result<Option<Companion>>,
+) -> Result<()> {
     let socket = config.api.socket.clone();
     let tcp = config.api.tcp;
     let token = config.api.bearer_token.clone();
     let svc = Service::new(config)?;
+    let companion = companion(&svc)?;
     let unix = bind_unix(&socket)?;
     let app = api::router(svc.clone());
     let tcp_listener = match tcp {
@@ -100,6 +115,12 @@ pub async fn serve(config: ServiceConfig) -> Result<()> {
         let app = api::router_with_token(svc.clone(), token);
         servers.spawn(async move { axum::serve(l, app).await });
     }
+    let mut companion = tokio::spawn(async move {
+        if let Some(c) = companion {
+            c.await?;
+        }
+        std::future::pending::<Result<()>>().await
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServiceError::Invalid(format!("cannot handle SIGTERM: {e}")))?;
     let outcome = tokio::select! {
@@ -110,8 +131,13 @@ pub async fn serve(config: ServiceConfig) -> Result<()> {
             Ok(Err(e)) => Err(ServiceError::Invalid(format!("the API server failed: {e}"))),
             Err(e) => Err(ServiceError::Invalid(format!("the API server ended abnormally: {e}"))),
         },
+        r = &mut companion => match r {
+            Ok(r) => r,
+            Err(e) => Err(ServiceError::Invalid(format!("the fleet agent ended abnormally: {e}"))),
+        },
     };
     tracing::info!("ambulance stopping");
+    companion.abort();
     servers.abort_all();
     svc.shutdown();
     let _ = std::fs::remove_file(&socket);

@@ -187,6 +187,7 @@ impl Agent {
                 )),
             };
             let _ = self.write_result(js, &r, 0).await?;
+            tracing::warn!(host, txn, deadline = %tx.deadline, "fleet: transaction taken after its deadline; not run");
             self.ledger.record_txn(
                 &txn,
                 &TxnRecord {
@@ -239,7 +240,7 @@ impl Agent {
         let result = {
             let run = self.execute(&tx, now);
             tokio::pin!(run);
-            let mut progress = tokio::time::interval(Duration::from_secs(10));
+            let mut progress = tokio::time::interval(crate::controller::WORK_ACK_WAIT / 3);
             progress.tick().await;
             loop {
                 tokio::select! {

@@ -162,7 +162,15 @@ impl Agent {
                 }
             };
             let body = Bytes::from(serde_json::to_vec(&h).unwrap_or_default());
-            match engine::kv_put(&js, names::HEALTH_BUCKET, self.host(), body).await {
+            // Never wait longer than an interval for an acknowledgement (one lost in a
+            // reconnection would otherwise hold the next health back past the TTL).
+            let put = tokio::time::timeout(
+                self.m.health_interval.max(Duration::from_millis(500)),
+                engine::kv_put(&js, names::HEALTH_BUCKET, self.host(), body),
+            )
+            .await
+            .unwrap_or_else(|_| Err(FleetError::Engine("no acknowledgement in time".into())));
+            match put {
                 Ok(_) if failing => {
                     failing = false;
                     tracing::info!("fleet: health published again");

@@ -39,6 +39,11 @@ use crate::pki::{self, Ca, Role, Subject};
 /// are issued again when less than a tenth of it is left.
 const OWN_CERTIFICATES: Duration = Duration::from_secs(365 * 86_400);
 
+/// How long a host has to acknowledge (or extend, while it runs) a transaction id before
+/// the engine delivers it again — to a restarted host, when the pull request it went to
+/// was its predecessor's.
+pub const WORK_ACK_WAIT: Duration = Duration::from_secs(10);
+
 /// What [`init`] wrote.
 #[derive(Clone, Debug, Default)]
 pub struct Initialized {
@@ -294,7 +299,7 @@ impl Controller {
                 description: Some(format!("transactions of host {host}")),
                 filter_subject: names::work_subject(host),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: WORK_ACK_WAIT,
                 max_deliver: -1,
                 ..Default::default()
             },

@@ -169,8 +169,17 @@ impl Fleet {
         std::fs::write(
             &config,
             format!(
-                "data_dir = \"ctl\"\nhealth_ttl_ms = 2000\ncommand_timeout_ms = 20000\n{extra}\n\
-                 [nats]\nlisten = \"127.0.0.1:{port}\"\n"
+                "data_dir = \"ctl\"\n{}{}{extra}\n[nats]\nlisten = \"127.0.0.1:{port}\"\n",
+                if extra.contains("health_ttl_ms") {
+                    ""
+                } else {
+                    "health_ttl_ms = 2000\n"
+                },
+                if extra.contains("command_timeout_ms") {
+                    ""
+                } else {
+                    "command_timeout_ms = 20000\n"
+                },
             ),
         )
         .unwrap();
@@ -363,6 +372,22 @@ impl Fleet {
             self.port,
             &self.path().join("nats.log"),
         ));
+    }
+
+    /// Kills the controller and starts it again (it rebuilds its index from the engine);
+    /// returns when its API answers.
+    pub fn restart_controller(&mut self) {
+        self.controller.kill();
+        let _ = std::fs::remove_file(&self.socket);
+        self.controller = spawn(
+            &["fleet", "serve", "--config", self.config.to_str().unwrap()],
+            &self.path().join("controller-2.log"),
+            &[],
+        );
+        let sock = self.socket.clone();
+        wait_for(Duration::from_secs(30), "the controller's API", || {
+            std::os::unix::net::UnixStream::connect(&sock).ok()
+        });
     }
 
     /// The controller's identity on the engine.

@@ -206,7 +206,7 @@ impl Fleet {
             &[],
         );
         let socket = dir.path().join("ctl/fleet.sock");
-        let mut f = Fleet {
+        let f = Fleet {
             zero: dir.path().join("zero"),
             dir,
             nats_bin,
@@ -234,7 +234,6 @@ impl Fleet {
             "bootstrap: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let _ = &mut f;
         Some(f)
     }
 

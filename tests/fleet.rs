@@ -239,6 +239,31 @@ fn three_hosts_enrol_report_and_run_commands_once() {
     let log = h3.proc.log();
     assert!(log.contains("delivered again"), "{log}");
     assert!(h1.report_ids().is_empty());
+
+    // Without waiting: the id at once, the result by id later.
+    let out = f.cli(&["command", "host-3", "--no-wait", "diagnose", "calm"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let txn = stdout(&out).trim().to_string();
+    assert!(ambulance_fleet::names::valid_txn_id(&txn), "{txn}");
+    wait_for(
+        Duration::from_secs(30),
+        "the no-wait transaction's end",
+        || (f.json(&format!("/v1/transactions/{txn}"))["status"] == "ok").then_some(()),
+    );
+    assert_eq!(h3.report_ids().len(), 2);
+
+    // The hosts' health says what they hold and that nothing waits in their outboxes.
+    wait_for(
+        Duration::from_secs(10),
+        "host-2's health to count its report",
+        || {
+            let h = f.host_view("host-2").unwrap();
+            (h["health"]["reports"] == 1 && h["health"]["outbox"] == 0).then_some(())
+        },
+    );
+    let health = f.host_view("host-2").unwrap()["health"].clone();
+    assert_eq!(health["guests"][0]["name"], "victim", "{health}");
+    assert_eq!(health["guests"][0]["state"], "held", "{health}");
 }
 
 #[test]
@@ -373,6 +398,32 @@ fn permissions_zero_enrols_only_hosts_publish_only_their_own_revoked_refused() {
             ev.contains("Permissions Violation for Publish to \"amb.ev.host-1.failure\"")
                 && ev.contains("Permissions Violation for Subscription to \"amb.>\""),
             "{ev}"
+        );
+
+        // A new zero certificate for the subscriber retires the previous one.
+        let old_zero = f.path().join("old-zero.pem");
+        std::fs::copy(f.zero.join("zero.pem"), &old_zero).unwrap();
+        let out = f.cli(&[
+            "bootstrap",
+            "--subscriber",
+            "acme",
+            "--out",
+            f.zero.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let refused = connect(&f.url(), &f.ca(), &old_zero, "_INBOX_enrol").await;
+        assert!(
+            refused
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+                .contains("authorization violation"),
+            "the retired zero certificate still connects"
+        );
+        assert!(
+            connect(&f.url(), &f.ca(), &f.zero.join("zero.pem"), "_INBOX_enrol")
+                .await
+                .is_ok()
         );
 
         // Host 1 cannot act as host 2 — but can as itself.

@@ -325,6 +325,9 @@ pub struct SubscriberRecord {
     pub serial: String,
     /// When it expires.
     pub not_after: Timestamp,
+    /// Its generation (the subject's serialNumber): only the latest zero certificate of a
+    /// subscriber maps to a user.
+    pub generation: String,
 }
 
 /// `GET /v1/hosts`: a host, its certificate, and whether it is available.

@@ -78,7 +78,8 @@ pub struct Subject {
     /// `O`: the subscriber (zero and host certificates) or the fleet's name.
     pub org: String,
     /// `serialNumber`: a host's enrolment (a new one each time the host id is enrolled,
-    /// so a certificate of an earlier enrolment maps to no user).
+    /// so a certificate of an earlier enrolment maps to no user), or a zero
+    /// certificate's generation (likewise).
     pub enrolment: Option<String>,
 }
 
@@ -93,13 +94,14 @@ impl Subject {
         }
     }
 
-    /// A zero certificate's subject.
-    pub fn zero(subscriber: &str) -> Subject {
+    /// A zero certificate's subject: `generation` changes each time one is issued for the
+    /// subscriber, so issuing a new one retires the previous.
+    pub fn zero(subscriber: &str, generation: &str) -> Subject {
         Subject {
             name: "zero".into(),
             role: Role::Zero,
             org: subscriber.into(),
-            enrolment: None,
+            enrolment: Some(generation.into()),
         }
     }
 

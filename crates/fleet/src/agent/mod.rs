@@ -16,6 +16,7 @@ pub mod ledger;
 mod outbox;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,10 @@ pub(crate) struct Agent {
     m: FleetMembership,
     dir: PathBuf,
     ledger: ledger::Ledger,
+    /// Diagnoses in the store, and of those not yet acknowledged, as of the outbox's last
+    /// pass (the health reports them without scanning the store again).
+    stored: AtomicUsize,
+    outbox: AtomicUsize,
 }
 
 /// The agent for `svc`, when its configuration has a `[fleet]` section: a companion for
@@ -55,6 +60,8 @@ pub fn companion(svc: &Arc<Service>) -> Result<Option<Companion>> {
         m,
         dir,
         ledger,
+        stored: AtomicUsize::new(0),
+        outbox: AtomicUsize::new(0),
     });
     // Subscribe now, before the guests boot, so no failure is missed.
     let notices = svc.subscribe();
@@ -127,20 +134,14 @@ impl Agent {
                 last_report: g.last_report.map(|r| r.to_string()),
             })
             .collect();
-        let entries = self.svc.store().list(&Default::default())?;
-        let acked = self.ledger.all_acked()?;
-        let outbox = entries
-            .iter()
-            .filter(|e| acked.get(e.id.as_str()).copied().unwrap_or(0) & ledger::REPORT == 0)
-            .count();
         Ok(Health {
             host: self.host().to_string(),
             subscriber: self.m.subscriber.clone(),
             time: ambulance_report::now(),
             interval_ms: self.m.health_interval.as_millis() as u64,
             guests,
-            reports: entries.len(),
-            outbox,
+            reports: self.stored.load(Ordering::Relaxed),
+            outbox: self.outbox.load(Ordering::Relaxed),
             version: env!("CARGO_PKG_VERSION").to_string(),
         })
     }

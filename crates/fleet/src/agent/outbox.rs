@@ -13,6 +13,7 @@
 //! A report's files go to the host's object store bucket before its event: once the
 //! controller sees the event, the files are there.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,11 +126,14 @@ impl Agent {
         }
         let acked = self.ledger.all_acked()?;
         let entries = self.svc.store().list(&Filter::default())?;
-        for e in entries {
+        self.stored.store(entries.len(), Ordering::Relaxed);
+        let pending: Vec<_> = entries
+            .into_iter()
+            .filter(|e| acked.get(e.id.as_str()).copied().unwrap_or(0) & REPORT == 0)
+            .collect();
+        self.outbox.store(pending.len(), Ordering::Relaxed);
+        for e in pending {
             let bits = acked.get(e.id.as_str()).copied().unwrap_or(0);
-            if bits & REPORT != 0 {
-                continue;
-            }
             if bits & FAILURE == 0 {
                 let ev = FailureEvent {
                     host: host.clone(),
@@ -153,6 +157,7 @@ impl Agent {
             }
             let store = bucket.as_ref().expect("just opened");
             self.publish_entry(js, store, &e).await?;
+            self.outbox.fetch_sub(1, Ordering::Relaxed);
             sent += 1;
         }
         Ok(sent)

@@ -318,7 +318,7 @@ impl Controller {
         }];
         for (s, _) in reg.subscribers.values() {
             users.push(auth::User {
-                subject: Subject::zero(&s.subscriber),
+                subject: Subject::zero(&s.subscriber, &s.generation),
                 permissions: auth::zero(&s.subscriber),
             });
         }

@@ -15,6 +15,13 @@ use crate::model::{EnrolReply, EnrolRequest, HostRecord, SubscriberRecord};
 use crate::names;
 use crate::pki::Subject;
 
+/// 12 random hex digits: an enrolment's or a zero certificate generation's id.
+fn random_id() -> String {
+    let mut random = [0u8; 6];
+    names::ring_random(&mut random);
+    random.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Controller {
     pub(super) async fn load_registry(&self) -> Result<()> {
         let mut reg = self.registry.lock().await;
@@ -163,9 +170,7 @@ impl Controller {
                 )));
             }
         }
-        let mut random = [0u8; 6];
-        names::ring_random(&mut random);
-        let enrolment: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let enrolment = random_id();
         let subject = Subject::host(&req.host, subscriber, &enrolment);
         let issued = self
             .ca
@@ -327,13 +332,15 @@ impl Controller {
     }
 
     /// Signs a zero certificate for `subscriber` (the request's key stays with whoever
-    /// made it) and lets it enrol hosts. The certificate and the CA, PEM.
+    /// made it) and lets it enrol hosts; the subscriber's previous zero certificate stops
+    /// working. The certificate and the CA, PEM.
     pub async fn bootstrap(&self, subscriber: &str, csr: &str) -> Result<(String, String)> {
         names::check("subscriber", subscriber)?;
+        let generation = random_id();
         let issued = self.ca.sign_csr(
             csr,
             "zero",
-            &Subject::zero(subscriber),
+            &Subject::zero(subscriber, &generation),
             self.cfg.zero_certificate,
         )?;
         let mut reg = self.registry.lock().await;
@@ -347,6 +354,7 @@ impl Controller {
             issued: ambulance_report::now(),
             serial: issued.serial.clone(),
             not_after: issued.not_after,
+            generation,
         };
         let new_rev = self
             .put_record(

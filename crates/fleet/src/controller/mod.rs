@@ -309,6 +309,20 @@ impl Controller {
         Ok(())
     }
 
+    /// Undoes [`Controller::ensure_host_resources`] for a host whose first enrolment
+    /// failed after them (best effort: an error here leaves empty resources, which the
+    /// next enrolment reuses).
+    async fn remove_host_resources(&self, host: &str) {
+        let _ = self
+            .js
+            .delete_consumer_from_stream(names::work_consumer(host), names::WORK_STREAM)
+            .await;
+        let _ = self
+            .js
+            .delete_object_store(names::report_bucket(host))
+            .await;
+    }
+
     /// The engine's users as the registry says: the controller, each subscriber's zero
     /// certificate, each host not revoked.
     fn users(&self, reg: &Registry) -> Vec<auth::User> {

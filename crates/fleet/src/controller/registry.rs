@@ -189,13 +189,22 @@ impl Controller {
             reenrol_allowed: false,
         };
         let rev = previous.as_ref().map(|(_, r)| *r).unwrap_or(0);
-        let new_rev = self
+        let new_rev = match self
             .put_record(
                 &names::host_key(&req.host),
                 serde_json::to_vec(&record).unwrap_or_default(),
                 rev,
             )
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                if previous.is_none() {
+                    self.remove_host_resources(&req.host).await;
+                }
+                return Err(e);
+            }
+        };
         reg.hosts
             .insert(req.host.clone(), (record.clone(), new_rev));
         if let Err(e) = self.apply_auth(&reg) {
@@ -214,6 +223,7 @@ impl Controller {
                 None => {
                     let _ = self.state_kv.purge(names::host_key(&req.host)).await;
                     reg.hosts.remove(&req.host);
+                    self.remove_host_resources(&req.host).await;
                 }
             }
             return Err(e);

@@ -31,36 +31,46 @@ pub struct ClientArgs {
     pub ca: Option<PathBuf>,
 }
 
+/// The endpoint of an API's TCP listener at `url` (`http://` or `https://`, address
+/// only): `ca` is the CA certificate an `https://` `who` (daemon, controller) is
+/// checked against.
+pub(crate) fn tcp_endpoint(
+    url: &str,
+    token: Option<String>,
+    ca: Option<&std::path::Path>,
+    who: &str,
+) -> Result<Endpoint, CliError> {
+    let u = HttpUrl::parse(url)?;
+    if u.path != "/" {
+        return Err(CliError::Usage(format!(
+            "--url {url}: give the {who}'s address only, e.g. http://127.0.0.1:7878"
+        )));
+    }
+    let tls = match (u.tls, ca) {
+        (true, Some(ca)) => Some(ambulance_service::tls::client_config(ca)?),
+        (true, None) => {
+            return Err(CliError::Usage(format!(
+                "--url {url}: an https:// {who} needs --ca, the CA certificate that signed its certificate"
+            )))
+        }
+        (false, Some(_)) => {
+            return Err(CliError::Usage(format!(
+                "--ca goes with an https:// --url, not {url}"
+            )))
+        }
+        (false, None) => None,
+    };
+    Ok(Endpoint::Tcp {
+        authority: u.authority,
+        token,
+        tls,
+    })
+}
+
 impl ClientArgs {
     fn endpoint(&self) -> Result<Endpoint, CliError> {
         match &self.url {
-            Some(url) => {
-                let u = HttpUrl::parse(url)?;
-                if u.path != "/" {
-                    return Err(CliError::Usage(format!(
-                        "--url {url}: give the daemon's address only, e.g. http://127.0.0.1:7878"
-                    )));
-                }
-                let tls = match (u.tls, &self.ca) {
-                    (true, Some(ca)) => Some(ambulance_service::tls::client_config(ca)?),
-                    (true, None) => {
-                        return Err(CliError::Usage(format!(
-                            "--url {url}: an https:// daemon needs --ca, the CA certificate that signed its certificate"
-                        )))
-                    }
-                    (false, Some(_)) => {
-                        return Err(CliError::Usage(format!(
-                            "--ca goes with an https:// --url, not {url}"
-                        )))
-                    }
-                    (false, None) => None,
-                };
-                Ok(Endpoint::Tcp {
-                    authority: u.authority,
-                    token: self.token.clone(),
-                    tls,
-                })
-            }
+            Some(url) => tcp_endpoint(url, self.token.clone(), self.ca.as_deref(), "daemon"),
             None => Ok(Endpoint::Unix(
                 self.socket
                     .clone()

@@ -121,7 +121,7 @@ async fn run_demo(args: DemoArgs, cfg: ServiceConfig) -> Result<(), CliError> {
         let event = match notice {
             Notice::Event(e) => e,
             Notice::Diagnosed(entry) if entry.guest == NAMES[VICTIM] => break entry,
-            Notice::Diagnosed(_) | Notice::Booted { .. } => continue,
+            Notice::Diagnosed(_) | Notice::Booted { .. } | Notice::Failure { .. } => continue,
         };
         let is_victim = event.guest_name == NAMES[VICTIM];
         if let EventKind::Console { text } = &event.kind {

@@ -4,8 +4,8 @@
 //! [`attach`] diagnoses a guest QEMU runs (live, through QMP and its RAM file),
 //! [`demo`] shows the whole flow on three guests with the service's embedded defaults,
 //! [`serve`] runs the daemon, [`client`] holds the commands that talk to it (`status`,
-//! `reports`, `report`, `diagnose --guest`, `release`), and [`diagnose`] diagnoses an ELF
-//! core offline.
+//! `reports`, `report`, `diagnose --guest`, `release`), [`diagnose`] diagnoses an ELF
+//! core offline, and [`fleet`] runs the fleet controller and talks to it.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +13,7 @@ pub mod attach;
 pub mod client;
 pub mod demo;
 pub mod diagnose;
+pub mod fleet;
 pub mod kernels;
 pub mod output;
 pub mod run;
@@ -82,6 +83,8 @@ enum Command {
     Report(client::ReportArgs),
     /// Release a guest the daemon holds frozen (restart it, or destroy it).
     Release(client::ReleaseArgs),
+    /// Many hosts as one fleet: the controller, enrolment, reports and commands over NATS.
+    Fleet(fleet::FleetArgs),
     /// The diagnosis worker the daemon starts (not for people).
     #[command(hide = true)]
     Worker(serve::WorkerArgs),
@@ -92,6 +95,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
+        Command::Fleet(ref f) if f.serves() => "info",
         // The demo tells its own story; only errors from the service belong in it.
         Command::Demo(_) => "error",
         _ => "warn",
@@ -114,6 +118,7 @@ pub fn main() -> ExitCode {
         Command::Reports(args) => client::reports(args),
         Command::Report(args) => client::report(args),
         Command::Release(args) => client::release(args),
+        Command::Fleet(args) => fleet::run(args),
         Command::Worker(args) => {
             return ambulance_service::worker::main(args.address_space, args.cpu_seconds)
         }

@@ -40,11 +40,20 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     };
     if args.check {
         println!(
-            "{}: valid; data directory {}, socket {}, {} guest(s)",
+            "{}: valid; data directory {}, socket {}, {} guest(s){}",
             config.source,
             config.data_dir.display(),
             config.api.socket.display(),
-            config.guests.len()
+            config.guests.len(),
+            match &config.fleet {
+                Some(f) => format!(
+                    "; fleet host {} of {} via {}",
+                    f.host_id,
+                    f.subscriber,
+                    f.nats.join(", ")
+                ),
+                None => String::new(),
+            }
         );
         return Ok(());
     }
@@ -53,6 +62,9 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         .thread_name("ambulance")
         .build()
         .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(ambulance_service::serve(config))?;
+    rt.block_on(ambulance_service::serve_with(config, |svc| {
+        ambulance_fleet::agent::companion(svc)
+            .map_err(|e| ambulance_service::ServiceError::Invalid(format!("fleet: {e}")))
+    }))?;
     Ok(())
 }

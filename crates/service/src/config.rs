@@ -41,6 +41,13 @@
 //! registration = "/run/ambulance/db.reg"   # optional: the Linux agent's serial port
 //! debuginfo = "/usr/lib/debug/boot/vmlinux-6.1.0-…"   # optional
 //! policy = "hold"                      # restart | hold
+//!
+//! [fleet]                              # optional: join a fleet (see `ambulance-fleet`)
+//! nats = ["tls://nats1:4222"]          # the engine's servers (one or a cluster's)
+//! subscriber = "acme"                  # the subscriber the zero certificate carries
+//! host_id = "hv-17"                    # default: the machine's host name
+//! bootstrap = "/etc/ambulance/zero"    # zero.pem (certificate and key) and ca.pem
+//! health_interval_ms = 5000
 //! ```
 //!
 //! Unknown keys are refused, and every refusal names the file, the key (with its line) and
@@ -148,29 +155,107 @@ struct RawConfig {
     data_dir: Option<PathBuf>,
     max_parallel_diagnoses: Option<usize>,
     #[serde(default)]
-    api: RawApi,
+    api: ApiSection,
     #[serde(default)]
     worker: RawWorker,
     #[serde(default)]
     alerts: RawAlerts,
     #[serde(default)]
     guest: Vec<RawGuest>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApi {
-    socket: Option<PathBuf>,
-    tcp: Option<String>,
-    bearer_token: Option<String>,
-    tls: Option<RawTls>,
+    fleet: Option<RawFleet>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: PathBuf,
-    key: PathBuf,
+struct RawFleet {
+    #[serde(default)]
+    nats: Vec<String>,
+    subscriber: Option<String>,
+    host_id: Option<String>,
+    bootstrap: Option<PathBuf>,
+    health_interval_ms: Option<u64>,
+}
+
+/// An `[api]` section as written: the daemon's and the fleet controller's API listeners
+/// are configured alike; [`ApiSection::check`] makes an [`ApiConfig`] of it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    socket: Option<PathBuf>,
+    tcp: Option<String>,
+    bearer_token: Option<String>,
+    tls: Option<TlsFiles>,
+}
+
+impl ApiSection {
+    /// Checks the section: the socket (default `default_socket`) fits a Unix socket
+    /// path, a TCP listener has a bearer token, and one off loopback has TLS. Paths go
+    /// through `rebase` (relative paths are relative to the file). An error names the
+    /// key (`api.…`) and the reason.
+    pub fn check(
+        self,
+        default_socket: PathBuf,
+        rebase: impl Fn(PathBuf) -> PathBuf,
+    ) -> std::result::Result<ApiConfig, (String, String)> {
+        let bad = |key: &str, reason: String| (format!("api.{key}"), reason);
+        let socket = self.socket.map(&rebase).unwrap_or(default_socket);
+        if socket.as_os_str().len() > SOCKET_PATH_MAX {
+            return Err(bad(
+                "socket",
+                format!(
+                    "{} is {} bytes long; a Unix socket path holds at most {SOCKET_PATH_MAX}",
+                    socket.display(),
+                    socket.as_os_str().len()
+                ),
+            ));
+        }
+        let tcp = self
+            .tcp
+            .as_deref()
+            .map(|t| {
+                t.parse::<SocketAddr>().map_err(|e| {
+                    bad(
+                        "tcp",
+                        format!("{t:?} is not an address such as 127.0.0.1:7878: {e}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let bearer_token = self.bearer_token.filter(|t| !t.is_empty());
+        if tcp.is_some() && bearer_token.is_none() {
+            return Err(bad(
+                "bearer_token",
+                "a TCP listener (api.tcp) requires a non-empty bearer_token".into(),
+            ));
+        }
+        let tls = self.tls.map(|t| TlsFiles {
+            cert: rebase(t.cert),
+            key: rebase(t.key),
+        });
+        match (tcp, &tls) {
+            (Some(addr), None) if !addr.ip().is_loopback() => {
+                return Err(bad(
+                    "tcp",
+                    format!(
+                        "{addr} is not a loopback address: a TCP listener reachable from other machines requires api.tls = {{ cert = \"…\", key = \"…\" }} (the bearer token must not cross a network in clear)"
+                    ),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "tls",
+                    "applies to the TCP listener; set api.tcp too".into(),
+                ))
+            }
+            _ => {}
+        }
+        Ok(ApiConfig {
+            socket,
+            tcp,
+            bearer_token,
+            tls,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -464,7 +549,8 @@ pub struct ApiConfig {
 }
 
 /// A TLS server's certificate chain and private key (PEM files).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The certificate chain, leaf first.
     pub cert: PathBuf,
@@ -515,6 +601,44 @@ pub struct ServiceConfig {
     pub alerts: AlertConfig,
     /// Supervised guests.
     pub guests: Vec<GuestSpec>,
+    /// Membership of a fleet (`[fleet]`); without it the host is on its own.
+    pub fleet: Option<FleetMembership>,
+}
+
+/// The `[fleet]` section: how this host joins a fleet. The agent that acts on it lives in
+/// the `ambulance-fleet` crate; the service only carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetMembership {
+    /// The engine's servers (`tls://host:port`), one or several of a cluster.
+    pub nats: Vec<String>,
+    /// The subscriber this host belongs to (the zero certificate carries it).
+    pub subscriber: String,
+    /// This host's id in the fleet (letters, digits, `-`; 1..=63 characters).
+    pub host_id: String,
+    /// The directory of the zero certificate: `zero.pem` (certificate and key) and
+    /// `ca.pem` (the fleet CA).
+    pub bootstrap: PathBuf,
+    /// How often the host publishes its health.
+    pub health_interval: Duration,
+}
+
+/// Whether `id` is a valid fleet name (host id, subscriber): lowercase letters, digits
+/// and `-`, 1..=63 characters, starting with a letter or digit — so it can stand in a
+/// NATS subject token, a bucket name and a certificate subject as it is.
+pub fn valid_fleet_name(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+}
+
+/// This machine's host name (`/proc/sys/kernel/hostname`), lowercased.
+fn machine_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
 }
 
 /// The default data directory: `$XDG_STATE_HOME/ambulance`, else
@@ -571,6 +695,9 @@ impl ServiceConfig {
             rebase(&mut tls.cert);
             rebase(&mut tls.key);
         }
+        if let Some(f) = &mut cfg.fleet {
+            rebase(&mut f.bootstrap);
+        }
         for g in &mut cfg.guests {
             if let Runner::Qemu(q) = &mut g.runner {
                 rebase(&mut q.qmp);
@@ -605,58 +732,10 @@ impl ServiceConfig {
                 format!("is {max_parallel_diagnoses}; it must be 1..=64"),
             ));
         }
-        let socket = raw.api.socket.unwrap_or_else(|| socket_in(&data_dir));
-        if socket.as_os_str().len() > SOCKET_PATH_MAX {
-            return Err(bad(
-                "api.socket".into(),
-                format!(
-                    "{} is {} bytes long; a Unix socket path holds at most {SOCKET_PATH_MAX}",
-                    socket.display(),
-                    socket.as_os_str().len()
-                ),
-            ));
-        }
-        let tcp = raw
+        let api = raw
             .api
-            .tcp
-            .as_deref()
-            .map(|t| {
-                t.parse::<SocketAddr>().map_err(|e| {
-                    bad(
-                        "api.tcp".into(),
-                        format!("{t:?} is not an address such as 127.0.0.1:7878: {e}"),
-                    )
-                })
-            })
-            .transpose()?;
-        let bearer_token = raw.api.bearer_token.filter(|t| !t.is_empty());
-        if tcp.is_some() && bearer_token.is_none() {
-            return Err(bad(
-                "api.bearer_token".into(),
-                "a TCP listener (api.tcp) requires a non-empty bearer_token".into(),
-            ));
-        }
-        let tls = raw.api.tls.map(|t| TlsFiles {
-            cert: t.cert,
-            key: t.key,
-        });
-        match (tcp, &tls) {
-            (Some(addr), None) if !addr.ip().is_loopback() => {
-                return Err(bad(
-                    "api.tcp".into(),
-                    format!(
-                        "{addr} is not a loopback address: a TCP listener reachable from other machines requires api.tls = {{ cert = \"…\", key = \"…\" }} (the bearer token must not cross a network in clear)"
-                    ),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(bad(
-                    "api.tls".into(),
-                    "applies to the TCP listener; set api.tcp too".into(),
-                ))
-            }
-            _ => {}
-        }
+            .check(socket_in(&data_dir), |p| p)
+            .map_err(|(key, reason)| bad(key, reason))?;
         let address_space_bytes = raw
             .worker
             .address_space
@@ -709,16 +788,12 @@ impl ServiceConfig {
             }
             guests.push(spec);
         }
+        let fleet = raw.fleet.map(|f| fleet_membership(f, &bad)).transpose()?;
         Ok(ServiceConfig {
             source: file.to_string(),
             data_dir,
             max_parallel_diagnoses,
-            api: ApiConfig {
-                socket,
-                tcp,
-                bearer_token,
-                tls,
-            },
+            api,
             worker: WorkerConfig {
                 executable: raw.worker.executable,
                 address_space_bytes,
@@ -732,6 +807,7 @@ impl ServiceConfig {
                 report_base_url: raw.alerts.report_base_url,
             },
             guests,
+            fleet,
         })
     }
 
@@ -744,6 +820,75 @@ impl ServiceConfig {
     pub fn guest(&self, name: &str) -> Option<&GuestSpec> {
         self.guests.iter().find(|g| g.name == name)
     }
+}
+
+fn fleet_membership(
+    f: RawFleet,
+    bad: &impl Fn(String, String) -> ServiceError,
+) -> Result<FleetMembership> {
+    if f.nats.is_empty() {
+        return Err(bad(
+            "fleet.nats".into(),
+            "name at least one server of the engine, e.g. [\"tls://nats1:4222\"]".into(),
+        ));
+    }
+    for (i, url) in f.nats.iter().enumerate() {
+        let rest = url.strip_prefix("tls://").ok_or_else(|| {
+            bad(
+                format!("fleet.nats[{i}]"),
+                format!("{url:?}: a fleet is reached over TLS only: tls://host:port"),
+            )
+        })?;
+        if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+            return Err(bad(
+                format!("fleet.nats[{i}]"),
+                format!("{url:?}: expected tls://host:port"),
+            ));
+        }
+    }
+    let subscriber = f.subscriber.unwrap_or_default();
+    if !valid_fleet_name(&subscriber) {
+        return Err(bad(
+            "fleet.subscriber".into(),
+            format!("{subscriber:?}: required; lowercase letters, digits and -, at most 63"),
+        ));
+    }
+    let host_id = match f.host_id {
+        Some(h) => h,
+        None => machine_hostname().ok_or_else(|| {
+            bad(
+                "fleet.host_id".into(),
+                "not set, and this machine's host name cannot be read".into(),
+            )
+        })?,
+    };
+    if !valid_fleet_name(&host_id) {
+        return Err(bad(
+            "fleet.host_id".into(),
+            format!("{host_id:?}: lowercase letters, digits and -, at most 63 (set it explicitly)"),
+        ));
+    }
+    let bootstrap = f.bootstrap.ok_or_else(|| {
+        bad(
+            "fleet.bootstrap".into(),
+            "required: the directory holding zero.pem and ca.pem (ambulance fleet bootstrap --out)"
+                .into(),
+        )
+    })?;
+    let health_ms = f.health_interval_ms.unwrap_or(5000);
+    if !(100..=600_000).contains(&health_ms) {
+        return Err(bad(
+            "fleet.health_interval_ms".into(),
+            "must be 100..=600000".into(),
+        ));
+    }
+    Ok(FleetMembership {
+        nats: f.nats,
+        subscriber,
+        host_id,
+        bootstrap,
+        health_interval: Duration::from_millis(health_ms),
+    })
 }
 
 /// Reads the kernel `spec` names: a built-in name or a path.
@@ -1117,6 +1262,37 @@ policy = "maintenance"
         );
         let e = err("max_parallel_diagnoses = 0\n");
         assert!(e.contains("max_parallel_diagnoses"), "{e}");
+    }
+
+    #[test]
+    fn the_fleet_section_parses_and_is_checked() {
+        assert!(parse("").unwrap().fleet.is_none(), "no [fleet]: on its own");
+        let c = parse(
+            "[fleet]\nnats = [\"tls://127.0.0.1:4222\", \"tls://n2:4222\"]\nsubscriber = \"acme\"\n\
+             host_id = \"hv-1\"\nbootstrap = \"/etc/zero\"\nhealth_interval_ms = 1000\n",
+        )
+        .unwrap();
+        let f = c.fleet.unwrap();
+        assert_eq!(f.nats.len(), 2);
+        assert_eq!(
+            (f.subscriber.as_str(), f.host_id.as_str()),
+            ("acme", "hv-1")
+        );
+        assert_eq!(f.health_interval, Duration::from_secs(1));
+        let base = "subscriber = \"acme\"\nhost_id = \"hv-1\"\nbootstrap = \"/z\"\n";
+        let e = err(&format!("[fleet]\nnats = [\"nats://x:4222\"]\n{base}"));
+        assert!(e.contains("fleet.nats[0]") && e.contains("TLS"), "{e}");
+        let e = err(&format!("[fleet]\n{base}"));
+        assert!(e.contains("fleet.nats"), "{e}");
+        let e = err(
+            "[fleet]\nnats = [\"tls://x:1\"]\nsubscriber = \"Acme Corp\"\nbootstrap = \"/z\"\n",
+        );
+        assert!(e.contains("fleet.subscriber"), "{e}");
+        let e = err("[fleet]\nnats = [\"tls://x:1\"]\nsubscriber = \"a\"\nhost_id = \"h.1\"\nbootstrap = \"/z\"\n");
+        assert!(e.contains("fleet.host_id"), "{e}");
+        let e = err("[fleet]\nnats = [\"tls://x:1\"]\nsubscriber = \"a\"\nhost_id = \"h\"\n");
+        assert!(e.contains("fleet.bootstrap"), "{e}");
+        assert!(!valid_fleet_name("-x") && !valid_fleet_name("") && valid_fleet_name("h-2"));
     }
 
     #[test]

@@ -65,6 +65,102 @@ pub fn linux_fixture(dbg: bool) -> PathBuf {
     )
 }
 
+/// The NATS server binary (2.10 or newer) from `fixtures/ensure-nats.sh` — which
+/// installs the pinned, hash-checked build once per machine, or answers
+/// `AMBULANCE_NATS_SERVER` — or `None` after a loud skip (see [`available`]) when it cannot
+/// be had.
+pub fn nats_server() -> Option<PathBuf> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/ensure-nats.sh");
+    let out = Command::new("bash").arg(script).output();
+    let path = match &out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .map(|l| PathBuf::from(l.trim())),
+        _ => None,
+    };
+    if path.is_none() {
+        let why = match &out {
+            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+            Err(e) => e.to_string(),
+        };
+        let _ = writeln!(std::io::stderr(), "fixtures/ensure-nats.sh failed: {why}");
+    }
+    available("nats-server (fixtures/ensure-nats.sh)", path.is_some())
+        .then(|| path.expect("checked"))
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A running `nats-server -c CONFIG`, killed when dropped (also when a test panics).
+pub struct NatsProcess {
+    child: std::process::Child,
+    /// The binary.
+    pub binary: PathBuf,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its client port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl NatsProcess {
+    /// Starts `binary -c config` and waits (up to 20 s) until it accepts connections on
+    /// 127.0.0.1:`port`. Its log goes to `log` (appended).
+    pub fn start(binary: &Path, config: &Path, port: u16, log: &Path) -> NatsProcess {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("the NATS log file");
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(config)
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("nats-server starts");
+        let p = NatsProcess {
+            child,
+            binary: binary.to_path_buf(),
+            config: config.to_path_buf(),
+            port,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen on 127.0.0.1:{port}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        p
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills it (SIGKILL: no orderly shutdown) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

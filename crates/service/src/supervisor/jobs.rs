@@ -77,6 +77,13 @@ impl Service {
             slot.failures += 1;
             slot.last_failure = Some(failure.cause.clone());
             let job = Job::new(name, failure, backend, frozen, false);
+            let _ = self.notices.send(Notice::Failure {
+                guest: name.to_string(),
+                report_id: job.report_id.clone(),
+                cause: job.failure.cause.clone(),
+                time: job.failure.time,
+                detail: job.failure.detail.clone(),
+            });
             if slot.operator_diagnosis {
                 slot.pending = Some(job);
                 return;

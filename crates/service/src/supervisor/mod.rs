@@ -44,6 +44,20 @@ pub use guests::{GuestStatus, State};
 pub enum Notice {
     /// A VMM event.
     Event(Box<VmmEvent>),
+    /// A guest failed and its failure was accepted for diagnosis (from either backend):
+    /// the report id it will be stored under.
+    Failure {
+        /// The guest.
+        guest: String,
+        /// The id its report (or failed diagnosis) will have.
+        report_id: ambulance_report::ReportId,
+        /// The failure cause.
+        cause: String,
+        /// When it failed.
+        time: ambulance_report::Timestamp,
+        /// What the backend said about it.
+        detail: String,
+    },
     /// A diagnosis ended (with or without a report).
     Diagnosed(Box<IndexEntry>),
     /// A guest was booted.

@@ -1,0 +1,553 @@
+//! `ambulance fleet …`: the controller (`init`, `serve`) and the operator's commands
+//! against its API (`bootstrap`, `hosts`, `reports`, `report`, `command`, `txn`, `revoke`,
+//! `reenrol`). See `ambulance_fleet`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ambulance_fleet::controller::ControllerConfig;
+use ambulance_fleet::FleetError;
+use ambulance_service::client::Endpoint;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::diagnose::Format;
+use crate::CliError;
+
+impl From<FleetError> for CliError {
+    fn from(e: FleetError) -> Self {
+        CliError::Failed(e.to_string())
+    }
+}
+
+/// `ambulance fleet`.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    #[command(subcommand)]
+    command: FleetCommand,
+}
+
+impl FleetArgs {
+    /// Whether this runs the controller (which logs at info).
+    pub fn serves(&self) -> bool {
+        matches!(self.command, FleetCommand::Serve(_))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// Write the fleet CA, the certificates and the NATS server configuration the
+    /// controller and the engine need (keeps what exists); prints the server's
+    /// configuration file.
+    Init(ConfigArg),
+    /// Run the controller: enrolment, registry, transactions, the fleet API.
+    Serve(ConfigArg),
+    /// Have the controller sign a zero certificate for a subscriber (the key is made
+    /// here) and write DIR/zero.pem and DIR/ca.pem for its hosts' [fleet] bootstrap.
+    Bootstrap(BootstrapArgs),
+    /// List the enrolled hosts and whether each is available.
+    Hosts(ListArgs),
+    /// List the diagnoses hosts published.
+    Reports(ReportsArgs),
+    /// Show one report, as the host stored it.
+    Report(ReportArgs),
+    /// Run an instruction on a host, by transaction.
+    Command(CommandArgs),
+    /// Show a transaction and its result.
+    Txn(TxnArgs),
+    /// Remove a host's access to the engine at once.
+    Revoke(HostArg),
+    /// Let an enrolled or revoked host id enrol again (once).
+    Reenrol(HostArg),
+}
+
+/// Where the controller is.
+#[derive(Clone, Debug, Default, Args)]
+pub struct FleetClient {
+    /// The controller's configuration (its API socket is read from it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The controller's Unix socket.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["url", "config"])]
+    pub socket: Option<PathBuf>,
+    /// The controller's TCP listener, e.g. http://127.0.0.1:7979 (needs --token).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// The bearer token of the TCP listener.
+    #[arg(long, value_name = "TOKEN", requires = "url")]
+    pub token: Option<String>,
+    /// The CA certificate that signed an https:// controller's certificate.
+    #[arg(long, value_name = "PEM", requires = "url")]
+    pub ca: Option<PathBuf>,
+}
+
+impl FleetClient {
+    fn endpoint(&self) -> Result<Endpoint, CliError> {
+        if let Some(url) = &self.url {
+            return crate::client::tcp_endpoint(
+                url,
+                self.token.clone(),
+                self.ca.as_deref(),
+                "controller",
+            );
+        }
+        if let Some(s) = &self.socket {
+            return Ok(Endpoint::Unix(s.clone()));
+        }
+        let config = self
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("fleet.toml"));
+        let cfg = ControllerConfig::load(&config).map_err(|e| {
+            CliError::Usage(format!(
+                "{e} (name the controller with --config FILE, --socket PATH or --url URL)"
+            ))
+        })?;
+        Ok(Endpoint::Unix(cfg.api.socket))
+    }
+
+    fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        t: Duration,
+    ) -> Result<Value, CliError> {
+        Ok(ambulance_fleet::client::json(
+            &self.endpoint()?,
+            method,
+            path,
+            body,
+            t,
+        )?)
+    }
+}
+
+/// `--config FILE` of the controller.
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The controller's configuration.
+    #[arg(long, value_name = "FILE", default_value = "fleet.toml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct BootstrapArgs {
+    #[command(flatten)]
+    client: FleetClient,
+    /// The subscriber the zero certificate carries.
+    #[arg(long)]
+    subscriber: String,
+    /// Where to write zero.pem and ca.pem.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    client: FleetClient,
+    /// Print the controller's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReportsArgs {
+    #[command(flatten)]
+    client: FleetClient,
+    /// Only this host's.
+    #[arg(long)]
+    host: Option<String>,
+    /// Only this guest's.
+    #[arg(long)]
+    guest: Option<String>,
+    /// Only this cause.
+    #[arg(long)]
+    cause: Option<String>,
+    /// Only failures since this time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    since: Option<String>,
+    /// Print the controller's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    #[command(flatten)]
+    client: FleetClient,
+    /// The report id.
+    id: String,
+    /// The host (when two hosts published the same id).
+    #[arg(long)]
+    host: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct CommandArgs {
+    #[command(flatten)]
+    client: FleetClient,
+    /// The host.
+    host: String,
+    #[command(subcommand)]
+    instruction: Instruction,
+    /// Return at once with the transaction id instead of waiting for its end.
+    #[arg(long, global = true)]
+    no_wait: bool,
+    /// How long the host has to take it (default: the controller's command_timeout_ms).
+    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// The subscriber (checked against the host's).
+    #[arg(long, global = true)]
+    subscriber: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Instruction {
+    /// Diagnose a running guest now (freeze, diagnose, resume).
+    Diagnose {
+        /// The guest.
+        guest: String,
+    },
+    /// Release a held guest.
+    Release {
+        /// The guest.
+        guest: String,
+        /// Destroy it instead of restarting it.
+        #[arg(long)]
+        destroy: bool,
+    },
+    /// Set a guest's boot flag.
+    BootFlag {
+        /// The guest.
+        guest: String,
+        /// primary or rescue.
+        #[arg(value_parser = ["primary", "rescue"])]
+        flag: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TxnArgs {
+    #[command(flatten)]
+    client: FleetClient,
+    /// The transaction id.
+    id: String,
+    /// Print the controller's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct HostArg {
+    #[command(flatten)]
+    client: FleetClient,
+    /// The host id.
+    host: String,
+}
+
+fn out(text: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes());
+    let _ = o.flush();
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn segment(id: &str) -> Result<&str, CliError> {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(CliError::Usage(format!(
+            "{id:?} is not a valid id (letters, digits, - _ .)"
+        )));
+    }
+    Ok(id)
+}
+
+fn query(pairs: &[(&str, &Option<String>)]) -> String {
+    let mut q = String::new();
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            q += if q.is_empty() { "?" } else { "&" };
+            q += k;
+            q += "=";
+            for b in v.bytes() {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    q.push(b as char);
+                } else {
+                    q += &format!("%{b:02X}");
+                }
+            }
+        }
+    }
+    q
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `ambulance fleet …`.
+pub fn run(args: FleetArgs) -> Result<(), CliError> {
+    match args.command {
+        FleetCommand::Init(a) => {
+            let cfg = ControllerConfig::load(&a.config)?;
+            let done = ambulance_fleet::controller::init(&cfg)?;
+            for f in &done.created {
+                eprintln!("created {}", f.display());
+            }
+            eprintln!(
+                "run the engine with: nats-server -c {}",
+                done.server_config.display()
+            );
+            out(&format!("{}\n", done.server_config.display()));
+            Ok(())
+        }
+        FleetCommand::Serve(a) => {
+            let cfg = ControllerConfig::load(&a.config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("ambulance-fleet")
+                .build()
+                .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+            rt.block_on(ambulance_fleet::controller::serve(cfg))?;
+            Ok(())
+        }
+        FleetCommand::Bootstrap(a) => {
+            let until =
+                ambulance_fleet::client::bootstrap(&a.client.endpoint()?, &a.subscriber, &a.out)?;
+            out(&format!(
+                "zero certificate of subscriber {} written to {} (zero.pem, ca.pem); valid until {until}\n",
+                a.subscriber,
+                a.out.display()
+            ));
+            Ok(())
+        }
+        FleetCommand::Hosts(a) => {
+            let v = a.client.json("GET", "/v1/hosts", None, TIMEOUT)?;
+            if a.json {
+                out(&format!("{v:#}\n"));
+                return Ok(());
+            }
+            let list = v.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                out("no hosts enrolled\n");
+                return Ok(());
+            }
+            let mut text = format!(
+                "{:<20} {:<14} {:<12} {:<26} {:>7} {:>7}  {}\n",
+                "HOST",
+                "SUBSCRIBER",
+                "STATE",
+                "LAST SEEN",
+                "GUESTS",
+                "REPORTS",
+                "CERTIFICATE UNTIL"
+            );
+            for h in &list {
+                let state = if h["revoked"] == true {
+                    "revoked"
+                } else if h["available"] == true {
+                    "available"
+                } else {
+                    "unavailable"
+                };
+                text += &format!(
+                    "{:<20} {:<14} {:<12} {:<26} {:>7} {:>7}  {}\n",
+                    s(&h["host"]),
+                    s(&h["subscriber"]),
+                    state,
+                    s(&h["last_seen"]),
+                    h["health"]["guests"]
+                        .as_array()
+                        .map(|g| g.len().to_string())
+                        .unwrap_or("-".into()),
+                    s(&h["reports"]),
+                    s(&h["not_after"]),
+                );
+            }
+            out(&text);
+            Ok(())
+        }
+        FleetCommand::Reports(a) => {
+            let q = query(&[
+                ("host", &a.host),
+                ("guest", &a.guest),
+                ("cause", &a.cause),
+                ("since", &a.since),
+            ]);
+            let v = a
+                .client
+                .json("GET", &format!("/v1/reports{q}"), None, TIMEOUT)?;
+            if a.json {
+                out(&format!("{v:#}\n"));
+                return Ok(());
+            }
+            let list = v.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                out("no reports\n");
+                return Ok(());
+            }
+            let mut text = format!(
+                "{:<16} {:<44} {:<14} {:<16} {:<24} {:<9} {}\n",
+                "HOST", "ID", "GUEST", "CAUSE", "TIME", "WORST", "STATUS"
+            );
+            for r in &list {
+                let status = match r["status"].as_str() {
+                    Some("ok") => "ok".to_string(),
+                    _ => s(&r["error"]),
+                };
+                text += &format!(
+                    "{:<16} {:<44} {:<14} {:<16} {:<24} {:<9} {}\n",
+                    s(&r["host"]),
+                    s(&r["id"]),
+                    s(&r["guest"]),
+                    s(&r["cause"]),
+                    s(&r["time"]),
+                    s(&r["severity"]["worst"]),
+                    status
+                );
+            }
+            out(&text);
+            Ok(())
+        }
+        FleetCommand::Report(a) => {
+            let id = segment(&a.id)?;
+            let accept = match a.format {
+                Format::Json => "application/json",
+                Format::Text => "text/plain",
+            };
+            let q = query(&[("host", &a.host)]);
+            let r = ambulance_fleet::client::call(
+                &a.client.endpoint()?,
+                "GET",
+                &format!("/v1/reports/{id}{q}"),
+                None,
+                accept,
+                TIMEOUT,
+            )?;
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(&r.body);
+            let _ = o.flush();
+            Ok(())
+        }
+        FleetCommand::Command(a) => command(a),
+        FleetCommand::Txn(a) => {
+            let id = segment(&a.id)?;
+            let v = a
+                .client
+                .json("GET", &format!("/v1/transactions/{id}"), None, TIMEOUT)?;
+            if a.json {
+                out(&format!("{v:#}\n"));
+            } else {
+                out(&describe_txn(&v));
+            }
+            Ok(())
+        }
+        FleetCommand::Revoke(a) => {
+            let h = segment(&a.host)?;
+            a.client.json(
+                "POST",
+                &format!("/v1/hosts/{h}/revoke"),
+                Some(&json!({})),
+                TIMEOUT,
+            )?;
+            out(&format!(
+                "host {h} revoked: its certificate no longer reaches the engine\n"
+            ));
+            Ok(())
+        }
+        FleetCommand::Reenrol(a) => {
+            let h = segment(&a.host)?;
+            a.client.json(
+                "POST",
+                &format!("/v1/hosts/{h}/reenrol"),
+                Some(&json!({})),
+                TIMEOUT,
+            )?;
+            out(&format!("host {h} may enrol again (once)\n"));
+            Ok(())
+        }
+    }
+}
+
+fn describe_txn(v: &Value) -> String {
+    let mut text = format!(
+        "transaction {} on host {}: {}\n",
+        s(&v["txn"]),
+        s(&v["host"]),
+        s(&v["status"])
+    );
+    let steps = v["result"]["steps"].as_array().cloned().unwrap_or_default();
+    if let (Some(e), true) = (v["result"]["error"].as_str(), steps.is_empty()) {
+        text += &format!("  {e}\n");
+    }
+    for step in &steps {
+        let what = if step["ok"] == true {
+            match step["output"]["id"].as_str() {
+                Some(id) => format!("ok, report {id}"),
+                None => match step["output"]["state"].as_str() {
+                    Some(st) => format!("ok, guest now {st}"),
+                    None => "ok".to_string(),
+                },
+            }
+        } else {
+            s(&step["error"])
+        };
+        text += &format!("  {} {}: {what}\n", s(&step["op"]), s(&step["guest"]));
+    }
+    text
+}
+
+fn command(a: CommandArgs) -> Result<(), CliError> {
+    let host = segment(&a.host)?;
+    let instruction = match &a.instruction {
+        Instruction::Diagnose { guest } => json!({"op": "diagnose", "guest": guest}),
+        Instruction::Release { guest, destroy } => json!({
+            "op": "release", "guest": guest,
+            "action": if *destroy { "destroy" } else { "restart" }
+        }),
+        Instruction::BootFlag { guest, flag } => {
+            json!({"op": "boot-flag", "guest": guest, "flag": flag})
+        }
+    };
+    let mut body = json!({ "host": host, "instructions": [instruction], "no_wait": a.no_wait });
+    if let Some(t) = a.timeout {
+        body["timeout_ms"] = json!(t.as_millis() as u64);
+    }
+    if let Some(s) = &a.subscriber {
+        body["subscriber"] = json!(s);
+    }
+    let wait = a.timeout.unwrap_or(Duration::from_secs(3600)) + Duration::from_secs(660);
+    let v = a
+        .client
+        .json("POST", "/v1/transactions", Some(&body), wait)?;
+    if a.no_wait {
+        out(&format!("{}\n", s(&v["txn"])));
+        return Ok(());
+    }
+    out(&describe_txn(&v));
+    match v["status"].as_str() {
+        Some("ok") => Ok(()),
+        Some(st) => Err(CliError::Failed(format!(
+            "transaction {} {st}: {}",
+            s(&v["txn"]),
+            v["result"]["error"].as_str().unwrap_or("")
+        ))),
+        None => Err(CliError::Failed(
+            "the controller's answer has no status".into(),
+        )),
+    }
+}

@@ -31,8 +31,8 @@ use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::WalkLimits;
 use ambulance_ram::GuestRam;
 use ambulance_report::{
-    FailureInfo, GuestInfo, Hex, Phase, RegistrationSummary, Report, ReportId, RootSummary,
-    Severity, ToolInfo, VcpuRegisters, SCHEMA_VERSION,
+    FailureInfo, FindingKind, GuestInfo, Hex, Phase, RegistrationSummary, Report, ReportId,
+    RootSummary, Severity, ToolInfo, VcpuRegisters, SCHEMA_VERSION,
 };
 use ambulance_validate::rules::RuleSet;
 use ambulance_validate::{Context, Registry, ValidationConfig};
@@ -300,15 +300,20 @@ pub fn diagnose(
     }
     let (mut findings, phases) = registry.run(&ctx, &options.config);
     timeline.extend(phases);
+    // What the diagnosis could not use is about the diagnosis, not the guest.
+    let about = |root: &str, severity, message: String| {
+        ctx.note("diagnosis", severity, root, message)
+            .with_kind(FindingKind::Diagnosis)
+    };
     for n in notes {
-        findings.push(ctx.note("diagnosis", Severity::Warning, "vmcoreinfo", n));
+        findings.push(about("vmcoreinfo", Severity::Warning, n));
     }
     if subject.descriptor_bytes.is_some() && descriptor.is_none() {
-        findings.push(ctx.note(
-            "diagnosis",
-            Severity::Error,
+        findings.push(about(
             "descriptor",
-            "the host's copy of the registration descriptor does not parse; roots were not walked".into(),
+            Severity::Error,
+            "the host's copy of the registration descriptor does not parse; roots were not walked"
+                .into(),
         ));
     }
     let t = Instant::now();

@@ -10,7 +10,8 @@ use ambulance_introspect::program::Program;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::{self, ListWalk, WalkEnd, WalkLimits};
 use ambulance_report::{
-    Address, FailureInfo, Finding, Hex, Severity, StructureRef, StructureWalk, VcpuRegisters,
+    Address, FailureInfo, Finding, FindingKind, Hex, Severity, StructureRef, StructureWalk,
+    VcpuRegisters,
 };
 
 /// One element of a root.
@@ -312,6 +313,7 @@ impl<'a> Context<'a> {
         Finding {
             validator: validator.to_string(),
             severity,
+            kind: FindingKind::Analysis,
             structure: StructureRef {
                 root: root.to_string(),
                 index,

@@ -20,7 +20,7 @@ pub mod rules;
 
 use std::time::{Duration, Instant};
 
-pub use ambulance_report::{Finding, Phase, Severity, StructureWalk};
+pub use ambulance_report::{Finding, FindingKind, Phase, Severity, StructureWalk};
 pub use context::{Context, Element};
 
 /// This crate's error type (validators themselves never fail: what they cannot read
@@ -160,15 +160,18 @@ impl Registry {
                 continue;
             }
             if start.elapsed() > budget {
-                findings.push(ctx.note(
-                    "validation",
-                    Severity::Warning,
-                    name,
-                    format!(
-                        "validator {name} skipped: the validation budget of {} ms was spent",
-                        config.total_budget_ms
-                    ),
-                ));
+                findings.push(
+                    ctx.note(
+                        "validation",
+                        Severity::Warning,
+                        name,
+                        format!(
+                            "validator {name} skipped: the validation budget of {} ms was spent",
+                            config.total_budget_ms
+                        ),
+                    )
+                    .with_kind(FindingKind::Diagnosis),
+                );
                 continue;
             }
             let t = Instant::now();

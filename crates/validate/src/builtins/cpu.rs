@@ -9,7 +9,7 @@
 
 use ambulance_abi::descriptor::{Root, RootKind};
 use ambulance_introspect::object::MemberLayout;
-use ambulance_report::{Finding, Severity};
+use ambulance_report::{Finding, FindingKind, Severity};
 
 use super::hex;
 use crate::{Context, Element, Validator};
@@ -66,23 +66,28 @@ impl Validator for CpuState {
                         .find(|r| r.text.starts_with("Kernel panic"))
                         .map(|r| format!(" The kernel said: \"{}\".", r.text))
                         .unwrap_or_default();
-                    out.push(ctx.finding(
-                        NAME,
-                        Severity::Critical,
-                        &root.name,
-                        Some(e.index),
-                        None,
-                        Some(e.addr),
-                        "a running CPU".into(),
-                        failure.cause.clone(),
-                        format!(
+                    // The failure event said again, at the CPU's data: not something
+                    // memory analysis found.
+                    out.push(
+                        ctx.finding(
+                            NAME,
+                            Severity::Critical,
+                            &root.name,
+                            Some(e.index),
+                            None,
+                            Some(e.addr),
+                            "a running CPU".into(),
+                            failure.cause.clone(),
+                            format!(
                                 "CPU {vcpu} failed ({}){}: {}.{panic_line}",
                                 failure.cause,
                                 regs.map(|r| format!(" at RIP {} RSP {}", r.rip, r.rsp))
                                     .unwrap_or_default(),
                                 failure.detail
                             ),
-                    ));
+                        )
+                        .with_kind(FindingKind::Event),
+                    );
                 }
             }
         }

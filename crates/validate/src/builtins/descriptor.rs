@@ -3,7 +3,7 @@
 //! modified memory it promised to keep.
 
 use ambulance_abi::descriptor::{layout, parse, HEADER_SIZE, HINT_ENTRY_SIZE, ROOT_ENTRY_SIZE};
-use ambulance_report::{Address, Finding, Hex, Severity, StructureRef};
+use ambulance_report::{Address, Finding, FindingKind, Hex, Severity, StructureRef};
 
 use crate::{Context, Validator};
 
@@ -34,6 +34,7 @@ impl Validator for DescriptorIntegrity {
             |severity, offset: usize, expected: String, found: String, message: String| Finding {
                 validator: NAME.into(),
                 severity,
+                kind: FindingKind::Analysis,
                 structure: StructureRef {
                     root: "descriptor".into(),
                     index: None,

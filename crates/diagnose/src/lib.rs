@@ -8,7 +8,9 @@
 //!
 //! A core written by Ambulance ([`core::write_core_file`]) carries the registration
 //! descriptor and the failure as notes, so an offline diagnosis of it finds what the live
-//! one found.
+//! one found. A dump cut short (its file ends before its segments do) is read as far as
+//! it goes: a finding of kind diagnosis names the guest-physical ranges that are
+//! missing, and reads there are unreadable, never zeros.
 
 #![forbid(unsafe_code)]
 
@@ -316,6 +318,7 @@ pub fn diagnose(
                 .into(),
         ));
     }
+    findings.extend(incomplete_memory(program.memory().as_ref(), &about));
     let t = Instant::now();
     let log = ambulance_validate::log::extract(&ctx);
     timeline.push(Phase {
@@ -367,6 +370,44 @@ pub fn diagnose(
         artifacts: Default::default(),
         kernel,
     })
+}
+
+/// Most missing ranges a finding lists.
+const MAX_MISSING_LISTED: usize = 16;
+
+/// What a partly unreadable source lacks, as findings of kind diagnosis.
+fn incomplete_memory(
+    memory: &dyn PhysicalMemory,
+    about: &dyn Fn(&str, Severity, String) -> ambulance_report::Finding,
+) -> Vec<ambulance_report::Finding> {
+    let missing = memory.missing();
+    let mut out = Vec::new();
+    if !missing.is_empty() {
+        let bytes: u64 = missing.iter().map(|r| r.size).fold(0, u64::saturating_add);
+        let mut ranges: Vec<String> = missing
+            .iter()
+            .take(MAX_MISSING_LISTED)
+            .map(|r| format!("{:#x}..{:#x}", r.start, r.end()))
+            .collect();
+        if missing.len() > MAX_MISSING_LISTED {
+            ranges.push(format!("and {} more", missing.len() - MAX_MISSING_LISTED));
+        }
+        out.push(about(
+            "memory",
+            Severity::Warning,
+            format!(
+                "{} is incomplete: {bytes} bytes of guest-physical memory are missing ({}); \
+                 this report is of what is there, and whatever lay in the missing ranges \
+                 reads as unreadable",
+                memory.describe(),
+                ranges.join(", ")
+            ),
+        ));
+    }
+    for w in memory.warnings() {
+        out.push(about("memory", Severity::Warning, w));
+    }
+    out
 }
 
 /// VMCOREINFO and where it came from: registered in the descriptor, handed over (core

@@ -10,6 +10,12 @@
 //! Walks are shared: the first validator that needs a root's elements walks it (bounded,
 //! see [`ambulance_introspect::walk`]) and the result is cached in the context, together
 //! with how the walk ended, for the report's "structures walked" section.
+//!
+//! Everything is bounded: every root enumeration by the walk limits, every validator's
+//! loop by the validation budget and the diagnosis deadline, every validator's findings
+//! per root by a cap. A validator cut short keeps what it found and says what it did not
+//! check in a finding of kind [`FindingKind::Diagnosis`]; a root enumeration cut short
+//! says so in its `structures` entry. The [`context`] module has the details.
 
 #![forbid(unsafe_code)]
 
@@ -18,7 +24,7 @@ pub mod context;
 pub mod log;
 pub mod rules;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use ambulance_report::{Finding, FindingKind, Phase, Severity, StructureWalk};
 pub use context::{Context, Element};
@@ -84,8 +90,9 @@ pub struct ValidationConfig {
     /// Linux kernel's kallsyms, indexing its BTF, reading its printk ring), in
     /// milliseconds: a one-time cost per diagnosis, not a walk.
     pub load_budget_ms: u64,
-    /// Time budget of the whole validation, in milliseconds; validators that would
-    /// start after it is spent are skipped and say so.
+    /// Time budget of the whole validation, in milliseconds: validators stop when it is
+    /// spent (and say what they did not check); those that would start after it are
+    /// skipped and say so.
     pub total_budget_ms: u64,
 }
 
@@ -145,13 +152,14 @@ impl Registry {
         Ok(())
     }
 
-    /// Runs every enabled, applicable validator; returns the findings (most severe
-    /// first) and one timeline phase per validator.
+    /// Runs every enabled, applicable validator under the validation budget
+    /// (`config.total_budget_ms`, and the context's deadline); returns the findings (most
+    /// severe first) and one timeline phase per validator. A validator that would start
+    /// after the budget is spent is skipped, and a finding of kind diagnosis says so.
     pub fn run(&self, ctx: &Context<'_>, config: &ValidationConfig) -> (Vec<Finding>, Vec<Phase>) {
         let mut findings = Vec::new();
         let mut phases = Vec::new();
-        let start = Instant::now();
-        let budget = Duration::from_millis(config.total_budget_ms);
+        ctx.start_budget(config.total_budget_ms);
         for v in &self.validators {
             let name = v.name();
             let wanted = (config.enabled.is_empty() || config.enabled.iter().any(|n| n == name))
@@ -159,16 +167,13 @@ impl Registry {
             if !wanted || !v.applicable(ctx) {
                 continue;
             }
-            if start.elapsed() > budget {
+            if let Some(why) = ctx.stop_reason() {
                 findings.push(
                     ctx.note(
                         "validation",
                         Severity::Warning,
                         name,
-                        format!(
-                            "validator {name} skipped: the validation budget of {} ms was spent",
-                            config.total_budget_ms
-                        ),
+                        format!("validator {name} skipped: {why}"),
                     )
                     .with_kind(FindingKind::Diagnosis),
                 );
@@ -181,6 +186,7 @@ impl Registry {
                 duration_us: t.elapsed().as_micros() as u64,
             });
         }
+        ctx.end_budget();
         findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
         (findings, phases)
     }

@@ -1,6 +1,5 @@
 //! Allocator free lists: no cycles (an object on the list twice is handed out twice),
 //! every entry inside its slab, and no free object still referenced as live.
-
 use std::collections::HashSet;
 
 use ambulance_abi::descriptor::{root_flags, Hint, RootKind};
@@ -8,6 +7,7 @@ use ambulance_introspect::walk::WalkEnd;
 use ambulance_report::{Finding, Severity};
 
 use super::{hex, is_free_list};
+use crate::context::RootFindings;
 use crate::{Context, Validator};
 
 /// See the module documentation.
@@ -40,13 +40,14 @@ impl Validator for FreeLists {
             };
             let elements = ctx.elements(root);
             let Some(w) = &elements.list else { continue };
+            let mut found = RootFindings::new(out);
             let link = root.link_offset as u64;
             let index_of = |node: u64| w.links.iter().position(|&l| l == node).map(|i| i as u64);
             match &w.end {
                 WalkEnd::Cycle {
                     closing_node,
                     first_repeated,
-                } => out.push(ctx.finding(
+                } => found.push(ctx.finding(
                     NAME,
                     Severity::Critical,
                     &root.name,
@@ -59,14 +60,14 @@ impl Validator for FreeLists {
                         hex(first_repeated.wrapping_sub(link))
                     ),
                     format!(
-                        "free list {} loops: entry {} points back to entry {}; the allocator \
-                         would hand the same objects out again and again",
+                        "free list {} loops: entry {} points back to entry {}; the \
+                             allocator would hand the same objects out again and again",
                         root.name,
                         hex(closing_node.wrapping_sub(link)),
                         hex(first_repeated.wrapping_sub(link))
                     ),
                 )),
-                WalkEnd::Unreadable { at, error } => out.push(
+                WalkEnd::Unreadable { at, error } => found.push(
                     ctx.finding(
                         NAME,
                         Severity::Critical,
@@ -89,10 +90,19 @@ impl Validator for FreeLists {
                 _ => {}
             }
             // Entries outside the slab.
+            let mut pace = ctx.pace();
             for (i, &l) in w.links.iter().enumerate() {
+                if pace.stop() {
+                    found.push(ctx.budget_note(
+                        NAME,
+                        &root.name,
+                        &format!("entries {i} to {}", w.links.len() - 1),
+                    ));
+                    break;
+                }
                 let entry = l.wrapping_sub(link);
                 if entry < lo || entry >= hi {
-                    out.push(ctx.finding(
+                    let f = ctx.finding(
                         NAME,
                         Severity::Critical,
                         &root.name,
@@ -106,7 +116,8 @@ impl Validator for FreeLists {
                             root.name,
                             hex(entry)
                         ),
-                    ));
+                    );
+                    found.push(f);
                 }
             }
             // Free objects still referenced as live by a pointer table into the same slab.
@@ -117,8 +128,16 @@ impl Validator for FreeLists {
                 .filter(|r| r.kind == RootKind::Array && r.has_flag(root_flags::POINTER_ELEMENTS))
             {
                 for e in ctx.elements(table).elements.iter() {
+                    if pace.stop() {
+                        found.push(ctx.budget_note(
+                            NAME,
+                            &root.name,
+                            &format!("references from {} from element {}", table.name, e.index),
+                        ));
+                        break;
+                    }
                     if e.addr >= lo && e.addr < hi && free.contains(&e.addr) {
-                        out.push(ctx.finding(
+                        let f = ctx.finding(
                             NAME,
                             Severity::Critical,
                             &root.name,
@@ -135,10 +154,12 @@ impl Validator for FreeLists {
                                 table.name,
                                 e.index
                             ),
-                        ));
+                        );
+                        found.push(f);
                     }
                 }
             }
+            found.finish(ctx, NAME, &root.name);
         }
     }
 }

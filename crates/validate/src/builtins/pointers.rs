@@ -1,11 +1,11 @@
 //! Pointer ranges: pointer fields with a range hint are canonical, mapped, and inside the
 //! declared region (or null where allowed).
-
 use ambulance_abi::descriptor::Hint;
 use ambulance_abi::{is_canonical_48, is_canonical_57};
 use ambulance_report::{Finding, Severity};
 
 use super::hex;
+use crate::context::RootFindings;
 use crate::{Context, Validator};
 
 /// See the module documentation.
@@ -57,7 +57,22 @@ impl Validator for PointerRanges {
                     crate::rules::member_name_at(ctx, &root.type_name, offset as u64)
                 })
                 .collect();
-            for e in ctx.elements(root).elements.iter() {
+            let elements = ctx.elements(root);
+            let mut found = RootFindings::new(out);
+            let mut pace = ctx.pace();
+            for e in elements.elements.iter() {
+                if pace.stop() {
+                    found.push(ctx.budget_note(
+                        NAME,
+                        &root.name,
+                        &format!(
+                            "elements {} to {}",
+                            e.index,
+                            elements.elements.last().map_or(e.index, |l| l.index)
+                        ),
+                    ));
+                    break;
+                }
                 for (&(offset, lo, hi, nullable), path) in ranges.iter().zip(&paths) {
                     let at = e.addr.wrapping_add(offset as u64);
                     let Ok(p) = ctx.program.read_u64(at) else {
@@ -89,7 +104,7 @@ impl Validator for PointerRanges {
                         None
                     };
                     if let Some(problem) = problem {
-                        out.push(ctx.finding(
+                        let f = ctx.finding(
                             NAME,
                             Severity::Critical,
                             &root.name,
@@ -104,10 +119,12 @@ impl Validator for PointerRanges {
                                 e.index,
                                 hex(at)
                             ),
-                        ));
+                        );
+                        found.push(f);
                     }
                 }
             }
+            found.finish(ctx, NAME, &root.name);
         }
     }
 }

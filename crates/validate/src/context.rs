@@ -20,6 +20,16 @@
 //! hostile guest can make every element wrong); the rest are counted in one more
 //! finding of kind diagnosis ([`RootFindings`]).
 //!
+//! # Locks
+//!
+//! A structural inconsistency in a root whose lock was held when the guest was frozen —
+//! a cycle, a bad magic, a `prev` that does not point back, a free-list entry out of its
+//! slab, a pointer out of its range — is what a snapshot of an update in progress looks
+//! like. [`Context::structural`] reports it as [`FindingKind::MidUpdate`] at severity
+//! info, naming the lock and its owner, instead of as corruption — unless the data is
+//! garbage no update could have written (memory that cannot be read, a non-canonical or
+//! unmapped pointer, a misaligned link), which stays corruption whatever the lock says.
+//!
 //! [`ValidationConfig`]: crate::ValidationConfig
 
 use std::cell::{Cell, RefCell};
@@ -93,6 +103,32 @@ pub struct Context<'a> {
     /// [`Registry::run`](crate::Registry::run) runs.
     budget: Cell<Option<(Instant, u64)>>,
     cache: RefCell<BTreeMap<String, Rc<RootElements>>>,
+    locks: RefCell<BTreeMap<u64, Option<HeldLock>>>,
+}
+
+/// A lock that was held when the guest was frozen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldLock {
+    /// Address of its lock word.
+    pub word: u64,
+    /// Its name: its own (`Spinlock.name`), its symbol, or its address.
+    pub name: String,
+    /// The CPU that held it, when the lock records one.
+    pub owner: Option<u32>,
+}
+
+impl HeldLock {
+    /// "lock run_queue was held by CPU 1" (or "... was held (its owner is not recorded)").
+    pub fn held(&self) -> String {
+        format!(
+            "lock {} was held {}",
+            self.name,
+            match self.owner {
+                Some(c) => format!("by CPU {c}"),
+                None => "(its owner is not recorded)".into(),
+            }
+        )
+    }
 }
 
 /// Paces a validator's loop: [`stop`](Pace::stop) looks at the clock on its first call
@@ -185,6 +221,7 @@ impl<'a> Context<'a> {
             deadline: None,
             budget: Cell::new(None),
             cache: RefCell::new(BTreeMap::new()),
+            locks: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -407,22 +444,82 @@ impl<'a> Context<'a> {
         e
     }
 
-    /// Whether the lock protecting `root` was held when the guest was frozen, and by
-    /// which CPU when the lock's layout is known.
-    pub fn lock_held(&self, root: &Root) -> Option<Option<u32>> {
+    /// The lock protecting `root`, if it was held when the guest was frozen (read once
+    /// per lock). With [`root_flags::LOCK_BYTE`] only the low byte of the lock word says
+    /// so (a reader-writer lock write-held; readers count above it).
+    pub fn lock_held(&self, root: &Root) -> Option<HeldLock> {
         if root.lock == 0 {
             return None;
         }
-        let word = if root.has_flag(root_flags::LOCK_BYTE) {
-            self.program.read_u8(root.lock).ok()? as u32
-        } else {
-            self.program.read_u32(root.lock).ok()?
-        };
-        if word == 0 {
-            return None;
+        let byte = root.has_flag(root_flags::LOCK_BYTE);
+        let key = root.lock ^ u64::from(byte) << 63;
+        if let Some(l) = self.locks.borrow().get(&key) {
+            return l.clone();
         }
-        let owner = self.lock_owner(root.lock);
-        Some(owner)
+        let word = if byte {
+            self.program.read_u8(root.lock).ok().map(u32::from)
+        } else {
+            self.program.read_u32(root.lock).ok()
+        };
+        // A byte lock is a reader-writer lock, not a spinlock that records its owner.
+        let held = word.filter(|&w| w != 0).map(|_| HeldLock {
+            word: root.lock,
+            name: self.lock_name(root.lock, !byte),
+            owner: if byte {
+                None
+            } else {
+                self.lock_owner(root.lock)
+            },
+        });
+        self.locks.borrow_mut().insert(key, held.clone());
+        held
+    }
+
+    /// The name of the lock whose lock word is at `word`: `Spinlock.name` when it is a
+    /// `spinlock` whose layout is known, else the symbol there, else the address.
+    fn lock_name(&self, word: u64, spinlock: bool) -> String {
+        let own = spinlock.then(|| {
+            let locked = self.member("Spinlock", "locked")?;
+            let name = self.member("Spinlock", "name")?;
+            name.object(self.program, word.wrapping_sub(locked.offset()))
+                .read_cstr(16)
+                .ok()
+                .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_graphic()))
+        });
+        own.flatten()
+            .or_else(|| {
+                let (sym, off) = self.program.symbols()?.lookup_addr(word)?;
+                Some(if off == 0 {
+                    sym.to_string()
+                } else {
+                    format!("{sym}+{off:#x}")
+                })
+            })
+            .unwrap_or_else(|| format!("{word:#x}"))
+    }
+
+    /// A structural finding about `roots` as it is reported: unchanged when none of
+    /// their locks was held or the data is `garbage` (unreadable, or a value no update
+    /// could have written); otherwise a [`FindingKind::MidUpdate`] at severity info that
+    /// names the held lock and its owner (see the module documentation).
+    pub fn structural(&self, roots: &[&Root], f: Finding, garbage: bool) -> Finding {
+        if garbage {
+            return f;
+        }
+        let Some(lock) = roots.iter().find_map(|r| self.lock_held(r)) else {
+            return f;
+        };
+        Finding {
+            severity: Severity::Info,
+            kind: FindingKind::MidUpdate,
+            message: format!(
+                "mid-update: {}; {} when the guest was frozen, so it was most likely being \
+                 changed, not corrupted",
+                f.message,
+                lock.held()
+            ),
+            ..f
+        }
     }
 
     /// The owner CPU recorded in the lock whose lock word is at `word`, when the layout is
@@ -547,19 +644,4 @@ pub fn walk_outcome(end: &WalkEnd, link_offset: u64) -> WalkOutcome {
 /// A list walk's end as the report says it.
 pub fn report_end(end: &WalkEnd, root: &Root) -> WalkOutcome {
     walk_outcome(end, root.link_offset as u64)
-}
-
-/// Severity for a structural inconsistency in a structure whose lock was held at freeze
-/// time: the guest may simply have been in the middle of an update.
-pub fn excused(held: Option<Option<u32>>, severity: Severity) -> (Severity, String) {
-    match held {
-        Some(owner) => (
-            Severity::Info,
-            format!(
-                " (its lock was held{} when the guest was frozen: it may have been mid-update)",
-                owner.map(|c| format!(" by CPU {c}")).unwrap_or_default()
-            ),
-        ),
-        None => (severity, String::new()),
-    }
 }

@@ -15,7 +15,8 @@
 //! loop by the validation budget and the diagnosis deadline, every validator's findings
 //! per root by a cap. A validator cut short keeps what it found and says what it did not
 //! check in a finding of kind [`FindingKind::Diagnosis`]; a root enumeration cut short
-//! says so in its `structures` entry. The [`context`] module has the details.
+//! says so in its `structures` entry. Inconsistencies in a structure whose lock was held
+//! are reported as mid-update, not as corruption. The [`context`] module has the details.
 
 #![forbid(unsafe_code)]
 

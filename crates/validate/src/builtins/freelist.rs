@@ -1,5 +1,11 @@
 //! Allocator free lists: no cycles (an object on the list twice is handed out twice),
 //! every entry inside its slab, and no free object still referenced as live.
+//!
+//! With the free list's lock (or, for a free object still referenced, the referencing
+//! table's lock) held, each of these is what an allocation or a free in progress looks
+//! like, and is reported as mid-update ([`Context::structural`]); a link that cannot be
+//! followed is garbage whatever the lock says.
+
 use std::collections::HashSet;
 
 use ambulance_abi::descriptor::{root_flags, Hint, RootKind};
@@ -47,25 +53,29 @@ impl Validator for FreeLists {
                 WalkEnd::Cycle {
                     closing_node,
                     first_repeated,
-                } => found.push(ctx.finding(
-                    NAME,
-                    Severity::Critical,
-                    &root.name,
-                    index_of(*closing_node),
-                    Some("next"),
-                    Some(closing_node.wrapping_sub(link)),
-                    "a free list that ends".into(),
-                    format!(
-                        "next -> {} (already on the list)",
-                        hex(first_repeated.wrapping_sub(link))
-                    ),
-                    format!(
-                        "free list {} loops: entry {} points back to entry {}; the \
+                } => found.push(ctx.structural(
+                    &[root],
+                    ctx.finding(
+                        NAME,
+                        Severity::Critical,
+                        &root.name,
+                        index_of(*closing_node),
+                        Some("next"),
+                        Some(closing_node.wrapping_sub(link)),
+                        "a free list that ends".into(),
+                        format!(
+                            "next -> {} (already on the list)",
+                            hex(first_repeated.wrapping_sub(link))
+                        ),
+                        format!(
+                            "free list {} loops: entry {} points back to entry {}; the \
                              allocator would hand the same objects out again and again",
-                        root.name,
-                        hex(closing_node.wrapping_sub(link)),
-                        hex(first_repeated.wrapping_sub(link))
+                            root.name,
+                            hex(closing_node.wrapping_sub(link)),
+                            hex(first_repeated.wrapping_sub(link))
+                        ),
                     ),
+                    false,
                 )),
                 WalkEnd::Unreadable { at, error } => found.push(
                     ctx.finding(
@@ -117,7 +127,7 @@ impl Validator for FreeLists {
                             hex(entry)
                         ),
                     );
-                    found.push(f);
+                    found.push(ctx.structural(&[root], f, false));
                 }
             }
             // Free objects still referenced as live by a pointer table into the same slab.
@@ -155,7 +165,7 @@ impl Validator for FreeLists {
                                 e.index
                             ),
                         );
-                        found.push(f);
+                        found.push(ctx.structural(&[root, table], f, false));
                     }
                 }
             }

@@ -1,12 +1,18 @@
 //! List integrity: every declared linked list walks back to its head without cycles, its
 //! links are aligned and readable, `next`/`prev` agree, and it holds no more elements
 //! than declared.
+//!
+//! A cycle or a `prev` that does not point back in a list whose lock was held is what a
+//! list looks like mid-update, and is reported so ([`Context::structural`]); a next
+//! pointer that cannot be followed (NULL, non-canonical, unmapped) or a misaligned link
+//! is garbage whatever the lock says.
+
 use ambulance_abi::descriptor::{root_flags, RootKind};
 use ambulance_introspect::walk::{self, WalkEnd};
 use ambulance_report::{Finding, FindingKind, Severity};
 
 use super::{hex, is_free_list};
-use crate::context::{excused, RootFindings};
+use crate::context::RootFindings;
 use crate::{Context, Validator};
 
 /// See the module documentation.
@@ -45,22 +51,26 @@ impl Validator for ListIntegrity {
                 WalkEnd::Cycle {
                     closing_node,
                     first_repeated,
-                } => found.push(ctx.finding(
-                    NAME,
-                    Severity::Critical,
-                    &root.name,
-                    index_of(*closing_node),
-                    Some("next"),
-                    Some(closing_node.wrapping_sub(link)),
-                    format!("a chain back to the list head {}", hex(root.address)),
-                    format!("next -> element {}", hex(first_repeated.wrapping_sub(link))),
-                    format!(
-                        "list {} loops: element {} links back to element {} instead of \
+                } => found.push(ctx.structural(
+                    &[root],
+                    ctx.finding(
+                        NAME,
+                        Severity::Critical,
+                        &root.name,
+                        index_of(*closing_node),
+                        Some("next"),
+                        Some(closing_node.wrapping_sub(link)),
+                        format!("a chain back to the list head {}", hex(root.address)),
+                        format!("next -> element {}", hex(first_repeated.wrapping_sub(link))),
+                        format!(
+                            "list {} loops: element {} links back to element {} instead of \
                              continuing to the head; a walker of this list never terminates",
-                        root.name,
-                        hex(closing_node.wrapping_sub(link)),
-                        hex(first_repeated.wrapping_sub(link))
+                            root.name,
+                            hex(closing_node.wrapping_sub(link)),
+                            hex(first_repeated.wrapping_sub(link))
+                        ),
                     ),
+                    false,
                 )),
                 WalkEnd::Unreadable { at, error } => {
                     let value = ctx
@@ -161,7 +171,6 @@ impl Validator for ListIntegrity {
                 found.finish(ctx, NAME, &root.name);
                 continue;
             }
-            let held = ctx.lock_held(root);
             let (mismatches, end) =
                 walk::check_prev_within(ctx.program, root.address, w, ctx.walk_limits());
             for (index, m) in mismatches {
@@ -171,10 +180,9 @@ impl Validator for ListIntegrity {
                 } else {
                     m.node.wrapping_sub(link)
                 };
-                let (severity, why) = excused(held, Severity::Critical);
-                found.push(ctx.finding(
+                let f = ctx.finding(
                     NAME,
-                    severity,
+                    Severity::Critical,
                     &root.name,
                     index.map(|i| i as u64),
                     Some("prev"),
@@ -187,13 +195,14 @@ impl Validator for ListIntegrity {
                     },
                     format!(
                         "list {}: the prev pointer of {} {} does not point back at the \
-                         previous element {}{why}",
+                         previous element {}",
                         root.name,
                         if is_head { "the head" } else { "element" },
                         hex(node),
                         hex(m.expected_prev.wrapping_sub(link))
                     ),
-                ));
+                );
+                found.push(ctx.structural(&[root], f, !m.prev_readable));
             }
             match end {
                 WalkEnd::Complete => {}

@@ -1,4 +1,9 @@
 //! Magic values: every element of a root with a magic hint holds its magic.
+//!
+//! A wrong magic in a root whose lock was held is an element being set up or torn down,
+//! reported as mid-update ([`Context::structural`]); an element that cannot be read is
+//! garbage whatever the lock says.
+
 use ambulance_abi::descriptor::Hint;
 use ambulance_report::{Finding, Severity};
 
@@ -75,24 +80,28 @@ impl Validator for Magic {
                     };
                     match value_found {
                         Ok(v) if v == value => {}
-                        Ok(v) => found.push(ctx.finding(
-                            NAME,
-                            Severity::Critical,
-                            &root.name,
-                            Some(e.index),
-                            name.as_deref(),
-                            Some(e.addr),
-                            hex(value),
-                            hex(v),
-                            format!(
-                                "{} element {} ({} at {}) has a bad magic value: it was \
+                        Ok(v) => found.push(ctx.structural(
+                            &[root],
+                            ctx.finding(
+                                NAME,
+                                Severity::Critical,
+                                &root.name,
+                                Some(e.index),
+                                name.as_deref(),
+                                Some(e.addr),
+                                hex(value),
+                                hex(v),
+                                format!(
+                                    "{} element {} ({} at {}) has a bad magic value: it was \
                                  overwritten or is not a live {}",
-                                root.name,
-                                e.index,
-                                root.type_name,
-                                hex(e.addr),
-                                root.type_name
+                                    root.name,
+                                    e.index,
+                                    root.type_name,
+                                    hex(e.addr),
+                                    root.type_name
+                                ),
                             ),
+                            false,
                         )),
                         Err(err) => found.push(ctx.finding(
                             NAME,

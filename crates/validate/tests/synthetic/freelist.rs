@@ -96,6 +96,16 @@ fn a_free_object_still_referenced_is_found_at_the_object() {
 }
 
 #[test]
+fn with_the_lock_held_they_are_mid_updates() {
+    let (mut g, o, _, table) = slab(Some(3));
+    g.put_u64(o[5] + free_object::NEXT, o[2]);
+    g.put_u64(table, o[1]);
+    let found = g.build().run(&FreeLists);
+    mid_update(the_one(&found, o[5]), "slab.kobject", Some(3));
+    mid_update(the_one(&found, o[1]), "slab.kobject", Some(3));
+}
+
+#[test]
 fn a_garbage_link_is_corruption_even_with_the_lock_held() {
     let (mut g, o, ..) = slab(Some(0));
     g.put_u64(o[4] + free_object::NEXT, WILD);

@@ -46,6 +46,15 @@ fn a_bad_magic_is_found_at_its_element() {
 }
 
 #[test]
+fn with_the_lock_held_a_bad_magic_is_a_mid_update() {
+    let (mut g, table) = tasks(Some(2));
+    let t5 = table + 5 * task::SIZE;
+    g.put_u64(t5 + task::MAGIC, 0);
+    let found = g.build().run(&Magic);
+    mid_update(the_one(&found, t5), "tasks", Some(2));
+}
+
+#[test]
 fn an_unreadable_element_is_an_error_even_with_the_lock_held() {
     // A pointer array whose second slot points at unmapped memory.
     let mut g = Guest::new();

@@ -44,7 +44,7 @@ fn pointers_in_range_have_no_findings() {
 fn each_bad_pointer_is_found_at_its_field() {
     for (bad, what) in [
         (WILD, "not even a canonical address"),
-        (UNMAPPED, "outside its region"),
+        (UNMAPPED, "not mapped"),
         (KDATA + 0x10_0000, "outside its region"),
         (0, "is null"),
     ] {
@@ -56,6 +56,26 @@ fn each_bad_pointer_is_found_at_its_field() {
         assert_eq!(f.structure.index, Some(2));
         assert_eq!(f.structure.path.as_deref(), Some("current"));
         assert!(f.message.contains(what), "{what}: {}", f.message);
+    }
+}
+
+#[test]
+fn with_the_lock_held_only_what_an_update_could_write_is_excused() {
+    for (bad, garbage) in [
+        (WILD, true),
+        (UNMAPPED, true),
+        (KDATA + 0x10_0000, false),
+        (0, false),
+    ] {
+        let (mut g, pc, _) = percpu(Some(0), false);
+        g.put_u64(field(pc, 1), bad);
+        let found = g.build().run(&PointerRanges);
+        let f = the_one(&found, field(pc, 1));
+        if garbage {
+            corruption(f);
+        } else {
+            mid_update(f, "percpu", Some(0));
+        }
     }
 }
 

@@ -2,6 +2,10 @@
 //! guest recorded at registration; when the kernel image is at hand, the changed bytes
 //! are located exactly by comparing memory with the image.
 //!
+//! A range's `start` is where the guest saw it, at run time: under KASLR, the image's
+//! link-time address plus the registration's `load_offset`. Memory at `start + i` is
+//! compared with what the image loads at `start + i - load_offset`.
+//!
 //! Ranges are read in chunks of [`CHUNK`] bytes, never whole (a guest may declare 1,024
 //! ranges of 64 MiB), and the validation budget and the deadline are looked at between
 //! chunks; so is [`MAX_BYTES`], a bound on what one run reads whatever the clock says. A
@@ -73,6 +77,7 @@ impl Validator for Checksums {
     }
 
     fn run(&self, ctx: &Context<'_>, out: &mut Vec<Finding>) {
+        let load_offset = ctx.descriptor.map_or(0, |d| d.load_offset);
         let image = ctx
             .kernel_elf
             .and_then(|bytes| Some((bytes, loads(bytes)?)));
@@ -134,7 +139,8 @@ impl Validator for Checksums {
                 let Some((bytes, loads)) = &image else {
                     continue;
                 };
-                let (runs, cut) = differences(ctx, bytes, loads, start, len, &mut spend);
+                let (runs, cut) =
+                    differences(ctx, bytes, loads, load_offset, start, len, &mut spend);
                 for (at, expected, was) in runs {
                     found.push(ctx.finding(
                         NAME,
@@ -260,7 +266,7 @@ fn loads(image: &[u8]) -> Option<Vec<Load>> {
     )
 }
 
-/// What the image holds at address `va`: its byte, 0 in a segment's zero tail,
+/// What the image holds at link-time address `va`: its byte, 0 in a segment's zero tail,
 /// `None` outside every segment (or past the end of the file).
 fn image_byte(image: &[u8], loads: &[Load], va: u64) -> Option<u8> {
     let l = loads
@@ -277,13 +283,15 @@ fn image_byte(image: &[u8], loads: &[Load], va: u64) -> Option<u8> {
 
 type Run = (u64, String, String);
 
-/// Runs of bytes in memory at `[start, start + len)` that differ from what the image
-/// loads there: `(address, expected hex bytes, found hex bytes)`, at most [`MAX_RUNS`];
-/// and where and why the comparison stopped early, if it did.
+/// Runs of bytes in memory at run-time `[start, start + len)` that differ from what the
+/// image loads at the link-time address (`load_offset` below): `(address, expected hex
+/// bytes, found hex bytes)`, at most [`MAX_RUNS`]; and where and why the comparison
+/// stopped early, if it did.
 fn differences(
     ctx: &Context<'_>,
     image: &[u8],
     loads: &[Load],
+    load_offset: i64,
     start: u64,
     len: u32,
     spend: &mut Spend,
@@ -317,7 +325,7 @@ fn differences(
         }
         for (i, &was) in buf[..n].iter().enumerate() {
             let va = at.wrapping_add(i as u64);
-            let expected = image_byte(image, loads, va);
+            let expected = image_byte(image, loads, va.wrapping_sub(load_offset as u64));
             match expected {
                 Some(e) if e != was => match &mut open {
                     Some((_, es, fs)) if es.len() < MAX_RUN_LEN => {

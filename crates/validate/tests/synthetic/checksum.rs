@@ -1,4 +1,4 @@
-//! checksum, with and without the kernel image.
+//! checksum, with and without the kernel image, under KASLR.
 
 use ambulance_abi::descriptor::{Hint, Root, RootKind};
 use ambulance_report::{FindingKind, Severity};
@@ -8,6 +8,8 @@ use crate::support::*;
 
 /// Where the kernel image is linked.
 const LINK: u64 = 0xffff_ffff_8020_0000;
+/// The KASLR slide the synthetic kernel runs with.
+const SLIDE: i64 = 0x2a0_0000;
 /// The read-only range's size.
 const LEN: u64 = 0x3000;
 
@@ -78,15 +80,15 @@ fn kernel(slide: i64, with_elf: bool) -> (Guest, u64) {
 
 #[test]
 fn an_unchanged_range_has_no_findings() {
-    for (slide, elf) in [(0, false), (0, true)] {
+    for (slide, elf) in [(0, false), (SLIDE, true)] {
         let (g, _) = kernel(slide, elf);
         assert!(g.build().run(&Checksums).is_empty());
     }
 }
 
 #[test]
-fn a_changed_byte_is_found_at_its_address() {
-    let (mut g, at) = kernel(0, true);
+fn a_changed_byte_is_found_at_its_run_time_address_under_kaslr() {
+    let (mut g, at) = kernel(SLIDE, true);
     let byte = at + 0x1234;
     let was = text()[0x1234];
     g.put(byte, &[!was]);
@@ -101,6 +103,19 @@ fn a_changed_byte_is_found_at_its_address() {
     assert_eq!(f.expected, format!("{was:02x}"));
     assert_eq!(f.found, format!("{:02x}", !was));
     assert!(f.message.contains("differs from the kernel image"));
+}
+
+#[test]
+fn a_load_offset_ignored_would_compare_with_the_wrong_bytes() {
+    // The same change with the descriptor claiming no slide: the image is then compared
+    // at the wrong addresses (outside the image) and no byte can be located. This is the
+    // bug the load offset fixes; the checksum itself still catches the change.
+    let (mut g, at) = kernel(SLIDE, true);
+    g.load_offset = 0;
+    g.put(at + 0x10, &[!text()[0x10]]);
+    let found = g.build().run(&Checksums);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    the_one(&found, at);
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! CPU state: the CPU that failed, and CPUs that stopped scheduling.
+//! CPU state: the CPU that failed, and CPUs that stopped — one among others, all of them
+//! together, or the only one.
 //!
 //! Per-CPU roots are array roots whose element type has `cpu` and `current` members (the
 //! CPU's index and the task it runs).
@@ -9,10 +10,18 @@
 //! * When the element type records the time of the CPU's last context switch
 //!   (`last_switch_ns`), a CPU whose last switch lags the others by far is reported as
 //!   stuck — Linux's soft-lockup detector, after the fact.
+//! * When the guest was diagnosed because its heartbeat stopped and no CPU lags the
+//!   others — every CPU stopped together, or there is only one — each vCPU is reported
+//!   as stopped, with what its saved registers say it was doing: spinning with
+//!   interrupts off, halted with interrupts off (it never wakes), running without
+//!   scheduling, or idle waiting for an interrupt that never came. This needs no per-CPU
+//!   root: the registers and the heartbeat are enough.
+
+use std::collections::HashMap;
 
 use ambulance_abi::descriptor::{Root, RootKind};
 use ambulance_introspect::object::MemberLayout;
-use ambulance_report::{Finding, FindingKind, Severity};
+use ambulance_report::{Address, Finding, FindingKind, Hex, Severity, StructureRef, VcpuRegisters};
 
 use crate::context::RootFindings;
 use crate::{Context, Element, Validator};
@@ -25,6 +34,8 @@ const NAME: &str = "cpu";
 const STALL_LAG_NS: u64 = 250_000_000;
 /// A lag worth a warning whatever the failure.
 const LAG_WARNING_NS: u64 = 2_000_000_000;
+/// `RFLAGS.IF`: interrupts enabled.
+const RFLAGS_IF: u64 = 1 << 9;
 
 fn percpu_root<'a>(ctx: &Context<'a>) -> Option<(&'a Root, MemberLayout)> {
     ctx.roots().iter().find_map(|r| {
@@ -54,24 +65,40 @@ impl Validator for CpuState {
     }
 
     fn applies_to(&self) -> &str {
-        "per-CPU data (array roots whose elements have cpu and current members)"
+        "per-CPU data (array roots whose elements have cpu and current members), and the \
+         vCPUs of a guest whose heartbeat stopped"
     }
 
     fn applicable(&self, ctx: &Context<'_>) -> bool {
-        percpu_root(ctx).is_some()
+        percpu_root(ctx).is_some() || (stalled(ctx) && !ctx.vcpus.is_empty())
     }
 
     fn run(&self, ctx: &Context<'_>, out: &mut Vec<Finding>) {
-        let Some((root, m_cpu)) = percpu_root(ctx) else {
-            return;
-        };
-        let elements = ctx.elements(root);
-        let cpu_of = |e: &Element| m_cpu.object(ctx.program, e.addr).read_u32().ok();
-        let mut found = RootFindings::new(out);
-        failed_cpu(ctx, root, &elements.elements, &cpu_of, &mut found);
-        let stamps = last_switches(ctx, root, &elements.elements, &cpu_of, &mut found);
-        laggards(ctx, root, &stamps, &mut found);
-        found.finish(ctx, NAME, &root.name);
+        let percpu = percpu_root(ctx);
+        let mut stamps = Vec::new();
+        let mut by_cpu = Vec::new();
+        let mut lagging = 0usize;
+        if let Some((root, m_cpu)) = &percpu {
+            let elements = ctx.elements(root);
+            let cpu_of = |e: &Element| m_cpu.object(ctx.program, e.addr).read_u32().ok();
+            let mut found = RootFindings::new(out);
+            failed_cpu(ctx, root, &elements.elements, &cpu_of, &mut found);
+            stamps = last_switches(ctx, root, &elements.elements, &cpu_of, &mut found);
+            lagging = laggards(ctx, root, &stamps, &mut found);
+            found.finish(ctx, NAME, &root.name);
+            if stalled(ctx) && lagging == 0 {
+                let mut pace = ctx.pace();
+                by_cpu = elements
+                    .elements
+                    .iter()
+                    .take_while(|_| !pace.stop())
+                    .filter_map(|e| Some((cpu_of(e)?, *e)))
+                    .collect();
+            }
+        }
+        if stalled(ctx) && lagging == 0 {
+            all_stopped(ctx, percpu.as_ref().map(|(r, _)| *r), &by_cpu, &stamps, out);
+        }
     }
 }
 
@@ -214,4 +241,134 @@ fn laggards(ctx: &Context<'_>, root: &Root, stamps: &[Stamp], out: &mut RootFind
         ));
     }
     n
+}
+
+/// What a vCPU's saved registers say it was doing, and how bad that is in a guest whose
+/// heartbeat stopped.
+fn doing(r: &VcpuRegisters) -> (&'static str, Severity) {
+    let interrupts = r.rflags.0 & RFLAGS_IF != 0;
+    match (r.activity.as_str(), interrupts) {
+        ("halted", false) => (
+            "halted with interrupts disabled: nothing can wake it",
+            Severity::Critical,
+        ),
+        ("halted", true) => (
+            "idle (halted with interrupts enabled), waiting for an interrupt that never came",
+            Severity::Warning,
+        ),
+        (_, false) => (
+            "running with interrupts disabled: spinning",
+            Severity::Critical,
+        ),
+        (_, true) => (
+            "running with interrupts enabled, yet not scheduling: looping in the kernel",
+            Severity::Critical,
+        ),
+    }
+}
+
+/// The heartbeat stopped and no CPU lags another: every CPU stopped together (or the only
+/// one did). Says so for each vCPU, from its registers, at its per-CPU data when known.
+fn all_stopped(
+    ctx: &Context<'_>,
+    percpu: Option<&Root>,
+    by_cpu: &[(u32, Element)],
+    stamps: &[Stamp],
+    out: &mut Vec<Finding>,
+) {
+    let stalled_ms = ctx
+        .failure
+        .data
+        .get("stalled_for_ms")
+        .and_then(|v| v.as_f64())
+        .map(|ms| format!(" for {ms} ms"))
+        .unwrap_or_default();
+    let heartbeat = ctx
+        .descriptor
+        .and_then(|d| {
+            let mut b = [0u8; 8];
+            ctx.program.memory().read(d.heartbeat_gpa, &mut b).ok()?;
+            Some(format!(" (stuck at {})", u64::from_le_bytes(b)))
+        })
+        .unwrap_or_default();
+    let n = ctx.vcpus.len().max(stamps.len());
+    let together = if n <= 1 {
+        "the guest's only CPU stopped".to_string()
+    } else {
+        format!("all {n} CPUs stopped together (none scheduled later than the others)")
+    };
+    let root_name = percpu.map_or("vcpus", |r| r.name.as_str());
+    let regs_of: HashMap<u32, &VcpuRegisters> = ctx.vcpus.iter().map(|r| (r.vcpu, r)).collect();
+    let stamp_of: HashMap<u32, &Stamp> = stamps.iter().map(|s| (s.cpu, s)).collect();
+    let element_of: HashMap<u32, Element> = by_cpu.iter().copied().collect();
+    let mut found = RootFindings::new(out);
+    let mut pace = ctx.pace();
+    // Every vCPU with registers; per-CPU data only, for CPUs without.
+    let mut listed = std::collections::HashSet::new();
+    let cpus: Vec<u32> = ctx
+        .vcpus
+        .iter()
+        .map(|r| r.vcpu)
+        .chain(stamps.iter().map(|s| s.cpu))
+        .filter(|&c| listed.insert(c))
+        .collect();
+    for cpu in cpus {
+        if pace.stop() {
+            found.push(ctx.budget_note(NAME, root_name, &format!("CPUs {cpu} and after")));
+            break;
+        }
+        let regs = regs_of.get(&cpu).copied();
+        let stamp = stamp_of.get(&cpu).copied();
+        let (what, severity) = regs.map_or(
+            (
+                "not scheduling (its registers were not saved)",
+                Severity::Critical,
+            ),
+            doing,
+        );
+        let last = stamp
+            .map(|s| format!("; its last context switch was at {} ns", s.last_switch_ns))
+            .unwrap_or_default();
+        let at = regs
+            .map(|r| format!(" at RIP {} RSP {}", r.rip, r.rsp))
+            .unwrap_or_default();
+        let message = format!(
+            "CPU {cpu} is stuck: the heartbeat stopped{stalled_ms}{heartbeat} and \
+             {together}; it is {what}{at}{last}"
+        );
+        let expected = "a CPU that keeps scheduling and advancing the heartbeat".to_string();
+        let element = element_of.get(&cpu).copied();
+        let f = match element {
+            Some(e) => ctx.finding(
+                NAME,
+                severity,
+                root_name,
+                Some(e.index),
+                stamp.map(|_| "last_switch_ns"),
+                Some(e.addr),
+                expected,
+                what.into(),
+                message,
+            ),
+            None => Finding {
+                validator: NAME.into(),
+                severity,
+                kind: FindingKind::Analysis,
+                structure: StructureRef {
+                    root: root_name.into(),
+                    index: Some(cpu as u64),
+                    path: None,
+                },
+                address: Address {
+                    virt: regs.map(|r| Hex(r.rip.0)),
+                    phys: None,
+                },
+                expected,
+                found: what.into(),
+                message,
+            },
+        };
+        found.push(f);
+    }
+    found.finish(ctx, NAME, root_name);
 }

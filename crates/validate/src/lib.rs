@@ -95,6 +95,11 @@ pub struct ValidationConfig {
     /// spent (and say what they did not check); those that would start after it are
     /// skipped and say so.
     pub total_budget_ms: u64,
+    /// When the whole diagnosis must be done (not part of a configuration file): every
+    /// phase stops at it and the report says what was not done. `None`: only the
+    /// budgets above bound it. Set it through `ambulance_diagnose::Options`.
+    #[serde(skip)]
+    pub deadline: Option<Instant>,
 }
 
 impl Default for ValidationConfig {
@@ -106,6 +111,7 @@ impl Default for ValidationConfig {
             walk_budget_ms: 250,
             load_budget_ms: 5_000,
             total_budget_ms: 5_000,
+            deadline: None,
         }
     }
 }

@@ -9,6 +9,19 @@
 //! A core written by Ambulance ([`core::write_core_file`]) carries the registration
 //! descriptor and the failure as notes, so an offline diagnosis of it finds what the live
 //! one found.
+//!
+//! # Partial reports
+//!
+//! A diagnosis always ends in a report, of what could be done:
+//!
+//! * with a deadline ([`Options::with_deadline`]), every phase — loading the kernel's
+//!   tables, the walks, the validators, the log, the kernel section — stops at it, and one
+//!   finding of kind diagnosis says which phases were cut short or not done;
+//! * a dump cut short (its file ends before its segments do) is read as far as it goes:
+//!   a finding of kind diagnosis names the guest-physical ranges that are missing, and
+//!   reads there are unreadable, never zeros;
+//! * walks and validators that ran out of budget say so in `structures` and in findings
+//!   of kind diagnosis ([`ambulance_validate::context`]).
 
 #![forbid(unsafe_code)]
 
@@ -31,8 +44,8 @@ use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::WalkLimits;
 use ambulance_ram::GuestRam;
 use ambulance_report::{
-    FailureInfo, GuestInfo, Hex, Phase, RegistrationSummary, Report, ReportId, RootSummary,
-    Severity, ToolInfo, VcpuRegisters, SCHEMA_VERSION,
+    FailureInfo, FindingKind, GuestInfo, Hex, Phase, RegistrationSummary, Report, ReportId,
+    RootSummary, Severity, ToolInfo, VcpuRegisters, SCHEMA_VERSION,
 };
 use ambulance_validate::rules::RuleSet;
 use ambulance_validate::{Context, Registry, ValidationConfig};
@@ -148,8 +161,66 @@ pub struct Options {
     pub debuginfo: Option<Arc<DebugInfo>>,
     /// Declarative rules.
     pub rules: Option<RuleSet>,
-    /// Which validators run, and budgets.
+    /// Which validators run, and budgets — the diagnosis deadline among them
+    /// ([`Options::with_deadline`]).
     pub config: ValidationConfig,
+}
+
+impl Options {
+    /// The same options with a deadline: the diagnosis stops every phase at `deadline`
+    /// and still returns a report, saying in a finding of kind diagnosis what was not
+    /// done. A process killed at a wall-clock limit should set it a margin before that
+    /// limit, enough to write the core (if any) and hand the report over.
+    pub fn with_deadline(mut self, deadline: Instant) -> Options {
+        self.config.deadline = Some(deadline);
+        self
+    }
+
+    /// The deadline, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.config.deadline
+    }
+}
+
+/// The diagnosis deadline, and the phases it cut short or left undone.
+struct Deadline {
+    at: Option<Instant>,
+    missed: Vec<String>,
+}
+
+impl Deadline {
+    fn passed(&self) -> bool {
+        self.at.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// `limits` cut to the time left.
+    fn limit(&self, limits: WalkLimits) -> WalkLimits {
+        match self.at {
+            Some(d) => WalkLimits {
+                time_budget: limits
+                    .time_budget
+                    .min(d.saturating_duration_since(Instant::now())),
+                ..limits
+            },
+            None => limits,
+        }
+    }
+
+    /// Whether the phase `what` may start; if not, it is recorded as not done.
+    fn start(&mut self, what: &str) -> bool {
+        if self.passed() {
+            self.missed.push(format!("{what} (not started)"));
+            return false;
+        }
+        true
+    }
+
+    /// Records that `what` ran into the deadline, if it did.
+    fn check(&mut self, what: &str) {
+        if self.passed() {
+            self.missed.push(format!("{what} (cut short)"));
+        }
+    }
 }
 
 /// Diagnoses a frozen guest from its RAM: maps `ram` read-only, runs [`diagnose`], and,
@@ -203,6 +274,10 @@ pub fn diagnose(
     mut timeline: Vec<Phase>,
 ) -> Result<Report, Error> {
     let t = Instant::now();
+    let mut deadline = Deadline {
+        at: options.deadline(),
+        missed: Vec::new(),
+    };
     let descriptor: Option<Descriptor> = subject
         .descriptor_bytes
         .as_deref()
@@ -267,7 +342,11 @@ pub fn diagnose(
             duration_us: t.elapsed().as_micros() as u64,
         });
         let d = options.debuginfo.as_deref();
-        program = linux::load(program, v, d, load_limits, &mut sources, &mut timeline);
+        if deadline.start("loading the kernel's symbols and types") {
+            let load = deadline.limit(load_limits);
+            program = linux::load(program, v, d, load, &mut sources, &mut timeline);
+            deadline.check("loading the kernel's symbols and types");
+        }
         kernel_roots = linux::roots(&program, limits, &mut sources);
     } else if let Some(d) = &options.debuginfo {
         let load_offset = descriptor.as_ref().map_or(0, |d| d.load_offset);
@@ -288,6 +367,7 @@ pub fn diagnose(
     }
 
     let mut ctx = Context::new(&program, &subject.failure, &subject.vcpus, limits);
+    ctx.deadline = deadline.at;
     ctx.kernel_roots = &kernel_roots;
     ctx.descriptor = descriptor.as_ref();
     ctx.descriptor_bytes = subject.descriptor_bytes.as_deref();
@@ -298,34 +378,86 @@ pub fn diagnose(
     if let Some(rules) = &options.rules {
         registry.add(Box::new(rules.clone()));
     }
-    let (mut findings, phases) = registry.run(&ctx, &options.config);
+    let (mut findings, phases) = if deadline.start("the validators") {
+        let run = registry.run(&ctx, &options.config);
+        deadline.check("the validators");
+        run
+    } else {
+        (Vec::new(), Vec::new())
+    };
     timeline.extend(phases);
+    // What the diagnosis could not use or do is about the diagnosis, not the guest.
+    let about = |root: &str, severity, message: String| {
+        ctx.note("diagnosis", severity, root, message)
+            .with_kind(FindingKind::Diagnosis)
+    };
     for n in notes {
-        findings.push(ctx.note("diagnosis", Severity::Warning, "vmcoreinfo", n));
+        findings.push(about("vmcoreinfo", Severity::Warning, n));
     }
     if subject.descriptor_bytes.is_some() && descriptor.is_none() {
-        findings.push(ctx.note(
-            "diagnosis",
-            Severity::Error,
+        findings.push(about(
             "descriptor",
-            "the host's copy of the registration descriptor does not parse; roots were not walked".into(),
+            Severity::Error,
+            "the host's copy of the registration descriptor does not parse; roots were not walked"
+                .into(),
         ));
     }
+    findings.extend(incomplete_memory(program.memory().as_ref(), &about));
     let t = Instant::now();
-    let log = ambulance_validate::log::extract(&ctx);
+    let mut log = Vec::new();
+    if deadline.start("reading the log") {
+        let read = ambulance_validate::log::read(&ctx);
+        deadline.check("reading the log");
+        if read.unreadable > 0 {
+            findings.push(about(
+                "log",
+                Severity::Warning,
+                format!(
+                    "{} log record(s) could not be read (the first slot at {:#x}) and are \
+                     missing from the log; the others are there",
+                    read.unreadable,
+                    read.first_unreadable.unwrap_or(0)
+                ),
+            ));
+        }
+        for p in read.problems {
+            findings.push(about("log", Severity::Warning, p));
+        }
+        log = read.records;
+    }
     timeline.push(Phase {
         name: "log".into(),
         duration_us: t.elapsed().as_micros() as u64,
     });
     let kernel = linux.map(|v| {
         let t = Instant::now();
-        let k = linux::kernel_info(&ctx, v, sources, load_limits);
+        let mut sources = sources;
+        let k = if deadline.start("reading the kernel's dmesg and tasks") {
+            let k = linux::kernel_info(&ctx, v, sources, deadline.limit(load_limits));
+            deadline.check("reading the kernel's dmesg and tasks");
+            k
+        } else {
+            sources
+                .missing
+                .push("dmesg and tasks: not read, the diagnosis deadline had passed".into());
+            linux::kernel_identity(v, &program, sources)
+        };
         timeline.push(Phase {
             name: "kernel".into(),
             duration_us: t.elapsed().as_micros() as u64,
         });
         k
     });
+    if !deadline.missed.is_empty() {
+        findings.push(about(
+            "deadline",
+            Severity::Warning,
+            format!(
+                "the diagnosis deadline passed: this report is partial; not done: {}",
+                deadline.missed.join(", ")
+            ),
+        ));
+    }
     let structures = ctx.structures();
     let registration = descriptor.as_ref().map(|d| RegistrationSummary {
         descriptor_gpa: Hex(subject.descriptor_gpa.unwrap_or(0)),
@@ -362,6 +494,44 @@ pub fn diagnose(
         artifacts: Default::default(),
         kernel,
     })
+}
+
+/// Most missing ranges a finding lists.
+const MAX_MISSING_LISTED: usize = 16;
+
+/// What a partly unreadable source lacks, as findings of kind diagnosis.
+fn incomplete_memory(
+    memory: &dyn PhysicalMemory,
+    about: &dyn Fn(&str, Severity, String) -> ambulance_report::Finding,
+) -> Vec<ambulance_report::Finding> {
+    let missing = memory.missing();
+    let mut out = Vec::new();
+    if !missing.is_empty() {
+        let bytes: u64 = missing.iter().map(|r| r.size).fold(0, u64::saturating_add);
+        let mut ranges: Vec<String> = missing
+            .iter()
+            .take(MAX_MISSING_LISTED)
+            .map(|r| format!("{:#x}..{:#x}", r.start, r.end()))
+            .collect();
+        if missing.len() > MAX_MISSING_LISTED {
+            ranges.push(format!("and {} more", missing.len() - MAX_MISSING_LISTED));
+        }
+        out.push(about(
+            "memory",
+            Severity::Warning,
+            format!(
+                "{} is incomplete: {bytes} bytes of guest-physical memory are missing ({}); \
+                 this report is of what is there, and whatever lay in the missing ranges \
+                 reads as unreadable",
+                memory.describe(),
+                ranges.join(", ")
+            ),
+        ));
+    }
+    for w in memory.warnings() {
+        out.push(about("memory", Severity::Warning, w));
+    }
+    out
 }
 
 /// VMCOREINFO and where it came from: registered in the descriptor, handed over (core

@@ -77,6 +77,26 @@ pub fn roots(program: &Program, limits: WalkLimits, sources: &mut KernelSources)
     }
 }
 
+/// The report's `kernel` section with only what VMCOREINFO and the symbols say at once
+/// (release, build ID, KASLR offset, panicking CPU): for a diagnosis out of time.
+pub fn kernel_identity(
+    vmcoreinfo: &Vmcoreinfo,
+    program: &Program,
+    sources: KernelSources,
+) -> KernelInfo {
+    KernelInfo {
+        release: vmcoreinfo.osrelease().map(str::to_string),
+        build_id: vmcoreinfo.build_id().map(hex),
+        kaslr_offset: vmcoreinfo.kerneloffset().map(Hex),
+        panic_message: None,
+        panic_cpu: panic_cpu(program),
+        dmesg: Vec::new(),
+        dmesg_dropped: 0,
+        tasks: Vec::new(),
+        sources,
+    }
+}
+
 /// The report's `kernel` section, from what the validators' context already walked.
 pub fn kernel_info(
     ctx: &Context<'_>,
@@ -84,6 +104,7 @@ pub fn kernel_info(
     sources: KernelSources,
     limits: WalkLimits,
 ) -> KernelInfo {
+    let started = std::time::Instant::now();
     let program = ctx.program;
     let mut sources = sources;
     let (dmesg, dmesg_dropped) = match printk::read_log(program, vmcoreinfo, limits) {
@@ -102,7 +123,15 @@ pub fn kernel_info(
     let mut tasks = Vec::new();
     if let Some(root) = ctx.root(TASKS_ROOT) {
         if let Ok(layout) = TaskLayout::of(program) {
-            for e in ctx.elements(root).elements.iter() {
+            let elements = ctx.elements(root);
+            for (i, e) in elements.elements.iter().enumerate() {
+                if i % 256 == 255 && started.elapsed() > limits.time_budget {
+                    sources.missing.push(format!(
+                        "tasks: only {i} of {} read before the time ran out",
+                        elements.elements.len()
+                    ));
+                    break;
+                }
                 match read_task(program, &layout, e.addr) {
                     Ok(t) => tasks.push(TaskInfo {
                         pid: t.pid,

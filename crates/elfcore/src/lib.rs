@@ -14,7 +14,9 @@
 //! * [`CoreLayout`]: the reader. Hand-written and bounded: every offset, size and count
 //!   is checked against the file before use, and anything malformed is
 //!   [`CoreError::Malformed`] naming what is wrong. It works on bytes the caller holds
-//!   (a mapping, a buffer) and records where the segments and notes are.
+//!   (a mapping, a buffer) and records where the segments and notes are. A core whose
+//!   file was cut short is read as far as it goes, with the rest
+//!   [`missing`](CoreLayout::missing) and [`warnings`](CoreLayout::warnings) saying so.
 //! * [`write_core`] / [`write_core_to`]: the writer, sparse: all-zero pages are left out.
 //!
 //! Nothing here knows about guests, reports or diagnoses: what goes into a core is the
@@ -36,7 +38,7 @@ pub use note::{
     NT_VMCOREINFO, VMCOREINFO_NOTE_NAME,
 };
 pub use prstatus::{PrStatus, UserRegs, PRSTATUS_SIZE, PR_PID_OFFSET, PR_REG_OFFSET, USER_REGS};
-pub use reader::{CoreLayout, LoadSegment};
+pub use reader::{CoreLayout, LoadSegment, MissingRange};
 pub use writer::{
     write_core, write_core_to, CoreInput, CoreStats, RamRange, VirtualWindow, MIN_HOLE_PAGES, PAGE,
 };

@@ -107,12 +107,15 @@ pub(crate) struct NoteEntry {
 
 /// Decodes the notes of the `PT_NOTE` segment `ph` at `[start, start + len)` of the file
 /// `b` (already checked to lie inside it), with names and descriptors padded to `align`.
+/// With `cut`, the segment was cut short by the end of the file: a note that runs past
+/// `len` ends the decoding (it and what follows are lost) instead of being an error.
 pub(crate) fn decode_notes(
     b: &[u8],
     start: usize,
     len: usize,
     align: usize,
     ph: usize,
+    cut: bool,
     notes: &mut Vec<NoteEntry>,
 ) -> Result<(), CoreError> {
     let seg = start
@@ -122,8 +125,8 @@ pub(crate) fn decode_notes(
     let mut at = 0usize;
     while at < seg.len() {
         if seg.len() - at < 12 {
-            // Trailing padding shorter than a header.
-            if seg[at..].iter().all(|&x| x == 0) {
+            // Trailing padding shorter than a header, or the cut.
+            if cut || seg[at..].iter().all(|&x| x == 0) {
                 break;
             }
             return Err(bad(format!(
@@ -145,6 +148,12 @@ pub(crate) fn decode_notes(
         let desc_at = name_at
             .checked_add(namesz.next_multiple_of(align))
             .filter(|&d| d <= seg.len());
+        let desc_end = desc_at
+            .and_then(|d| d.checked_add(descsz))
+            .filter(|&e| e <= seg.len());
+        if cut && desc_end.is_none() {
+            break;
+        }
         let desc_at = desc_at.ok_or_else(|| {
             bad(format!(
                 "PT_NOTE {ph}: name of the note at offset {at:#x} runs past the segment"
@@ -187,7 +196,7 @@ mod tests {
         let mut file = vec![0xee; 3];
         file.extend_from_slice(&seg);
         let mut notes = Vec::new();
-        decode_notes(&file, 3, seg.len(), 4, 0, &mut notes).unwrap();
+        decode_notes(&file, 3, seg.len(), 4, 0, false, &mut notes).unwrap();
         let got: Vec<_> = notes
             .iter()
             .map(|n| (n.name.as_str(), n.n_type, &file[n.desc.clone()]))

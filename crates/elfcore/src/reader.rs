@@ -15,10 +15,15 @@ const MAX_PHNUM: u64 = 1 << 20;
 const MAX_VMCOREINFO: usize = 1 << 20;
 
 /// One `PT_LOAD` segment: `memsz` bytes of memory at `paddr`, the first `filesz` of them
-/// at `offset` in the file and the rest zeros. Checked: the file bytes lie inside the
-/// file, `filesz <= memsz`, and `paddr + memsz` does not overflow.
+/// at `offset` in the file and the rest zeros. Checked: `filesz <= memsz`, `paddr +
+/// memsz` does not overflow, and the first `present` file bytes lie inside the file —
+/// all `filesz` of them unless the file was cut short (see [`CoreLayout::missing`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadSegment {
+    /// How many of the `filesz` file bytes the file holds: `filesz`, or fewer when the
+    /// file ends inside the segment (a dump cut short). `[paddr + present, paddr +
+    /// filesz)` is then missing — unknown, not zeros.
+    pub present: u64,
     /// `p_offset`.
     pub offset: u64,
     /// `p_vaddr` (the kernel's virtual address, where the writer knew one).
@@ -39,15 +44,32 @@ pub struct CoreLayout {
     notes: Vec<NoteEntry>,
     prstatus: Vec<PrStatus>,
     vmcoreinfo: Option<String>,
+    warnings: Vec<String>,
+}
+
+/// Guest-physical memory a core's headers promise but its file does not hold: the
+/// segment's bytes past the end of a file that was cut short (a disk that filled while
+/// dumping, a transfer that stopped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MissingRange {
+    /// First missing guest-physical address.
+    pub paddr: u64,
+    /// Bytes missing.
+    pub len: u64,
+    /// The `PT_LOAD` segment (its index among [`CoreLayout::loads`]).
+    pub segment: usize,
 }
 
 impl CoreLayout {
     /// Parses the core file `b`: its header, program headers (`PN_XNUM` included),
     /// `PT_LOAD` segments and notes, and decodes every `NT_PRSTATUS` and the first
     /// `VMCOREINFO` note. Refuses what is not a physical-memory core of an x86-64
-    /// machine, and anything that does not fit the file.
+    /// machine, and anything that does not fit the file — except what a dump cut short
+    /// loses: segments (and notes) past the end of the file are kept as far as the file
+    /// holds them, the rest is [`missing`](Self::missing) and said in
+    /// [`warnings`](Self::warnings), as crash and drgn read such dumps.
     pub fn parse(b: &[u8]) -> Result<CoreLayout, CoreError> {
-        let (loads, notes) = parse_headers(b)?;
+        let (loads, notes, warnings) = parse_headers(b)?;
         let mut prstatus = Vec::new();
         let mut vmcoreinfo = None;
         for n in &notes {
@@ -70,7 +92,29 @@ impl CoreLayout {
             notes,
             prstatus,
             vmcoreinfo,
+            warnings,
         })
+    }
+
+    /// The guest-physical ranges the headers promise but the file does not hold,
+    /// ascending by segment. Empty for a whole core.
+    pub fn missing(&self) -> Vec<MissingRange> {
+        self.loads
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.present < l.filesz)
+            .map(|(segment, l)| MissingRange {
+                paddr: l.paddr + l.present,
+                len: l.filesz - l.present,
+                segment,
+            })
+            .collect()
+    }
+
+    /// What is wrong with a core that was read anyway: the file ends before its
+    /// segments or notes do. Empty for a whole core.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The `PT_LOAD` segments with memory (`p_memsz > 0`), in file order.
@@ -106,7 +150,9 @@ impl CoreLayout {
     }
 }
 
-fn parse_headers(b: &[u8]) -> Result<(Vec<LoadSegment>, Vec<NoteEntry>), CoreError> {
+type Headers = (Vec<LoadSegment>, Vec<NoteEntry>, Vec<String>);
+
+fn parse_headers(b: &[u8]) -> Result<Headers, CoreError> {
     let short = || bad("truncated ELF header");
     if b.len() < EHDR_SIZE {
         return Err(bad(format!(
@@ -179,6 +225,9 @@ fn parse_headers(b: &[u8]) -> Result<(Vec<LoadSegment>, Vec<NoteEntry>), CoreErr
     let file_len = b.len() as u64;
     let mut loads = Vec::new();
     let mut notes = Vec::new();
+    let mut warnings = Vec::new();
+    // File bytes the segments need beyond the end of the file, and how many segments.
+    let mut cut = (0u64, 0usize);
     for i in 0..phnum as usize {
         let ph = &b[phoff as usize + i * PHDR_SIZE..][..PHDR_SIZE];
         let p_type = u32_at(ph, 0).ok_or_else(short)?;
@@ -196,18 +245,25 @@ fn parse_headers(b: &[u8]) -> Result<(Vec<LoadSegment>, Vec<NoteEntry>), CoreErr
                         "PT_LOAD {i}: p_filesz {filesz:#x} exceeds p_memsz {memsz:#x}"
                     )));
                 }
-                if !in_file {
-                    return Err(bad(format!(
-                        "PT_LOAD {i}: {filesz:#x} bytes at file offset {offset:#x} extend past the end of the file ({file_len} bytes): truncated core?"
-                    )));
-                }
                 if paddr.checked_add(memsz).is_none() {
                     return Err(bad(format!(
                         "PT_LOAD {i}: physical range {paddr:#x}+{memsz:#x} overflows"
                     )));
                 }
+                // A file cut short holds a segment only up to its end: the rest is
+                // missing (not zeros), the segment's zero tail still zeros.
+                let present = if in_file {
+                    filesz
+                } else {
+                    file_len.saturating_sub(offset).min(filesz)
+                };
+                if present < filesz {
+                    cut.0 = cut.0.saturating_add(filesz - present);
+                    cut.1 += 1;
+                }
                 if memsz > 0 {
                     loads.push(LoadSegment {
+                        present,
                         offset,
                         vaddr,
                         paddr,
@@ -217,13 +273,27 @@ fn parse_headers(b: &[u8]) -> Result<(Vec<LoadSegment>, Vec<NoteEntry>), CoreErr
                 }
             }
             PT_NOTE => {
-                if !in_file {
-                    return Err(bad(format!(
-                        "PT_NOTE {i}: {filesz:#x} bytes at file offset {offset:#x} extend past the end of the file"
-                    )));
-                }
                 let a = if align == 8 { 8 } else { 4 };
-                decode_notes(b, offset as usize, filesz as usize, a, i, &mut notes)?;
+                let present = if in_file {
+                    filesz
+                } else {
+                    let present = file_len.saturating_sub(offset).min(filesz);
+                    warnings.push(format!(
+                        "PT_NOTE {i}: the file ends {:#x} bytes into its {filesz:#x} bytes of notes; notes past the end are lost",
+                        present
+                    ));
+                    present
+                };
+                // Bounded by the file length, so it fits a usize.
+                decode_notes(
+                    b,
+                    offset as usize,
+                    present as usize,
+                    a,
+                    i,
+                    !in_file,
+                    &mut notes,
+                )?;
             }
             _ => {}
         }
@@ -233,7 +303,16 @@ fn parse_headers(b: &[u8]) -> Result<(Vec<LoadSegment>, Vec<NoteEntry>), CoreErr
             "every PT_LOAD has p_paddr 0: not a physical-memory core (a process core, or a dump taken with paging)",
         ));
     }
-    Ok((loads, notes))
+    if cut.1 > 0 {
+        warnings.insert(
+            0,
+            format!(
+                "the file ({file_len} bytes) ends before {} of its PT_LOAD segments do: {:#x} bytes of guest memory are missing (a dump cut short?)",
+                cut.1, cut.0
+            ),
+        );
+    }
+    Ok((loads, notes, warnings))
 }
 
 #[cfg(test)]
@@ -373,8 +452,6 @@ mod tests {
         let mut b = good.clone();
         b[54] = 32;
         assert!(reason(&b).contains("e_phentsize 32"));
-        // Truncated: the last segment runs past the end.
-        assert!(reason(&good[..good.len() - 1]).contains("truncated core"));
         // Huge phnum through PN_XNUM with a bogus section header offset.
         let mut b = good.clone();
         b[56..58].copy_from_slice(&PN_XNUM.to_le_bytes());
@@ -423,6 +500,67 @@ mod tests {
         assert!(reason(&b).contains("extend past the end of the file"));
     }
 
+    /// A dump cut short (disk full, a transfer that stopped) is read as far as it goes:
+    /// what the file lacks is missing, not zeros, and the warnings say so.
+    #[test]
+    fn truncated_cores_keep_what_is_there() {
+        let good = sample();
+        let whole = CoreLayout::parse(&good).unwrap();
+        assert!(whole.missing().is_empty() && whole.warnings().is_empty());
+        // One byte short: the last byte of the last segment (0x10_0000 + 0xfff) is missing.
+        let core = CoreLayout::parse(&good[..good.len() - 1]).unwrap();
+        assert_eq!(
+            core.missing(),
+            vec![MissingRange {
+                paddr: 0x10_0fff,
+                len: 1,
+                segment: 1
+            }]
+        );
+        assert!(
+            core.warnings()[0].contains("ends before 1 of its PT_LOAD segments"),
+            "{:?}",
+            core.warnings()
+        );
+        assert_eq!(core.loads()[1].present, 0xfff);
+        assert_eq!(core.prstatus().len(), 2, "the notes are all there");
+        // Cut inside the first segment: it keeps its first bytes, its zero tail stays
+        // zeros (it is not in the file), the second segment is missing entirely.
+        let l0 = whole.loads()[0];
+        let cut = l0.offset as usize + 0x100;
+        let core = CoreLayout::parse(&good[..cut]).unwrap();
+        assert_eq!(
+            core.missing(),
+            vec![
+                MissingRange {
+                    paddr: 0x100,
+                    len: 0x2000 - 0x100,
+                    segment: 0
+                },
+                MissingRange {
+                    paddr: 0x10_0000,
+                    len: 0x1000,
+                    segment: 1
+                }
+            ]
+        );
+        assert_eq!(core.loads()[0].memsz, 0x3000);
+        // Cut inside the notes: the notes before the cut survive, the rest are lost.
+        let notes_at = EHDR_SIZE + 3 * PHDR_SIZE;
+        let core = CoreLayout::parse(&good[..notes_at + 400]).unwrap();
+        assert_eq!(core.prstatus().len(), 1, "the second NT_PRSTATUS is cut");
+        assert!(core.vmcoreinfo().is_none());
+        assert!(core.warnings().iter().any(|w| w.contains("PT_NOTE")));
+        assert_eq!(core.missing().len(), 2);
+        // Headers alone: every byte of memory missing, nothing refused.
+        let core = CoreLayout::parse(&good[..notes_at]).unwrap();
+        assert!(core.prstatus().is_empty());
+        assert_eq!(
+            core.missing().iter().map(|m| m.len).sum::<u64>(),
+            0x2000 + 0x1000
+        );
+    }
+
     #[test]
     fn pn_xnum_reads_the_count_from_section_header_0() {
         let mut b = sample();
@@ -468,7 +606,8 @@ mod tests {
             if let Ok(core) = CoreLayout::parse(&bytes) {
                 let _ = core.notes(&bytes).map(|n| n.desc.len()).sum::<usize>();
                 for l in core.loads() {
-                    prop_assert!(l.offset + l.filesz <= bytes.len() as u64);
+                    prop_assert!(l.present <= l.filesz);
+                    prop_assert!(l.offset + l.present <= bytes.len() as u64 || l.present == 0);
                     prop_assert!(l.filesz <= l.memsz);
                 }
             }

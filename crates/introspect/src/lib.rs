@@ -13,8 +13,9 @@
 //! * [`program`] and [`object`]: a [`program::Program`] ties memory, translation, symbols
 //!   and types together; an [`object::Object`] is a typed value at a guest address, in
 //!   the spirit of drgn.
-//! * [`walk`]: bounded walkers over lists, arrays and rings — node limits, Brent cycle
-//!   detection and a time budget — that report how they ended.
+//! * [`walk`]: bounded walkers over lists, arrays, rings and trees — node limits, Brent
+//!   cycle detection and a time budget — that report how they ended.
+//! * [`synthetic`]: synthetic guests (RAM with real page tables) for tests and fuzzers.
 //!
 //! Nothing here knows about KVM or about any one kernel (Linux's own structures are read
 //! by the `ambulance-linux` crate on top of this one): the same code reads a live guest, a
@@ -27,6 +28,7 @@ pub mod memory;
 pub mod object;
 pub mod program;
 pub mod symbols;
+pub mod synthetic;
 pub mod translate;
 pub mod types;
 pub mod vmcoreinfo;

@@ -260,27 +260,12 @@ pub struct PrevMismatch {
 /// with [`walk_list`]: each node's must be the node before it, the first node's the head,
 /// and — when the walk completed — the head's the last node.
 pub fn check_prev(prog: &Program, head: u64, walk: &ListWalk) -> Vec<PrevMismatch> {
-    let mut out = Vec::new();
-    let mut expected = head;
-    let mut check = |node: u64, expected_prev: u64| {
-        let found = prog.read_u64(node.wrapping_add(8)).ok();
-        if found != Some(expected_prev) {
-            out.push(PrevMismatch {
-                node,
-                expected_prev,
-                found_prev: found.unwrap_or(0),
-                prev_readable: found.is_some(),
-            });
-        }
-    };
-    for &n in &walk.links {
-        check(n, expected);
-        expected = n;
-    }
-    if walk.end == WalkEnd::Complete {
-        check(head, expected);
-    }
-    out
+    let unbounded = WalkLimits::new(u64::MAX, Duration::MAX);
+    check_prev_within(prog, head, walk, unbounded)
+        .0
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect()
 }
 
 /// One element of an array walk.
@@ -399,12 +384,26 @@ fn unmapped_in(prog: &Program, addr: u64, len: u64) -> Option<String> {
 /// Most slots [`read_ring`] looks at.
 pub const MAX_RING_SLOTS: u64 = 1 << 24;
 
+/// The result of a ring read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingRead {
+    /// `(seq, slot address)` of the records present, oldest first.
+    pub records: Vec<(u64, u64)>,
+    /// Slots whose sequence number could not be read: each costs its record, not the
+    /// ring. `(seq, slot address)`, oldest first.
+    pub unreadable: Vec<(u64, u64)>,
+    /// How the read ended: complete, or cut by the node limit (the newest records are
+    /// kept) or the time budget.
+    pub end: WalkEnd,
+}
+
 /// Reads a ring of `capacity` slots of `slot_size` bytes at `slots_addr`, where record
 /// `seq` lives in slot `seq % capacity` with its sequence number stored at `seq_offset`
 /// in the slot, and the `u64` at `next_seq_addr` is the sequence number of the next
 /// record to be written. Returns `(seq, slot address)` of the records present, oldest
 /// first; slots whose stored sequence number differs (being written, or overwritten) are
-/// skipped. Fails if the counter or a slot cannot be read.
+/// skipped, and so are slots that cannot be read (see [`read_ring_within`] for which).
+/// Fails only if the counter cannot be read. Bounded by [`WalkLimits::default`].
 pub fn read_ring(
     prog: &Program,
     slots_addr: u64,
@@ -413,21 +412,217 @@ pub fn read_ring(
     next_seq_addr: u64,
     seq_offset: u64,
 ) -> Result<Vec<(u64, u64)>> {
+    read_ring_within(
+        prog,
+        slots_addr,
+        slot_size,
+        capacity,
+        next_seq_addr,
+        seq_offset,
+        WalkLimits::default(),
+    )
+    .map(|r| r.records)
+}
+
+/// [`read_ring`] under `limits`: at most `limits.max_nodes` slots (the newest) and
+/// `limits.time_budget`, saying which slots could not be read and how the read ended.
+pub fn read_ring_within(
+    prog: &Program,
+    slots_addr: u64,
+    slot_size: u64,
+    capacity: u64,
+    next_seq_addr: u64,
+    seq_offset: u64,
+    limits: WalkLimits,
+) -> Result<RingRead> {
+    let started = Instant::now();
     let capacity = capacity.min(MAX_RING_SLOTS);
+    let mut ring = RingRead {
+        records: Vec::new(),
+        unreadable: Vec::new(),
+        end: WalkEnd::Complete,
+    };
     if capacity == 0 {
-        return Ok(Vec::new());
+        return Ok(ring);
     }
     let next = prog.read_u64(next_seq_addr)?;
-    let first = next.saturating_sub(capacity);
-    let mut out = Vec::with_capacity((next - first) as usize);
-    for seq in first..next {
+    let mut first = next.saturating_sub(capacity);
+    if next - first > limits.max_nodes {
+        first = next - limits.max_nodes;
+        ring.end = WalkEnd::LimitHit {
+            limit: limits.max_nodes,
+        };
+    }
+    ring.records.reserve((next - first).min(4096) as usize);
+    for (k, seq) in (first..next).enumerate() {
+        if k % CLOCK_EVERY == CLOCK_EVERY - 1 {
+            let after = started.elapsed();
+            if after > limits.time_budget {
+                ring.end = WalkEnd::TimedOut { after };
+                break;
+            }
+        }
         let slot_addr = slots_addr.wrapping_add((seq % capacity).wrapping_mul(slot_size));
-        let stored = prog.read_u64(slot_addr.wrapping_add(seq_offset))?;
-        if stored == seq {
-            out.push((seq, slot_addr));
+        match prog.read_u64(slot_addr.wrapping_add(seq_offset)) {
+            Ok(stored) if stored == seq => ring.records.push((seq, slot_addr)),
+            Ok(_) => {}
+            Err(_) => ring.unreadable.push((seq, slot_addr)),
         }
     }
-    Ok(out)
+    Ok(ring)
+}
+
+/// [`check_prev`] under `limits` (nodes checked and time): the mismatches found, each
+/// with the index of its node in `walk.links` (`None` for the head), and how the check
+/// ended ([`WalkEnd::Complete`] when every node was checked).
+pub fn check_prev_within(
+    prog: &Program,
+    head: u64,
+    walk: &ListWalk,
+    limits: WalkLimits,
+) -> (Vec<(Option<usize>, PrevMismatch)>, WalkEnd) {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let check = |out: &mut Vec<_>, index: Option<usize>, node: u64, expected_prev: u64| {
+        let found = prog.read_u64(node.wrapping_add(8)).ok();
+        if found != Some(expected_prev) {
+            out.push((
+                index,
+                PrevMismatch {
+                    node,
+                    expected_prev,
+                    found_prev: found.unwrap_or(0),
+                    prev_readable: found.is_some(),
+                },
+            ));
+        }
+    };
+    let mut expected = head;
+    for (i, &n) in walk.links.iter().enumerate() {
+        if i as u64 >= limits.max_nodes {
+            return (
+                out,
+                WalkEnd::LimitHit {
+                    limit: limits.max_nodes,
+                },
+            );
+        }
+        if i % CLOCK_EVERY == CLOCK_EVERY - 1 {
+            let after = started.elapsed();
+            if after > limits.time_budget {
+                return (out, WalkEnd::TimedOut { after });
+            }
+        }
+        check(&mut out, Some(i), n, expected);
+        expected = n;
+    }
+    if walk.end == WalkEnd::Complete {
+        check(&mut out, None, head, expected);
+    }
+    (out, WalkEnd::Complete)
+}
+
+/// The result of a tree walk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeWalk {
+    /// The nodes visited, depth first (left subtree first), each once.
+    pub nodes: Vec<u64>,
+    /// How it ended. A node reachable twice (a cycle, or two parents) ends it as
+    /// [`WalkEnd::Cycle`] with `closing_node` the parent that links to it again and
+    /// `first_repeated` the node.
+    pub end: WalkEnd,
+}
+
+/// Walks a binary tree depth first. `root_ptr` is the address of a pointer variable
+/// holding the root node (0 = empty); every node holds its left and right child pointers
+/// (node addresses, 0 = none) at `link_offset` and `link_offset + 8`. Bounded by
+/// `limits` (nodes and time); the pending stack never holds more than twice the node
+/// limit. A child that cannot be followed (its pointer non-canonical, its links
+/// unreadable) ends the walk as [`WalkEnd::Unreadable`] naming the node that points to it
+/// (or `root_ptr`), as list walks do.
+pub fn walk_tree(prog: &Program, root_ptr: u64, link_offset: u64, limits: WalkLimits) -> TreeWalk {
+    let started = Instant::now();
+    let paging = prog.translator().paging();
+    let mut nodes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    // (node, its parent)
+    let mut stack: Vec<(u64, u64)> = match prog.read_u64(root_ptr) {
+        Ok(0) => vec![],
+        Ok(p) => vec![(p, root_ptr)],
+        Err(e) => {
+            return TreeWalk {
+                nodes,
+                end: WalkEnd::Unreadable {
+                    at: root_ptr,
+                    error: format!("cannot read the tree's root pointer: {e}"),
+                },
+            }
+        }
+    };
+    while let Some((node, parent)) = stack.pop() {
+        if !paging.is_canonical(node) {
+            return TreeWalk {
+                nodes,
+                end: WalkEnd::Unreadable {
+                    at: parent,
+                    error: format!("child pointer {node:#x} is not canonical"),
+                },
+            };
+        }
+        if !seen.insert(node) {
+            return TreeWalk {
+                nodes,
+                end: WalkEnd::Cycle {
+                    closing_node: parent,
+                    first_repeated: node,
+                },
+            };
+        }
+        if nodes.len() as u64 >= limits.max_nodes {
+            return TreeWalk {
+                nodes,
+                end: WalkEnd::LimitHit {
+                    limit: limits.max_nodes,
+                },
+            };
+        }
+        if nodes.len() % CLOCK_EVERY == CLOCK_EVERY - 1 {
+            let after = started.elapsed();
+            if after > limits.time_budget {
+                return TreeWalk {
+                    nodes,
+                    end: WalkEnd::TimedOut { after },
+                };
+            }
+        }
+        let link = node.wrapping_add(link_offset);
+        let children = prog
+            .read_u64(link)
+            .and_then(|l| Ok((l, prog.read_u64(link.wrapping_add(8))?)));
+        let (left, right) = match children {
+            Ok(c) => c,
+            Err(e) => {
+                return TreeWalk {
+                    nodes,
+                    end: WalkEnd::Unreadable {
+                        at: parent,
+                        error: format!("cannot read the child pointers of node {node:#x}: {e}"),
+                    },
+                }
+            }
+        };
+        nodes.push(node);
+        // Right first, so that the left subtree comes out first.
+        for child in [right, left] {
+            if child != 0 {
+                stack.push((child, node));
+            }
+        }
+    }
+    TreeWalk {
+        nodes,
+        end: WalkEnd::Complete,
+    }
 }
 
 #[cfg(test)]
@@ -761,6 +956,122 @@ mod tests {
         g.put(slots + 32, 1);
         let r = read_ring(&g.program(), slots, 32, 4, next, 0).unwrap();
         assert_eq!(r, vec![(0, slots), (1, slots + 32)]);
+    }
+
+    #[test]
+    fn an_unreadable_ring_slot_costs_its_record_only() {
+        // Four 32-byte slots, the last two on the unmapped page after VMALLOC's.
+        let mut g = Guest::new();
+        let slots = VMALLOC + 4096 - 64;
+        let next = DIRECT + 0x11_fff8;
+        g.put(next, 8);
+        g.put(DIRECT + 0x18_0000 + 4096 - 64, 4);
+        g.put(DIRECT + 0x18_0000 + 4096 - 32, 5);
+        let p = g.program();
+        let r = read_ring_within(&p, slots, 32, 4, next, 0, limits(100)).unwrap();
+        assert_eq!(r.records, vec![(4, slots), (5, slots + 32)]);
+        assert_eq!(r.unreadable, vec![(6, slots + 64), (7, slots + 96)]);
+        assert_eq!(r.end, WalkEnd::Complete);
+        assert_eq!(
+            read_ring(&p, slots, 32, 4, next, 0).unwrap(),
+            vec![(4, slots), (5, slots + 32)]
+        );
+        // The node limit keeps the newest; the counter unreadable is the only error.
+        let r = read_ring_within(&p, slots, 32, 4, next, 0, limits(3)).unwrap();
+        assert_eq!(r.records, vec![(5, slots + 32)]);
+        assert_eq!(r.end, WalkEnd::LimitHit { limit: 3 });
+        assert!(read_ring_within(&p, slots, 32, 4, VMALLOC + 8192, 0, limits(3)).is_err());
+        // A huge ring under a zero time budget stops at the first look at the clock.
+        let mut g = Guest::new();
+        g.put(next, MAX_RING_SLOTS * 4);
+        let p = g.program();
+        let r = read_ring_within(
+            &p,
+            DIRECT,
+            0,
+            u64::MAX,
+            next,
+            0,
+            WalkLimits::new(u64::MAX, Duration::ZERO),
+        )
+        .unwrap();
+        assert!(matches!(r.end, WalkEnd::TimedOut { .. }), "{:?}", r.end);
+    }
+
+    #[test]
+    fn prev_checks_are_bounded_and_indexed() {
+        let order: Vec<u64> = (0..3000).collect();
+        let mut g = doubly(&order);
+        g.put(Guest::link(5) + 8, Guest::link(0));
+        let p = g.program();
+        let w = walk_list(&p, HEAD, false, limits(10_000));
+        let (m, end) = check_prev_within(&p, HEAD, &w, limits(10_000));
+        assert_eq!(end, WalkEnd::Complete);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].0, Some(5));
+        assert_eq!(m[0].1.node, Guest::link(5));
+        let (_, end) = check_prev_within(&p, HEAD, &w, limits(100));
+        assert_eq!(end, WalkEnd::LimitHit { limit: 100 });
+        let (m, end) = check_prev_within(&p, HEAD, &w, WalkLimits::new(u64::MAX, Duration::ZERO));
+        assert!(matches!(end, WalkEnd::TimedOut { .. }), "{end:?}");
+        assert_eq!(m.len(), 1, "the mismatch before the clock was looked at");
+    }
+
+    #[test]
+    fn trees() {
+        // Node i at link(i) - LINK; children at LINK and LINK + 8.
+        let node = |i: u64| Guest::link(i) - LINK;
+        let var = DIRECT + 0x11_0000;
+        let tree = |extra: Option<u64>| {
+            let mut g = Guest::new();
+            g.put(var, node(0));
+            g.put(node(0) + LINK, node(1));
+            g.put(node(0) + LINK + 8, node(2));
+            g.put(node(1) + LINK, node(3));
+            if let Some(right_of_3) = extra {
+                g.put(node(3) + LINK + 8, right_of_3);
+            }
+            g.program()
+        };
+        let p = tree(None);
+        let t = walk_tree(&p, var, LINK, limits(100));
+        assert_eq!(t.end, WalkEnd::Complete);
+        assert_eq!(t.nodes, vec![node(0), node(1), node(3), node(2)]);
+        assert_eq!(
+            walk_tree(&p, var, LINK, limits(2)).end,
+            WalkEnd::LimitHit { limit: 2 }
+        );
+        // A child that links back to its grandparent.
+        let t = walk_tree(&tree(Some(node(0))), var, LINK, limits(100));
+        assert_eq!(
+            t.end,
+            WalkEnd::Cycle {
+                closing_node: node(3),
+                first_repeated: node(0)
+            }
+        );
+        // Garbage children: the node pointing to them is named.
+        for garbage in [0x4141_4141_4141_4141, VMALLOC + 8192] {
+            let t = walk_tree(&tree(Some(garbage)), var, LINK, limits(100));
+            assert!(
+                matches!(&t.end, WalkEnd::Unreadable { at, .. } if *at == node(3)),
+                "{:?}",
+                t.end
+            );
+            assert_eq!(t.nodes, vec![node(0), node(1), node(3)]);
+        }
+        // A deep tree (a left spine of 3000 nodes) under a zero time budget stops at the
+        // first look at the clock.
+        let mut g = Guest::new();
+        g.put(var, node(0));
+        for i in 0..3000 {
+            g.put(node(i) + LINK, node(i + 1));
+        }
+        let p = g.program();
+        assert_eq!(walk_tree(&p, var, LINK, limits(10_000)).nodes.len(), 3001);
+        let t = walk_tree(&p, var, LINK, WalkLimits::new(u64::MAX, Duration::ZERO));
+        assert!(matches!(t.end, WalkEnd::TimedOut { .. }), "{:?}", t.end);
+        assert_eq!(t.nodes.len(), CLOCK_EVERY - 1);
     }
 
     /// The reference: a brute-force walk with a hash set.

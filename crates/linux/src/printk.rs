@@ -22,8 +22,11 @@
 //! layouts, every member found once; the three arrays are copied with a few large reads
 //! and decoded in memory at the offsets those layouts give. The walk is bounded by the
 //! descriptor count, the node limit and the time budget. Anything inconsistent skips the
-//! record and is counted, never trusted.
+//! record and is counted, never trusted. Memory that cannot be read (a page missing from
+//! a dump cut short) costs the records whose descriptor, `printk_info` or text lies in
+//! it, not the log: only a header, or arrays wholly unreadable, fail the read.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -214,19 +217,62 @@ fn u32_at(b: &[u8], at: u64) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// Fails early, before a large buffer is allocated, when the first or last byte of
-/// `[va, va + len)` is not mapped.
+/// Fails early, before a large buffer is allocated, when neither the first nor the last
+/// byte of `[va, va + len)` is mapped: the pointer is garbage, not a page or two missing.
 fn check_ends(program: &Program, what: &str, va: u64, len: u64) -> Result<()> {
-    for at in [va, va.wrapping_add(len.saturating_sub(1))] {
-        program
-            .translate(at)
-            .map_err(|e| err(format!("cannot read {what} at {va:#x} (+{len} bytes): {e}")))?;
+    let last = va.wrapping_add(len.saturating_sub(1));
+    match (program.translate(va), program.translate(last)) {
+        (Err(e), Err(_)) => Err(err(format!(
+            "cannot read {what} at {va:#x} (+{len} bytes): {e}"
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// Byte ranges of a buffer that could not be read (zeros in the buffer), ascending.
+#[derive(Clone, Debug, Default)]
+struct Holes(Vec<Range<usize>>);
+
+impl Holes {
+    fn add(&mut self, r: Range<usize>) {
+        match self.0.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => self.0.push(r),
+        }
+    }
+
+    /// Whether any byte of `r` is in a hole.
+    fn hit(&self, r: Range<usize>) -> bool {
+        let i = self.0.partition_point(|h| h.end <= r.start);
+        self.0.get(i).is_some_and(|h| h.start < r.end)
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.iter().map(|h| h.len()).sum()
+    }
+}
+
+/// Reads `buf.len()` bytes at `va` as far as they can be read: pages that cannot be are
+/// left zero and added to `holes`, offset by `base` (the buffer's place in a larger one).
+fn read_sparse(program: &Program, va: u64, buf: &mut [u8], base: usize, holes: &mut Holes) {
+    if program.read_virt(va, buf).is_ok() {
+        return;
+    }
+    let mut off = 0usize;
+    while off < buf.len() {
+        let cur = va.wrapping_add(off as u64);
+        let n = ((4096 - (cur & 0xfff)) as usize).min(buf.len() - off);
+        if program.read_virt(cur, &mut buf[off..off + n]).is_err() {
+            buf[off..off + n].fill(0);
+            holes.add(base + off..base + off + n);
+        }
+        off += n;
+    }
 }
 
 /// Reads `n` elements of `size` bytes of the ring array at `base` (of `count` elements),
-/// starting at index `first` and wrapping at the end: at most two reads.
+/// starting at index `first` and wrapping at the end: at most two reads, with what could
+/// not be read as holes. Fails only when none of it can be read.
 fn read_ring_array(
     program: &Program,
     what: &str,
@@ -235,24 +281,27 @@ fn read_ring_array(
     count: u64,
     first: u64,
     n: u64,
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, Holes)> {
     check_ends(program, what, base, count * size)?;
     let mut buf = vec![0u8; (n * size) as usize];
+    let mut holes = Holes::default();
     let before_end = (count - first).min(n);
-    let (a, b) = buf.split_at_mut((before_end * size) as usize);
-    for (index, part) in [(first, a), (0, b)] {
+    let split = (before_end * size) as usize;
+    let (a, b) = buf.split_at_mut(split);
+    for (index, part, at) in [(first, a, 0), (0, b, split)] {
         if part.is_empty() {
             continue;
         }
         let va = base.wrapping_add(index * size);
-        program.read_virt(va, part).map_err(|e| {
-            err(format!(
-                "cannot read {} {what} at {va:#x}: {e}",
-                part.len() as u64 / size
-            ))
-        })?;
+        read_sparse(program, va, part, at, &mut holes);
     }
-    Ok(buf)
+    if !buf.is_empty() && holes.bytes() == buf.len() {
+        return Err(err(format!(
+            "cannot read any of the {n} {what} at {:#x}",
+            base.wrapping_add(first * size)
+        )));
+    }
+    Ok((buf, holes))
 }
 
 /// Why a descriptor was skipped; counted per kind for [`Log::problems`].
@@ -264,16 +313,18 @@ enum Skip {
     SeqMismatch,
     TextLost,
     BadBlock,
+    Unreadable,
 }
 
 impl Skip {
-    const ALL: [Skip; 6] = [
+    const ALL: [Skip; 7] = [
         Skip::Reserved,
         Skip::Reusable,
         Skip::IdMismatch,
         Skip::SeqMismatch,
         Skip::TextLost,
         Skip::BadBlock,
+        Skip::Unreadable,
     ];
 
     fn describe(self) -> &'static str {
@@ -284,18 +335,20 @@ impl Skip {
             Skip::SeqMismatch => "with a sequence number not of their slot, skipped",
             Skip::TextLost => "whose text was never stored (no data block), skipped",
             Skip::BadBlock => "with an invalid or overwritten data block, skipped",
+            Skip::Unreadable => "in memory that cannot be read, lost",
         }
     }
 }
 
 /// The text block of a descriptor: `Ok(None)` for a record with empty text.
-fn text_block(
-    data: &[u8],
+fn text_block<'d>(
+    data: &'d [u8],
+    holes: &Holes,
     size_bits: u32,
     id: u64,
     begin: u64,
     next: u64,
-) -> std::result::Result<Option<&[u8]>, (Skip, String)> {
+) -> std::result::Result<Option<&'d [u8]>, (Skip, String)> {
     let bad = |why: String| Err((Skip::BadBlock, why));
     if begin & 1 == 1 || next & 1 == 1 {
         return match (begin, next) {
@@ -323,7 +376,14 @@ fn text_block(
             "block lpos {begin:#x}..{next:#x} is misaligned or too short"
         ));
     }
-    let block = &data[at as usize..(at + len) as usize];
+    let (at, len) = (at as usize, len as usize);
+    if holes.hit(at..at + len) {
+        return Err((
+            Skip::Unreadable,
+            format!("block lpos {begin:#x}..{next:#x} cannot be read"),
+        ));
+    }
+    let block = &data[at..at + len];
     let block_id = u64_at(block, 0);
     if block_id & ID_MASK != id {
         return bad(format!(
@@ -413,8 +473,9 @@ pub fn read_log(program: &Program, vmcoreinfo: &Vmcoreinfo, limits: WalkLimits) 
     }
     let first_id = head_id.wrapping_sub(n - 1) & ID_MASK;
     let first = first_id & mask;
-    let desc_buf = read_ring_array(program, "descriptors", descs, l.desc_size, count, first, n)?;
-    let info_buf = read_ring_array(
+    let (desc_buf, desc_holes) =
+        read_ring_array(program, "descriptors", descs, l.desc_size, count, first, n)?;
+    let (info_buf, info_holes) = read_ring_array(
         program,
         "printk_info records",
         infos,
@@ -426,11 +487,13 @@ pub fn read_log(program: &Program, vmcoreinfo: &Vmcoreinfo, limits: WalkLimits) 
     let data_size = 1u64 << size_bits;
     check_ends(program, "the data ring", data_va, data_size)?;
     let mut data = vec![0u8; data_size as usize];
-    program.read_virt(data_va, &mut data).map_err(|e| {
-        err(format!(
-            "cannot read the {data_size}-byte data ring at {data_va:#x}: {e}"
-        ))
-    })?;
+    let mut data_holes = Holes::default();
+    read_sparse(program, data_va, &mut data, 0, &mut data_holes);
+    if data_holes.bytes() == data.len() {
+        return Err(err(format!(
+            "cannot read any of the {data_size}-byte data ring at {data_va:#x}"
+        )));
+    }
 
     let mut records = Vec::with_capacity(n as usize);
     let mut skipped = [0u64; Skip::ALL.len()];
@@ -445,15 +508,24 @@ pub fn read_log(program: &Program, vmcoreinfo: &Vmcoreinfo, limits: WalkLimits) 
             break;
         }
         let id = first_id.wrapping_add(k) & ID_MASK;
-        let desc = &desc_buf[(k * l.desc_size) as usize..((k + 1) * l.desc_size) as usize];
-        let info = &info_buf[(k * l.info_size) as usize..((k + 1) * l.info_size) as usize];
-        let sv = u64_at(desc, l.state_var);
-        let seq = u64_at(info, l.seq);
+        let desc_at = (k * l.desc_size) as usize..((k + 1) * l.desc_size) as usize;
+        let info_at = (k * l.info_size) as usize..((k + 1) * l.info_size) as usize;
         let mut skip = |why: Skip, detail: String| {
             let i = Skip::ALL.iter().position(|&s| s == why).expect("listed");
             skipped[i] += 1;
             example[i].get_or_insert(detail);
         };
+        if desc_holes.hit(desc_at.clone()) || info_holes.hit(info_at.clone()) {
+            skip(
+                Skip::Unreadable,
+                format!("id {id:#x}: its descriptor or printk_info"),
+            );
+            continue;
+        }
+        let desc = &desc_buf[desc_at];
+        let info = &info_buf[info_at];
+        let sv = u64_at(desc, l.state_var);
+        let seq = u64_at(info, l.seq);
         if sv & ID_MASK != id {
             skip(
                 Skip::IdMismatch,
@@ -489,7 +561,7 @@ pub fn read_log(program: &Program, vmcoreinfo: &Vmcoreinfo, limits: WalkLimits) 
                 .try_into()
                 .expect("2 bytes"),
         ) as usize;
-        let text = match text_block(&data, size_bits as u32, id, begin, next) {
+        let text = match text_block(&data, &data_holes, size_bits as u32, id, begin, next) {
             Ok(None) => &[][..],
             Ok(Some(block)) => {
                 if text_len > block.len() {
@@ -617,6 +689,8 @@ OFFSET(prb_data_ring.tail_lpos)=24
         /// Data blocks in lpos order: (id, next).
         blocks: VecDeque<(u64, u64)>,
         wrapped: Vec<u64>,
+        /// Pages of the data ring left unmapped (unreadable) by [`Writer::program`].
+        holes: Vec<u64>,
     }
 
     impl Writer {
@@ -635,6 +709,7 @@ OFFSET(prb_data_ring.tail_lpos)=24
                 live: VecDeque::new(),
                 blocks: VecDeque::new(),
                 wrapped: Vec::new(),
+                holes: Vec::new(),
             };
             // The bootstrap descriptor: reusable, no data.
             w.descs[count - 1] = [(3 << 62) | (FIRST_ID - 1), 1, 1];
@@ -755,7 +830,7 @@ OFFSET(prb_data_ring.tail_lpos)=24
                 .unwrap();
             // The data ring's pages in reverse physical order.
             let pages = data.len().div_ceil(4096) as u64;
-            for p in 0..pages {
+            for p in (0..pages).filter(|p| !self.holes.contains(p)) {
                 b.map(
                     DATA + p * 4096,
                     DATA_PA + (pages - 1 - p) * 4096,
@@ -1015,6 +1090,50 @@ OFFSET(prb_data_ring.tail_lpos)=24
             "{:?}",
             log.problems
         );
+    }
+
+    /// A page of the data ring that cannot be read costs the records whose text is on
+    /// it, not the log.
+    #[test]
+    fn an_unreadable_page_costs_its_records_only() {
+        let mut w = Writer::new(5, 13);
+        for i in 0..20u64 {
+            w.push(
+                format!("record {i} {}", "-".repeat(300)).as_bytes(),
+                6,
+                0,
+                DESC_FINALIZED,
+            );
+        }
+        let whole = w.read();
+        assert_eq!(whole.records.len(), 20);
+        w.holes = vec![1];
+        let log = w.read();
+        // Blocks are laid out in lpos order: those overlapping [4096, 8192) are lost.
+        let lost: Vec<u64> = whole
+            .records
+            .iter()
+            .filter(|r| !log.records.contains(r))
+            .map(|r| r.seq)
+            .collect();
+        assert!(!lost.is_empty() && lost.len() < 20, "{lost:?}");
+        assert_eq!(log.records.len() + lost.len(), 20);
+        assert_eq!(log.dropped, lost.len() as u64);
+        assert!(
+            log.problems.iter().any(|p| p.contains("cannot be read")),
+            "{:?}",
+            log.problems
+        );
+        // Both pages gone: nothing to read at all.
+        w.holes = vec![0, 1];
+        let e = read_log(
+            &w.program(|_, _, _| {}),
+            &vmcoreinfo(),
+            WalkLimits::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("data ring"), "{e}");
     }
 
     #[test]

@@ -433,6 +433,64 @@ pub struct Address {
     pub phys: Option<Hex>,
 }
 
+/// What a finding is: what analysing the guest's memory found, a restatement of the
+/// failure event the host observed, or a note about the diagnosis itself. Consumers that
+/// want "what is broken in memory" keep `analysis`; `event` findings say again what the
+/// failure already said (with what memory adds to it), `mid_update` ones are
+/// inconsistencies a held lock explains, and `diagnosis` ones say what was not checked.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// Found by analysing the guest's memory and registers: corruption, inconsistencies,
+    /// lock states, stuck CPUs. The default: reports written before findings had a kind
+    /// read as this.
+    #[default]
+    Analysis,
+    /// A structural inconsistency (a cycle, a bad magic, a `prev` that does not point
+    /// back, a pointer out of its range) in a structure whose lock was held when the
+    /// guest was frozen: most likely an update in progress, not corruption. Reported
+    /// at severity info; the message names the lock and, when recorded, its owner.
+    MidUpdate,
+    /// Restates the failure event the host observed (the CPU that panicked, the
+    /// heartbeat that stopped) at the place in memory it concerns.
+    Event,
+    /// About the diagnosis rather than the guest: a budget or the deadline ran out, a
+    /// validator or phase was skipped, the dump lacks some memory. It says what was not
+    /// checked.
+    Diagnosis,
+}
+
+impl FindingKind {
+    /// The name used in JSON and text (`analysis`, `mid_update`, `event`, `diagnosis`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingKind::Analysis => "analysis",
+            FindingKind::MidUpdate => "mid_update",
+            FindingKind::Event => "event",
+            FindingKind::Diagnosis => "diagnosis",
+        }
+    }
+}
+
+impl fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Something a validator found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -441,6 +499,11 @@ pub struct Finding {
     pub validator: String,
     /// How bad it is.
     pub severity: Severity,
+    /// What it is: memory analysis (the default, also for reports written before kinds
+    /// existed), a mid-update inconsistency, a restatement of the failure event, or a
+    /// note about the diagnosis.
+    #[serde(default)]
+    pub kind: FindingKind,
     /// The structure.
     pub structure: StructureRef,
     /// Where.
@@ -465,6 +528,14 @@ pub struct LogRecord {
     pub cpu: u32,
     /// The text.
     pub text: String,
+}
+
+impl Finding {
+    /// The same finding, of kind `kind`.
+    pub fn with_kind(mut self, kind: FindingKind) -> Finding {
+        self.kind = kind;
+        self
+    }
 }
 
 impl Report {

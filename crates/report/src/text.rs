@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::{KernelInfo, Report, Severity};
+use crate::{FindingKind, KernelInfo, Report, Severity};
 
 /// How many log records the text shows (the JSON has all of them).
 pub const LOG_TAIL: usize = 30;
@@ -38,9 +38,21 @@ pub fn render(report: &Report) -> String {
     }
 
     let count = |sev: Severity| report.findings.iter().filter(|x| x.severity == sev).count();
+    let of_kind = |k: FindingKind| report.findings.iter().filter(|x| x.kind == k).count();
+    let mut kinds = String::new();
+    for (k, what) in [
+        (FindingKind::Event, "restating the failure"),
+        (FindingKind::MidUpdate, "mid-update"),
+        (FindingKind::Diagnosis, "about the diagnosis"),
+    ] {
+        let n = of_kind(k);
+        if n > 0 {
+            let _ = write!(kinds, "; {n} {what}");
+        }
+    }
     let _ = writeln!(
         s,
-        "\nFindings: {} ({} critical, {} error, {} warning, {} info)",
+        "\nFindings: {} ({} critical, {} error, {} warning, {} info{kinds})",
         report.findings.len(),
         count(Severity::Critical),
         count(Severity::Error),
@@ -63,9 +75,14 @@ pub fn render(report: &Report) -> String {
             (None, Some(p)) => format!(" at phys {p}"),
             (None, None) => String::new(),
         };
+        // Memory analysis is the common case and goes untagged; the rest say what they are.
+        let kind = match x.kind {
+            FindingKind::Analysis => String::new(),
+            k => format!(" [{}]", k.name().replace('_', "-")),
+        };
         let _ = writeln!(
             s,
-            "  {:<8} {:<16} {place}{addr}",
+            "  {:<8} {:<16} {place}{addr}{kind}",
             x.severity.to_string().to_uppercase(),
             x.validator
         );

@@ -69,6 +69,7 @@ pub fn sample() -> Report {
         findings: vec![Finding {
             validator: "list-integrity".into(),
             severity: Severity::Critical,
+            kind: FindingKind::Analysis,
             structure: StructureRef {
                 root: "run_queue".into(),
                 index: Some(5),
@@ -175,6 +176,7 @@ fn text_puts_the_worst_findings_first_and_ends_with_the_log() {
         Finding {
             validator: "locks".into(),
             severity: Severity::Info,
+            kind: FindingKind::Analysis,
             structure: StructureRef {
                 root: "locks".into(),
                 index: Some(0),
@@ -186,7 +188,33 @@ fn text_puts_the_worst_findings_first_and_ends_with_the_log() {
             message: "lock run_queue held by CPU 1".into(),
         },
     );
+    report.findings.push(Finding {
+        validator: "cpu".into(),
+        severity: Severity::Critical,
+        kind: FindingKind::Event,
+        structure: StructureRef {
+            root: "percpu".into(),
+            index: Some(0),
+            path: None,
+        },
+        address: Address::default(),
+        expected: String::new(),
+        found: String::new(),
+        message: "CPU 0 failed (panic)".into(),
+    });
     let text = text::render(&report);
+    // Findings that restate the failure say so; memory analysis goes untagged.
+    assert!(
+        text.contains("cpu              percpu[0] [event]\n"),
+        "{text}"
+    );
+    assert!(text.contains("; 1 restating the failure)"), "{text}");
+    assert!(
+        text.contains(
+            "list-integrity   run_queue[5].run_list.prev at 0xffffffff80271fe8 (phys 0x271fe8)\n"
+        ),
+        "{text}"
+    );
     let critical = text.find("CRITICAL").unwrap();
     let info = text.find("INFO     locks").unwrap();
     assert!(critical < info, "{text}");
@@ -242,11 +270,35 @@ fn the_hand_written_golden_report_matches_schema_and_code() {
         back, golden,
         "the code writes the golden document back unchanged"
     );
+    let kinds: Vec<FindingKind> = report.findings.iter().map(|f| f.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            FindingKind::Analysis,
+            FindingKind::Event,
+            FindingKind::MidUpdate
+        ]
+    );
+    // A report written before findings had a kind reads as memory analysis.
+    let mut old = golden.clone();
+    for f in old["findings"].as_array_mut().unwrap() {
+        f.as_object_mut().unwrap().remove("kind");
+    }
+    assert!(
+        validator.is_valid(&old),
+        "the schema refuses a report without kinds"
+    );
+    let report = Report::from_json(&old.to_string()).expect("the code reads it");
+    assert!(report
+        .findings
+        .iter()
+        .all(|f| f.kind == FindingKind::Analysis));
     // And the schema refuses what the format forbids.
     for (pointer, bad) in [
         ("/id", serde_json::json!("../../etc/passwd")),
         ("/failure/time", serde_json::json!("yesterday")),
         ("/vcpus/0/rip", serde_json::json!("0XFFFF")),
+        ("/findings/1/kind", serde_json::json!("rumour")),
     ] {
         let mut doc = golden.clone();
         *doc.pointer_mut(pointer).unwrap() = bad;

@@ -1,8 +1,41 @@
-//! What validators see: the guest, its registration, the failure, and shared walks.
+//! What validators see: the guest, its registration, the failure, and shared walks —
+//! and the budget they all spend.
+//!
+//! # Budgets
+//!
+//! Every enumeration of a root — list, array, ring, pointer array, tree — is a bounded
+//! walk ([`ambulance_introspect::walk`]) under the same limits: at most
+//! [`WalkLimits::max_nodes`] elements and [`WalkLimits::time_budget`] of time, cut
+//! shorter when the validation budget or the diagnosis deadline comes first. How each
+//! ended is the root's entry in the report's `structures` ([`Context::structures`]):
+//! `complete`, `cycle`, `limit`, `unreadable` or `timed_out`, with where and why.
+//!
+//! Validators that loop (over elements, hints, bytes) look at the clock as they go
+//! ([`Context::pace`]) and stop when the validation budget ([`ValidationConfig`]'s
+//! `total_budget_ms`) or the diagnosis deadline ([`Context::deadline`]) has passed. What
+//! they did not check is then said in a finding of kind
+//! [`FindingKind::Diagnosis`] (severity warning) naming the validator, the root and
+//! what was left ([`Context::budget_note`]); the findings they made before stopping
+//! stand. One validator reports at most [`MAX_FINDINGS_PER_ROOT`] findings per root (a
+//! hostile guest can make every element wrong); the rest are counted in one more
+//! finding of kind diagnosis ([`RootFindings`]).
+//!
+//! # Locks
+//!
+//! A structural inconsistency in a root whose lock was held when the guest was frozen —
+//! a cycle, a bad magic, a `prev` that does not point back, a free-list entry out of its
+//! slab, a pointer out of its range — is what a snapshot of an update in progress looks
+//! like. [`Context::structural`] reports it as [`FindingKind::MidUpdate`] at severity
+//! info, naming the lock and its owner, instead of as corruption — unless the data is
+//! garbage no update could have written (memory that cannot be read, a non-canonical or
+//! unmapped pointer, a misaligned link), which stays corruption whatever the lock says.
+//!
+//! [`ValidationConfig`]: crate::ValidationConfig
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use ambulance_abi::descriptor::{root_flags, Descriptor, Root, RootKind};
 use ambulance_introspect::object::MemberLayout;
@@ -10,8 +43,15 @@ use ambulance_introspect::program::Program;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::{self, ListWalk, WalkEnd, WalkLimits};
 use ambulance_report::{
-    Address, FailureInfo, Finding, Hex, Severity, StructureRef, StructureWalk, VcpuRegisters,
+    Address, FailureInfo, Finding, FindingKind, Hex, Severity, StructureRef, StructureWalk,
+    VcpuRegisters, WalkOutcome,
 };
+
+/// Most findings one validator reports on one root; the rest are counted.
+pub const MAX_FINDINGS_PER_ROOT: usize = 64;
+
+/// Calls to [`Pace::stop`] between looks at the clock.
+const PACE_EVERY: u64 = 256;
 
 /// One element of a root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +97,106 @@ pub struct Context<'a> {
     pub vcpus: &'a [VcpuRegisters],
     /// Budget of each walk.
     pub limits: WalkLimits,
+    /// When the whole diagnosis must be done: walks and validators stop at it.
+    pub deadline: Option<Instant>,
+    /// The validation budget's end and its length in milliseconds, while
+    /// [`Registry::run`](crate::Registry::run) runs.
+    budget: Cell<Option<(Instant, u64)>>,
     cache: RefCell<BTreeMap<String, Rc<RootElements>>>,
+    locks: RefCell<BTreeMap<u64, Option<HeldLock>>>,
+}
+
+/// A lock that was held when the guest was frozen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldLock {
+    /// Address of its lock word.
+    pub word: u64,
+    /// Its name: its own (`Spinlock.name`), its symbol, or its address.
+    pub name: String,
+    /// The CPU that held it, when the lock records one.
+    pub owner: Option<u32>,
+}
+
+impl HeldLock {
+    /// "lock run_queue was held by CPU 1" (or "... was held (its owner is not recorded)").
+    pub fn held(&self) -> String {
+        format!(
+            "lock {} was held {}",
+            self.name,
+            match self.owner {
+                Some(c) => format!("by CPU {c}"),
+                None => "(its owner is not recorded)".into(),
+            }
+        )
+    }
+}
+
+/// Paces a validator's loop: [`stop`](Pace::stop) looks at the clock on its first call
+/// and every 256th after, and says when the validation budget or the deadline has
+/// passed.
+pub struct Pace<'c, 'a> {
+    ctx: &'c Context<'a>,
+    calls: u64,
+    stopped: bool,
+}
+
+impl Pace<'_, '_> {
+    /// Whether to stop now. Once it said so, it keeps saying so.
+    pub fn stop(&mut self) -> bool {
+        if !self.stopped && self.calls.is_multiple_of(PACE_EVERY) {
+            self.stopped = self.ctx.out_of_time();
+        }
+        self.calls += 1;
+        self.stopped
+    }
+}
+
+/// One validator's findings on one root, at most [`MAX_FINDINGS_PER_ROOT`] of them;
+/// [`finish`](RootFindings::finish) adds one finding counting the rest.
+pub struct RootFindings<'o> {
+    out: &'o mut Vec<Finding>,
+    kept: usize,
+    dropped: u64,
+}
+
+impl<'o> RootFindings<'o> {
+    /// Collects into `out`.
+    pub fn new(out: &'o mut Vec<Finding>) -> Self {
+        RootFindings {
+            out,
+            kept: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Adds a finding, or counts it past the cap.
+    pub fn push(&mut self, f: Finding) {
+        if self.kept < MAX_FINDINGS_PER_ROOT {
+            self.out.push(f);
+            self.kept += 1;
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Says how many were not listed, if any.
+    pub fn finish(self, ctx: &Context<'_>, validator: &str, root: &str) {
+        if self.dropped > 0 {
+            self.out.push(
+                ctx.note(
+                    validator,
+                    Severity::Warning,
+                    root,
+                    format!(
+                        "{} more findings of {validator} on {root} are not listed (at most \
+                         {MAX_FINDINGS_PER_ROOT} per root)",
+                        self.dropped
+                    ),
+                )
+                .with_kind(FindingKind::Diagnosis),
+            );
+        }
+    }
 }
 
 impl<'a> Context<'a> {
@@ -79,8 +218,95 @@ impl<'a> Context<'a> {
             failure,
             vcpus,
             limits,
+            deadline: None,
+            budget: Cell::new(None),
             cache: RefCell::new(BTreeMap::new()),
+            locks: RefCell::new(BTreeMap::new()),
         }
+    }
+
+    /// Starts the validation budget: `budget_ms` from now (see [`out_of_time`]).
+    ///
+    /// [`out_of_time`]: Self::out_of_time
+    pub fn start_budget(&self, budget_ms: u64) {
+        // A budget too long to represent is no budget.
+        let end = Instant::now().checked_add(Duration::from_millis(budget_ms));
+        self.budget.set(end.map(|end| (end, budget_ms)));
+    }
+
+    /// Ends the validation budget (the deadline still holds).
+    pub fn end_budget(&self) {
+        self.budget.set(None);
+    }
+
+    /// Whether validators must stop: the validation budget is spent or the diagnosis
+    /// deadline has passed.
+    pub fn out_of_time(&self) -> bool {
+        self.stop_reason().is_some()
+    }
+
+    /// Why validators must stop, if they must: "the validation budget of 5000 ms ran
+    /// out", "the diagnosis deadline passed".
+    pub fn stop_reason(&self) -> Option<String> {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| now >= d) {
+            return Some("the diagnosis deadline passed".into());
+        }
+        match self.budget.get() {
+            Some((end, ms)) if now >= end => {
+                Some(format!("the validation budget of {ms} ms ran out"))
+            }
+            _ => None,
+        }
+    }
+
+    /// A pacer for a validator's loop (see [`Pace`]).
+    pub fn pace(&self) -> Pace<'_, 'a> {
+        Pace {
+            ctx: self,
+            calls: 0,
+            stopped: false,
+        }
+    }
+
+    /// The finding a validator adds when it stopped early on `root`: what was not
+    /// checked (`left`, e.g. "elements 512 to 1023"), and why.
+    pub fn budget_note(&self, validator: &str, root: &str, left: &str) -> Finding {
+        let why = self
+            .stop_reason()
+            .unwrap_or_else(|| "its budget ran out".into());
+        self.budget_note_because(validator, root, left, &why)
+    }
+
+    /// [`budget_note`](Self::budget_note) for a validator's own limit, `why`.
+    pub fn budget_note_because(
+        &self,
+        validator: &str,
+        root: &str,
+        left: &str,
+        why: &str,
+    ) -> Finding {
+        self.note(
+            validator,
+            Severity::Warning,
+            root,
+            format!("{validator} stopped early on {root} ({why}): {left} not checked"),
+        )
+        .with_kind(FindingKind::Diagnosis)
+    }
+
+    /// The limits of a walk started now: the configured ones, cut to what is left before
+    /// the validation budget's end or the deadline.
+    pub fn walk_limits(&self) -> WalkLimits {
+        let now = Instant::now();
+        let mut limits = self.limits;
+        for end in [self.deadline, self.budget.get().map(|b| b.0)]
+            .into_iter()
+            .flatten()
+        {
+            limits.time_budget = limits.time_budget.min(end.saturating_duration_since(now));
+        }
+        limits
     }
 
     /// The roots to validate: those the guest registered, or, without a registration,
@@ -123,54 +349,50 @@ impl<'a> Context<'a> {
     }
 
     fn enumerate(&self, root: &Root) -> RootElements {
-        let complete = || ambulance_report::WalkOutcome {
-            kind: "complete".into(),
-            at: None,
-            detail: String::new(),
-        };
-        let size = root.element_size as u64;
-        match root.kind {
+        if let Some(why) = self.stop_reason() {
+            return RootElements {
+                elements: Vec::new(),
+                list: None,
+                end: outcome("timed_out", None, format!("not enumerated: {why}")),
+            };
+        }
+        let limits = self.walk_limits();
+        let mut e = match root.kind {
             RootKind::Object => RootElements {
                 elements: vec![Element {
                     index: 0,
                     addr: root.address,
                 }],
                 list: None,
-                end: complete(),
+                end: outcome("complete", None, String::new()),
             },
-            RootKind::Array if root.has_flag(root_flags::POINTER_ELEMENTS) => {
-                let mut elements = Vec::new();
-                let mut end = complete();
-                for i in 0..root.max_count as u64 {
-                    let slot = root.address.wrapping_add(8 * i);
-                    match self.program.read_u64(slot) {
-                        Ok(0) => {}
-                        Ok(p) => elements.push(Element { index: i, addr: p }),
-                        Err(e) => {
-                            end = unreadable(slot, &e.to_string());
-                            break;
-                        }
-                    }
-                }
+            RootKind::Array | RootKind::Ring => {
+                let pointers =
+                    root.kind == RootKind::Array && root.has_flag(root_flags::POINTER_ELEMENTS);
+                let w = walk::walk_array(
+                    self.program,
+                    root.address,
+                    root.element_size as u64,
+                    root.max_count as u64,
+                    pointers,
+                    limits,
+                );
                 RootElements {
-                    elements,
+                    elements: w
+                        .elements
+                        .iter()
+                        .map(|e| Element {
+                            index: e.index,
+                            addr: e.addr,
+                        })
+                        .collect(),
                     list: None,
-                    end,
+                    end: walk_outcome(&w.end, 0),
                 }
             }
-            RootKind::Array | RootKind::Ring => RootElements {
-                elements: (0..root.max_count as u64)
-                    .map(|i| Element {
-                        index: i,
-                        addr: root.address.wrapping_add(i * size),
-                    })
-                    .collect(),
-                list: None,
-                end: complete(),
-            },
             RootKind::List => {
                 let singly = root.has_flag(root_flags::SINGLY_LINKED);
-                let w = walk::walk_list(self.program, root.address, singly, self.limits);
+                let w = walk::walk_list(self.program, root.address, singly, limits);
                 let elements = w
                     .links
                     .iter()
@@ -187,87 +409,117 @@ impl<'a> Context<'a> {
                     end,
                 }
             }
-            RootKind::Tree => self.walk_tree(root),
-        }
-    }
-
-    /// Depth-first over a binary tree, bounded by the walk limits and `max_count`.
-    fn walk_tree(&self, root: &Root) -> RootElements {
-        let mut elements = Vec::new();
-        let mut end = ambulance_report::WalkOutcome {
-            kind: "complete".into(),
-            at: None,
-            detail: String::new(),
-        };
-        let limit = self.limits.max_nodes.min(root.max_count as u64);
-        let mut seen = std::collections::HashSet::new();
-        let mut stack = match self.program.read_u64(root.address) {
-            Ok(0) => vec![],
-            Ok(p) => vec![p],
-            Err(e) => {
-                return RootElements {
-                    elements,
+            RootKind::Tree => {
+                let limits = WalkLimits {
+                    max_nodes: limits.max_nodes.min(root.max_count as u64),
+                    ..limits
+                };
+                let w =
+                    walk::walk_tree(self.program, root.address, root.link_offset as u64, limits);
+                RootElements {
+                    elements: w
+                        .nodes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &addr)| Element {
+                            index: i as u64,
+                            addr,
+                        })
+                        .collect(),
                     list: None,
-                    end: unreadable(root.address, &e.to_string()),
+                    end: walk_outcome(&w.end, 0),
                 }
             }
         };
-        while let Some(node) = stack.pop() {
-            if !seen.insert(node) {
-                end = ambulance_report::WalkOutcome {
-                    kind: "cycle".into(),
-                    at: Some(Hex(node)),
-                    detail: "a tree node is reachable twice".into(),
-                };
-                break;
-            }
-            if elements.len() as u64 >= limit {
-                end = ambulance_report::WalkOutcome {
-                    kind: "limit".into(),
-                    at: Some(Hex(node)),
-                    detail: format!("stopped after {limit} nodes"),
-                };
-                break;
-            }
-            elements.push(Element {
-                index: elements.len() as u64,
-                addr: node,
+        // Say which budget cut a walk short.
+        if e.end.kind == "timed_out" {
+            let why = self.stop_reason().unwrap_or_else(|| {
+                format!(
+                    "the walk budget of {} ms ran out",
+                    self.limits.time_budget.as_millis()
+                )
             });
-            for child in [root.link_offset as u64, root.link_offset as u64 + 8] {
-                match self.program.read_u64(node.wrapping_add(child)) {
-                    Ok(0) => {}
-                    Ok(c) => stack.push(c),
-                    Err(e) => {
-                        end = unreadable(node, &e.to_string());
-                        stack.clear();
-                        break;
-                    }
-                }
-            }
+            e.end.detail = format!("{}: {why}", e.end.detail);
         }
-        RootElements {
-            elements,
-            list: None,
-            end,
-        }
+        e
     }
 
-    /// Whether the lock protecting `root` was held when the guest was frozen, and by
-    /// which CPU when the lock's layout is known.
-    pub fn lock_held(&self, root: &Root) -> Option<Option<u32>> {
+    /// The lock protecting `root`, if it was held when the guest was frozen (read once
+    /// per lock). With [`root_flags::LOCK_BYTE`] only the low byte of the lock word says
+    /// so (a reader-writer lock write-held; readers count above it).
+    pub fn lock_held(&self, root: &Root) -> Option<HeldLock> {
         if root.lock == 0 {
             return None;
         }
-        let word = if root.has_flag(root_flags::LOCK_BYTE) {
-            self.program.read_u8(root.lock).ok()? as u32
-        } else {
-            self.program.read_u32(root.lock).ok()?
-        };
-        if word == 0 {
-            return None;
+        let byte = root.has_flag(root_flags::LOCK_BYTE);
+        let key = root.lock ^ u64::from(byte) << 63;
+        if let Some(l) = self.locks.borrow().get(&key) {
+            return l.clone();
         }
-        let owner = self.lock_owner(root.lock);
-        Some(owner)
+        let word = if byte {
+            self.program.read_u8(root.lock).ok().map(u32::from)
+        } else {
+            self.program.read_u32(root.lock).ok()
+        };
+        // A byte lock is a reader-writer lock, not a spinlock that records its owner.
+        let held = word.filter(|&w| w != 0).map(|_| HeldLock {
+            word: root.lock,
+            name: self.lock_name(root.lock, !byte),
+            owner: if byte {
+                None
+            } else {
+                self.lock_owner(root.lock)
+            },
+        });
+        self.locks.borrow_mut().insert(key, held.clone());
+        held
+    }
+
+    /// The name of the lock whose lock word is at `word`: `Spinlock.name` when it is a
+    /// `spinlock` whose layout is known, else the symbol there, else the address.
+    fn lock_name(&self, word: u64, spinlock: bool) -> String {
+        let own = spinlock.then(|| {
+            let locked = self.member("Spinlock", "locked")?;
+            let name = self.member("Spinlock", "name")?;
+            name.object(self.program, word.wrapping_sub(locked.offset()))
+                .read_cstr(16)
+                .ok()
+                .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_graphic()))
+        });
+        own.flatten()
+            .or_else(|| {
+                let (sym, off) = self.program.symbols()?.lookup_addr(word)?;
+                Some(if off == 0 {
+                    sym.to_string()
+                } else {
+                    format!("{sym}+{off:#x}")
+                })
+            })
+            .unwrap_or_else(|| format!("{word:#x}"))
+    }
+
+    /// A structural finding about `roots` as it is reported: unchanged when none of
+    /// their locks was held or the data is `garbage` (unreadable, or a value no update
+    /// could have written); otherwise a [`FindingKind::MidUpdate`] at severity info that
+    /// names the held lock and its owner (see the module documentation).
+    pub fn structural(&self, roots: &[&Root], f: Finding, garbage: bool) -> Finding {
+        if garbage {
+            return f;
+        }
+        let Some(lock) = roots.iter().find_map(|r| self.lock_held(r)) else {
+            return f;
+        };
+        Finding {
+            severity: Severity::Info,
+            kind: FindingKind::MidUpdate,
+            message: format!(
+                "mid-update: {}; {} when the guest was frozen, so it was most likely being \
+                 changed, not corrupted",
+                f.message,
+                lock.held()
+            ),
+            ..f
+        }
     }
 
     /// The owner CPU recorded in the lock whose lock word is at `word`, when the layout is
@@ -312,6 +564,7 @@ impl<'a> Context<'a> {
         Finding {
             validator: validator.to_string(),
             severity,
+            kind: FindingKind::Analysis,
             structure: StructureRef {
                 root: root.to_string(),
                 index,
@@ -349,56 +602,46 @@ impl<'a> Context<'a> {
     }
 }
 
-fn unreadable(at: u64, error: &str) -> ambulance_report::WalkOutcome {
-    ambulance_report::WalkOutcome {
-        kind: "unreadable".into(),
-        at: Some(Hex(at)),
-        detail: error.to_string(),
-    }
-}
-
-/// A list walk's end as the report says it.
-pub fn report_end(end: &WalkEnd, root: &Root) -> ambulance_report::WalkOutcome {
-    let (kind, at, detail) = match end {
-        WalkEnd::Complete => ("complete", None, String::new()),
-        WalkEnd::Cycle {
-            closing_node,
-            first_repeated,
-        } => (
-            "cycle",
-            Some(closing_node.wrapping_sub(root.link_offset as u64)),
-            format!(
-                "element {:#x} links back to element {:#x}",
-                closing_node.wrapping_sub(root.link_offset as u64),
-                first_repeated.wrapping_sub(root.link_offset as u64)
-            ),
-        ),
-        WalkEnd::LimitHit { limit } => ("limit", None, format!("stopped after {limit} elements")),
-        WalkEnd::Unreadable { at, error } => (
-            "unreadable",
-            Some(at.wrapping_sub(root.link_offset as u64)),
-            error.clone(),
-        ),
-        WalkEnd::TimedOut { after } => ("timed_out", None, format!("stopped after {after:?}")),
-    };
-    ambulance_report::WalkOutcome {
+fn outcome(kind: &str, at: Option<u64>, detail: String) -> WalkOutcome {
+    WalkOutcome {
         kind: kind.into(),
         at: at.map(Hex),
         detail,
     }
 }
 
-/// Severity for a structural inconsistency in a structure whose lock was held at freeze
-/// time: the guest may simply have been in the middle of an update.
-pub fn excused(held: Option<Option<u32>>, severity: Severity) -> (Severity, String) {
-    match held {
-        Some(owner) => (
-            Severity::Info,
+/// A walk's end as the report says it, with addresses of link fields turned into
+/// addresses of elements (`link_offset` before them; 0 for walks of element addresses).
+pub fn walk_outcome(end: &WalkEnd, link_offset: u64) -> WalkOutcome {
+    match end {
+        WalkEnd::Complete => outcome("complete", None, String::new()),
+        WalkEnd::Cycle {
+            closing_node,
+            first_repeated,
+        } => outcome(
+            "cycle",
+            Some(closing_node.wrapping_sub(link_offset)),
             format!(
-                " (its lock was held{} when the guest was frozen: it may have been mid-update)",
-                owner.map(|c| format!(" by CPU {c}")).unwrap_or_default()
+                "element {:#x} links back to element {:#x}",
+                closing_node.wrapping_sub(link_offset),
+                first_repeated.wrapping_sub(link_offset)
             ),
         ),
-        None => (severity, String::new()),
+        WalkEnd::LimitHit { limit } => {
+            outcome("limit", None, format!("stopped after {limit} elements"))
+        }
+        WalkEnd::Unreadable { at, error } => outcome(
+            "unreadable",
+            Some(at.wrapping_sub(link_offset)),
+            error.clone(),
+        ),
+        WalkEnd::TimedOut { after } => {
+            outcome("timed_out", None, format!("stopped after {after:?}"))
+        }
     }
+}
+
+/// A list walk's end as the report says it.
+pub fn report_end(end: &WalkEnd, root: &Root) -> WalkOutcome {
+    walk_outcome(end, root.link_offset as u64)
 }

@@ -10,6 +10,13 @@
 //! Walks are shared: the first validator that needs a root's elements walks it (bounded,
 //! see [`ambulance_introspect::walk`]) and the result is cached in the context, together
 //! with how the walk ended, for the report's "structures walked" section.
+//!
+//! Everything is bounded: every root enumeration by the walk limits, every validator's
+//! loop by the validation budget and the diagnosis deadline, every validator's findings
+//! per root by a cap. A validator cut short keeps what it found and says what it did not
+//! check in a finding of kind [`FindingKind::Diagnosis`]; a root enumeration cut short
+//! says so in its `structures` entry. Inconsistencies in a structure whose lock was held
+//! are reported as mid-update, not as corruption. The [`context`] module has the details.
 
 #![forbid(unsafe_code)]
 
@@ -18,9 +25,9 @@ pub mod context;
 pub mod log;
 pub mod rules;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-pub use ambulance_report::{Finding, Phase, Severity, StructureWalk};
+pub use ambulance_report::{Finding, FindingKind, Phase, Severity, StructureWalk};
 pub use context::{Context, Element};
 
 /// This crate's error type (validators themselves never fail: what they cannot read
@@ -84,9 +91,15 @@ pub struct ValidationConfig {
     /// Linux kernel's kallsyms, indexing its BTF, reading its printk ring), in
     /// milliseconds: a one-time cost per diagnosis, not a walk.
     pub load_budget_ms: u64,
-    /// Time budget of the whole validation, in milliseconds; validators that would
-    /// start after it is spent are skipped and say so.
+    /// Time budget of the whole validation, in milliseconds: validators stop when it is
+    /// spent (and say what they did not check); those that would start after it are
+    /// skipped and say so.
     pub total_budget_ms: u64,
+    /// When the whole diagnosis must be done (not part of a configuration file): every
+    /// phase stops at it and the report says what was not done. `None`: only the
+    /// budgets above bound it. Set it through `ambulance_diagnose::Options`.
+    #[serde(skip)]
+    pub deadline: Option<Instant>,
 }
 
 impl Default for ValidationConfig {
@@ -98,6 +111,7 @@ impl Default for ValidationConfig {
             walk_budget_ms: 250,
             load_budget_ms: 5_000,
             total_budget_ms: 5_000,
+            deadline: None,
         }
     }
 }
@@ -145,13 +159,14 @@ impl Registry {
         Ok(())
     }
 
-    /// Runs every enabled, applicable validator; returns the findings (most severe
-    /// first) and one timeline phase per validator.
+    /// Runs every enabled, applicable validator under the validation budget
+    /// (`config.total_budget_ms`, and the context's deadline); returns the findings (most
+    /// severe first) and one timeline phase per validator. A validator that would start
+    /// after the budget is spent is skipped, and a finding of kind diagnosis says so.
     pub fn run(&self, ctx: &Context<'_>, config: &ValidationConfig) -> (Vec<Finding>, Vec<Phase>) {
         let mut findings = Vec::new();
         let mut phases = Vec::new();
-        let start = Instant::now();
-        let budget = Duration::from_millis(config.total_budget_ms);
+        ctx.start_budget(config.total_budget_ms);
         for v in &self.validators {
             let name = v.name();
             let wanted = (config.enabled.is_empty() || config.enabled.iter().any(|n| n == name))
@@ -159,16 +174,16 @@ impl Registry {
             if !wanted || !v.applicable(ctx) {
                 continue;
             }
-            if start.elapsed() > budget {
-                findings.push(ctx.note(
-                    "validation",
-                    Severity::Warning,
-                    name,
-                    format!(
-                        "validator {name} skipped: the validation budget of {} ms was spent",
-                        config.total_budget_ms
-                    ),
-                ));
+            if let Some(why) = ctx.stop_reason() {
+                findings.push(
+                    ctx.note(
+                        "validation",
+                        Severity::Warning,
+                        name,
+                        format!("validator {name} skipped: {why}"),
+                    )
+                    .with_kind(FindingKind::Diagnosis),
+                );
                 continue;
             }
             let t = Instant::now();
@@ -178,6 +193,7 @@ impl Registry {
                 duration_us: t.elapsed().as_micros() as u64,
             });
         }
+        ctx.end_budget();
         findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
         (findings, phases)
     }

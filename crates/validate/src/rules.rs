@@ -28,6 +28,7 @@ use std::ops::Range;
 use ambulance_report::{Finding, Severity};
 use serde::Deserialize;
 
+use crate::context::RootFindings;
 use crate::{Context, Error, Validator};
 
 /// A number: a TOML integer or a `"0x…"`/decimal string.
@@ -338,7 +339,22 @@ impl Validator for RuleSet {
                 }),
                 _ => None,
             };
-            for e in ctx.elements(root).elements.iter() {
+            let elements = ctx.elements(root);
+            let mut found = RootFindings::new(out);
+            let mut pace = ctx.pace();
+            for e in elements.elements.iter() {
+                if pace.stop() {
+                    found.push(ctx.budget_note(
+                        &validator,
+                        &root.name,
+                        &format!(
+                            "elements {} to {}",
+                            e.index,
+                            elements.elements.last().map_or(e.index, |l| l.index)
+                        ),
+                    ));
+                    break;
+                }
                 // The rule's size, not the member's type, says how many bytes to read.
                 let at = e.addr.wrapping_add(offset);
                 let v = match size {
@@ -380,7 +396,7 @@ impl Validator for RuleSet {
                     ),
                 };
                 if !ok {
-                    out.push(ctx.finding(
+                    found.push(ctx.finding(
                         &validator,
                         rule.severity,
                         &root.name,
@@ -399,6 +415,7 @@ impl Validator for RuleSet {
                     ));
                 }
             }
+            found.finish(ctx, &validator, &root.name);
         }
     }
 }

@@ -6,7 +6,10 @@
 //! bounds check — is [`ambulance_elfcore`]'s; this is the adapter that maps the file and
 //! serves its `PT_LOAD` segments by `p_paddr` (the guest-physical address) through the
 //! segment map, where `p_filesz < p_memsz` reading the rest as zeros. A malformed core is
-//! [`Error::BadCore`] naming the file and what is wrong.
+//! [`Error::BadCore`] naming the file and what is wrong. A core cut short (a disk that
+//! filled while dumping, a transfer that stopped) is read as far as it goes: what its
+//! file lacks is a hole — reads there fail as unreadable, they never return zeros — and
+//! [`ElfCore::missing`] and [`ElfCore::warnings`] say what is gone.
 
 use std::fs::File;
 use std::io::Read;
@@ -15,13 +18,14 @@ use std::path::Path;
 use ambulance_elfcore::elf::EHDR_SIZE;
 use ambulance_elfcore::{CoreError, CoreLayout, CoreNote, PrStatus};
 
-use super::{map_readonly, Backing, SegSpec, SegmentMap};
+use super::{map_readonly, Backing, PhysRange, PhysicalMemory, SegSpec, SegmentMap};
 use crate::{Error, Result};
 
 /// An ELF core file, mapped read-only.
 pub struct ElfCore {
     map: SegmentMap,
     layout: CoreLayout,
+    missing: Vec<PhysRange>,
 }
 
 impl ElfCore {
@@ -63,21 +67,65 @@ impl ElfCore {
 
     fn build(backing: Backing, describe: String, path: &str) -> Result<ElfCore> {
         let layout = CoreLayout::parse(backing.bytes()).map_err(|e| bad_core(path, e))?;
-        let specs = layout
-            .loads()
-            .iter()
-            .map(|l| SegSpec {
+        let mut specs = Vec::with_capacity(layout.loads().len());
+        for l in layout.loads() {
+            if l.present == l.filesz {
+                specs.push(SegSpec {
+                    start: l.paddr,
+                    mem_size: l.memsz,
+                    file_size: l.filesz,
+                    backing: 0,
+                    offset: l.offset as usize,
+                });
+                continue;
+            }
+            // Cut short: the bytes the file holds, a hole, then the zero tail (which
+            // was never in the file). `present <= filesz <= memsz` and `paddr + memsz`
+            // does not overflow: the reader checked.
+            specs.push(SegSpec {
                 start: l.paddr,
-                mem_size: l.memsz,
-                file_size: l.filesz,
+                mem_size: l.present,
+                file_size: l.present,
                 backing: 0,
                 offset: l.offset as usize,
-            })
-            .collect();
+            });
+            specs.push(SegSpec {
+                start: l.paddr + l.filesz,
+                mem_size: l.memsz - l.filesz,
+                file_size: 0,
+                backing: 0,
+                offset: 0,
+            });
+        }
+        let map = SegmentMap::new(vec![backing], specs, describe);
+        // What is missing and not held by another segment (kdump maps some twice).
+        let mut missing: Vec<PhysRange> = Vec::new();
+        for m in layout.missing() {
+            for r in map.holes_in(m.paddr, m.len) {
+                match missing.last_mut() {
+                    Some(last) if last.end() == r.start => last.size += r.size,
+                    _ => missing.push(r),
+                }
+            }
+        }
+        missing.sort_by_key(|r| r.start);
         Ok(ElfCore {
-            map: SegmentMap::new(vec![backing], specs, describe),
+            map,
             layout,
+            missing,
         })
+    }
+
+    /// Guest-physical ranges the core's headers promise but its file does not hold
+    /// (nor another segment), ascending: reads there fail. Empty for a whole core.
+    pub fn missing(&self) -> &[PhysRange] {
+        &self.missing
+    }
+
+    /// What is wrong with a core that was read anyway (see
+    /// [`CoreLayout::warnings`]). Empty for a whole core.
+    pub fn warnings(&self) -> &[String] {
+        self.layout.warnings()
     }
 
     /// Every note, in file order.
@@ -107,7 +155,27 @@ impl ElfCore {
     }
 }
 
-super::physical_memory_from_segment_map!(ElfCore);
+impl PhysicalMemory for ElfCore {
+    fn read(&self, pa: u64, buf: &mut [u8]) -> Result<()> {
+        self.map.read(pa, buf)
+    }
+    #[inline]
+    fn slice(&self, pa: u64, len: usize) -> Option<&[u8]> {
+        self.map.slice(pa, len)
+    }
+    fn ranges(&self) -> Vec<PhysRange> {
+        self.map.ranges()
+    }
+    fn describe(&self) -> String {
+        self.map.name().to_string()
+    }
+    fn missing(&self) -> Vec<PhysRange> {
+        self.missing.clone()
+    }
+    fn warnings(&self) -> Vec<String> {
+        self.layout.warnings().to_vec()
+    }
+}
 
 /// The reader's complaint as this crate's error, naming the file.
 fn bad_core(path: &str, e: CoreError) -> Error {
@@ -262,20 +330,67 @@ mod tests {
     /// refuses comes out as `BadCore` naming the source and the reason.
     #[test]
     fn malformed_cores_are_bad_core_errors() {
-        let good = sample().write();
-        let err = ElfCore::parse(&good[..good.len() - 1]).err().unwrap();
+        let mut bad = sample().write();
+        bad[18] = 3; // e_machine
+        let err = ElfCore::parse(&bad).err().unwrap();
         match &err {
             Error::BadCore { path, reason } => {
                 assert_eq!(path, "<bytes>");
-                assert!(reason.contains("truncated core"), "{reason}");
+                assert!(reason.contains("x86-64"), "{reason}");
             }
             e => panic!("unexpected error {e}"),
         }
         assert!(
             err.to_string()
-                .starts_with("<bytes>: not a usable ELF core: PT_LOAD"),
+                .starts_with("<bytes>: not a usable ELF core: e_machine 3"),
             "{err}"
         );
+    }
+
+    /// A core cut short reads as far as its file goes; past the cut, reads fail (the
+    /// bytes are unknown, not zeros), and the core says which ranges are missing.
+    #[test]
+    fn truncated_cores_have_holes_not_zeros() {
+        let good = sample().write();
+        let whole = ElfCore::parse(&good).unwrap();
+        assert!(whole.missing().is_empty() && whole.warnings().is_empty());
+        // The sample's RAM: [0, 0x2000) data + a zero page, then a page of 0xcc at 1 MiB.
+        // Cut 0x1000 bytes into the low segment's file bytes.
+        let at = whole.file_offset(0).unwrap() as usize;
+        let core = ElfCore::parse(&good[..at + 0x1000]).unwrap();
+        let mut b = [0u8; 2];
+        core.read(0xffe, &mut b).unwrap();
+        assert_eq!(b, [0xfe, 0xff]);
+        let err = core.read(0xfff, &mut b).unwrap_err();
+        assert!(matches!(err, Error::Unmapped { .. }), "{err}");
+        assert!(core.read(0x1000, &mut b).is_err(), "a hole, not zeros");
+        assert!(core.slice(0x1800, 8).is_none());
+        assert_eq!(
+            core.slice(0x2800, 4),
+            Some(&[0u8; 4][..]),
+            "the zero tail stays"
+        );
+        assert!(core.read(0x10_0000, &mut b).is_err());
+        assert_eq!(
+            core.missing(),
+            &[
+                PhysRange {
+                    start: 0x1000,
+                    size: 0x1000
+                },
+                PhysRange {
+                    start: 0x10_0000,
+                    size: 0x1000
+                }
+            ]
+        );
+        assert_eq!(PhysicalMemory::missing(&core), core.missing().to_vec());
+        assert!(
+            core.warnings()[0].contains("missing"),
+            "{:?}",
+            core.warnings()
+        );
+        assert_eq!(core.prstatus().len(), 2);
     }
 
     fn arb_core() -> impl Strategy<Value = Sample> {

@@ -69,6 +69,18 @@ pub trait PhysicalMemory: Send + Sync {
 
     /// What this source is, for messages ("live guest RAM (64 MiB)", "core file x").
     fn describe(&self) -> String;
+
+    /// Ranges the source should hold but does not — a dump cut short — ascending. Reads
+    /// there fail; a diagnosis says they are missing. Empty by default.
+    fn missing(&self) -> Vec<PhysRange> {
+        Vec::new()
+    }
+
+    /// What is wrong with a source that is read anyway (a core cut short: how much is
+    /// missing, which notes were lost), for the report. Empty by default.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -231,6 +243,33 @@ impl SegmentMap {
         Ok(())
     }
 
+    /// The parts of `[start, start + len)` no segment holds.
+    pub(crate) fn holes_in(&self, start: u64, len: u64) -> Vec<PhysRange> {
+        let end = start.saturating_add(len);
+        let mut out = Vec::new();
+        let mut at = start;
+        let i = self.segs.partition_point(|s| s.end <= start);
+        for s in &self.segs[i..] {
+            if s.start >= end {
+                break;
+            }
+            if s.start > at {
+                out.push(PhysRange {
+                    start: at,
+                    size: s.start - at,
+                });
+            }
+            at = at.max(s.end);
+        }
+        if at < end {
+            out.push(PhysRange {
+                start: at,
+                size: end - at,
+            });
+        }
+        out
+    }
+
     pub(crate) fn ranges(&self) -> Vec<PhysRange> {
         let mut out: Vec<PhysRange> = Vec::with_capacity(self.segs.len());
         for s in &self.segs {
@@ -318,30 +357,21 @@ impl LiveMemory {
     }
 }
 
-/// Implements [`PhysicalMemory`] for a source whose bytes are all in its `map`
-/// ([`SegmentMap`]) and whose description is the map's name.
-macro_rules! physical_memory_from_segment_map {
-    ($source:ty) => {
-        impl $crate::memory::PhysicalMemory for $source {
-            fn read(&self, pa: u64, buf: &mut [u8]) -> $crate::Result<()> {
-                self.map.read(pa, buf)
-            }
-            #[inline]
-            fn slice(&self, pa: u64, len: usize) -> Option<&[u8]> {
-                self.map.slice(pa, len)
-            }
-            fn ranges(&self) -> Vec<$crate::memory::PhysRange> {
-                self.map.ranges()
-            }
-            fn describe(&self) -> String {
-                self.map.name().to_string()
-            }
-        }
-    };
+impl PhysicalMemory for LiveMemory {
+    fn read(&self, pa: u64, buf: &mut [u8]) -> Result<()> {
+        self.map.read(pa, buf)
+    }
+    #[inline]
+    fn slice(&self, pa: u64, len: usize) -> Option<&[u8]> {
+        self.map.slice(pa, len)
+    }
+    fn ranges(&self) -> Vec<PhysRange> {
+        self.map.ranges()
+    }
+    fn describe(&self) -> String {
+        self.map.name().to_string()
+    }
 }
-pub(crate) use physical_memory_from_segment_map;
-
-physical_memory_from_segment_map!(LiveMemory);
 
 // ---------------------------------------------------------------------------------------
 // Raw images.

@@ -3,7 +3,7 @@
 //! modified memory it promised to keep.
 
 use ambulance_abi::descriptor::{layout, parse, HEADER_SIZE, HINT_ENTRY_SIZE, ROOT_ENTRY_SIZE};
-use ambulance_report::{Address, Finding, Hex, Severity, StructureRef};
+use ambulance_report::{Address, Finding, FindingKind, Hex, Severity, StructureRef};
 
 use crate::{Context, Validator};
 
@@ -34,6 +34,7 @@ impl Validator for DescriptorIntegrity {
             |severity, offset: usize, expected: String, found: String, message: String| Finding {
                 validator: NAME.into(),
                 severity,
+                kind: FindingKind::Analysis,
                 structure: StructureRef {
                     root: "descriptor".into(),
                     index: None,
@@ -41,7 +42,7 @@ impl Validator for DescriptorIntegrity {
                 },
                 address: Address {
                     virt: None,
-                    phys: Some(Hex(gpa + offset as u64)),
+                    phys: Some(Hex(gpa.wrapping_add(offset as u64))),
                 },
                 expected,
                 found,
@@ -89,11 +90,15 @@ fn region(d: &[u8], offset: usize) -> String {
     let (roots, nroots) = (u32_at(layout::ROOTS_OFFSET), u32_at(layout::ROOT_COUNT));
     let (hints, nhints) = (u32_at(layout::HINTS_OFFSET), u32_at(layout::HINT_COUNT));
     let vmci = u32_at(layout::VMCOREINFO_OFFSET);
+    // The host's copy may not even parse: every count and offset is unchecked here.
+    let within = |start: usize, n: usize, size: usize| {
+        offset >= start && offset - start < n.saturating_mul(size)
+    };
     if offset < HEADER_SIZE {
         "header".into()
-    } else if offset >= roots && offset < roots + nroots * ROOT_ENTRY_SIZE {
+    } else if within(roots, nroots, ROOT_ENTRY_SIZE) {
         format!("root {}", (offset - roots) / ROOT_ENTRY_SIZE)
-    } else if offset >= hints && offset < hints + nhints * HINT_ENTRY_SIZE {
+    } else if within(hints, nhints, HINT_ENTRY_SIZE) {
         format!("hint {}", (offset - hints) / HINT_ENTRY_SIZE)
     } else if vmci != 0 && offset >= vmci {
         "VMCOREINFO text".into()

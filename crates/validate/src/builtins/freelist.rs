@@ -1,5 +1,10 @@
 //! Allocator free lists: no cycles (an object on the list twice is handed out twice),
 //! every entry inside its slab, and no free object still referenced as live.
+//!
+//! With the free list's lock (or, for a free object still referenced, the referencing
+//! table's lock) held, each of these is what an allocation or a free in progress looks
+//! like, and is reported as mid-update ([`Context::structural`]); a link that cannot be
+//! followed is garbage whatever the lock says.
 
 use std::collections::HashSet;
 
@@ -8,6 +13,7 @@ use ambulance_introspect::walk::WalkEnd;
 use ambulance_report::{Finding, Severity};
 
 use super::{hex, is_free_list};
+use crate::context::RootFindings;
 use crate::{Context, Validator};
 
 /// See the module documentation.
@@ -40,33 +46,38 @@ impl Validator for FreeLists {
             };
             let elements = ctx.elements(root);
             let Some(w) = &elements.list else { continue };
+            let mut found = RootFindings::new(out);
             let link = root.link_offset as u64;
             let index_of = |node: u64| w.links.iter().position(|&l| l == node).map(|i| i as u64);
             match &w.end {
                 WalkEnd::Cycle {
                     closing_node,
                     first_repeated,
-                } => out.push(ctx.finding(
-                    NAME,
-                    Severity::Critical,
-                    &root.name,
-                    index_of(*closing_node),
-                    Some("next"),
-                    Some(closing_node.wrapping_sub(link)),
-                    "a free list that ends".into(),
-                    format!(
-                        "next -> {} (already on the list)",
-                        hex(first_repeated.wrapping_sub(link))
+                } => found.push(ctx.structural(
+                    &[root],
+                    ctx.finding(
+                        NAME,
+                        Severity::Critical,
+                        &root.name,
+                        index_of(*closing_node),
+                        Some("next"),
+                        Some(closing_node.wrapping_sub(link)),
+                        "a free list that ends".into(),
+                        format!(
+                            "next -> {} (already on the list)",
+                            hex(first_repeated.wrapping_sub(link))
+                        ),
+                        format!(
+                            "free list {} loops: entry {} points back to entry {}; the \
+                             allocator would hand the same objects out again and again",
+                            root.name,
+                            hex(closing_node.wrapping_sub(link)),
+                            hex(first_repeated.wrapping_sub(link))
+                        ),
                     ),
-                    format!(
-                        "free list {} loops: entry {} points back to entry {}; the allocator \
-                         would hand the same objects out again and again",
-                        root.name,
-                        hex(closing_node.wrapping_sub(link)),
-                        hex(first_repeated.wrapping_sub(link))
-                    ),
+                    false,
                 )),
-                WalkEnd::Unreadable { at, error } => out.push(
+                WalkEnd::Unreadable { at, error } => found.push(
                     ctx.finding(
                         NAME,
                         Severity::Critical,
@@ -89,10 +100,19 @@ impl Validator for FreeLists {
                 _ => {}
             }
             // Entries outside the slab.
+            let mut pace = ctx.pace();
             for (i, &l) in w.links.iter().enumerate() {
+                if pace.stop() {
+                    found.push(ctx.budget_note(
+                        NAME,
+                        &root.name,
+                        &format!("entries {i} to {}", w.links.len() - 1),
+                    ));
+                    break;
+                }
                 let entry = l.wrapping_sub(link);
                 if entry < lo || entry >= hi {
-                    out.push(ctx.finding(
+                    let f = ctx.finding(
                         NAME,
                         Severity::Critical,
                         &root.name,
@@ -106,7 +126,8 @@ impl Validator for FreeLists {
                             root.name,
                             hex(entry)
                         ),
-                    ));
+                    );
+                    found.push(ctx.structural(&[root], f, false));
                 }
             }
             // Free objects still referenced as live by a pointer table into the same slab.
@@ -117,8 +138,16 @@ impl Validator for FreeLists {
                 .filter(|r| r.kind == RootKind::Array && r.has_flag(root_flags::POINTER_ELEMENTS))
             {
                 for e in ctx.elements(table).elements.iter() {
+                    if pace.stop() {
+                        found.push(ctx.budget_note(
+                            NAME,
+                            &root.name,
+                            &format!("references from {} from element {}", table.name, e.index),
+                        ));
+                        break;
+                    }
                     if e.addr >= lo && e.addr < hi && free.contains(&e.addr) {
-                        out.push(ctx.finding(
+                        let f = ctx.finding(
                             NAME,
                             Severity::Critical,
                             &root.name,
@@ -135,10 +164,12 @@ impl Validator for FreeLists {
                                 table.name,
                                 e.index
                             ),
-                        ));
+                        );
+                        found.push(ctx.structural(&[root, table], f, false));
                     }
                 }
             }
+            found.finish(ctx, NAME, &root.name);
         }
     }
 }

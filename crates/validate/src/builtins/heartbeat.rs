@@ -1,7 +1,7 @@
 //! The heartbeat: when the guest was diagnosed because its heartbeat stalled or slowed
 //! down, say where the counter is and what it did.
 
-use ambulance_report::{Address, Finding, Hex, Severity, StructureRef};
+use ambulance_report::{Address, Finding, FindingKind, Hex, Severity, StructureRef};
 
 use crate::{Context, Validator};
 
@@ -65,9 +65,12 @@ impl Validator for Heartbeat {
                 ),
             )
         };
+        // What the host saw (the counter stopped or slowed) said again, at the counter:
+        // the event, not something memory analysis found.
         out.push(Finding {
             validator: NAME.into(),
             severity: Severity::Error,
+            kind: FindingKind::Event,
             structure: StructureRef {
                 root: root
                     .map(|r| r.name.clone())

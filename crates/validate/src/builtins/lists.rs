@@ -1,13 +1,18 @@
 //! List integrity: every declared linked list walks back to its head without cycles, its
 //! links are aligned and readable, `next`/`prev` agree, and it holds no more elements
 //! than declared.
+//!
+//! A cycle or a `prev` that does not point back in a list whose lock was held is what a
+//! list looks like mid-update, and is reported so ([`Context::structural`]); a next
+//! pointer that cannot be followed (NULL, non-canonical, unmapped) or a misaligned link
+//! is garbage whatever the lock says.
 
 use ambulance_abi::descriptor::{root_flags, RootKind};
 use ambulance_introspect::walk::{self, WalkEnd};
-use ambulance_report::{Finding, Severity};
+use ambulance_report::{Finding, FindingKind, Severity};
 
 use super::{hex, is_free_list};
-use crate::context::excused;
+use crate::context::RootFindings;
 use crate::{Context, Validator};
 
 /// See the module documentation.
@@ -38,6 +43,7 @@ impl Validator for ListIntegrity {
         {
             let elements = ctx.elements(root);
             let Some(w) = &elements.list else { continue };
+            let mut found = RootFindings::new(out);
             let link = root.link_offset as u64;
             let index_of = |node: u64| w.links.iter().position(|&l| l == node).map(|i| i as u64);
             match &w.end {
@@ -45,22 +51,26 @@ impl Validator for ListIntegrity {
                 WalkEnd::Cycle {
                     closing_node,
                     first_repeated,
-                } => out.push(ctx.finding(
-                    NAME,
-                    Severity::Critical,
-                    &root.name,
-                    index_of(*closing_node),
-                    Some("next"),
-                    Some(closing_node.wrapping_sub(link)),
-                    format!("a chain back to the list head {}", hex(root.address)),
-                    format!("next -> element {}", hex(first_repeated.wrapping_sub(link))),
-                    format!(
-                        "list {} loops: element {} links back to element {} instead of \
-                         continuing to the head; a walker of this list never terminates",
-                        root.name,
-                        hex(closing_node.wrapping_sub(link)),
-                        hex(first_repeated.wrapping_sub(link))
+                } => found.push(ctx.structural(
+                    &[root],
+                    ctx.finding(
+                        NAME,
+                        Severity::Critical,
+                        &root.name,
+                        index_of(*closing_node),
+                        Some("next"),
+                        Some(closing_node.wrapping_sub(link)),
+                        format!("a chain back to the list head {}", hex(root.address)),
+                        format!("next -> element {}", hex(first_repeated.wrapping_sub(link))),
+                        format!(
+                            "list {} loops: element {} links back to element {} instead of \
+                             continuing to the head; a walker of this list never terminates",
+                            root.name,
+                            hex(closing_node.wrapping_sub(link)),
+                            hex(first_repeated.wrapping_sub(link))
+                        ),
                     ),
+                    false,
                 )),
                 WalkEnd::Unreadable { at, error } => {
                     let value = ctx
@@ -68,7 +78,7 @@ impl Validator for ListIntegrity {
                         .read_u64(*at)
                         .map(hex)
                         .unwrap_or_else(|_| "?".into());
-                    out.push(ctx.finding(
+                    found.push(ctx.finding(
                         NAME,
                         Severity::Critical,
                         &root.name,
@@ -85,27 +95,35 @@ impl Validator for ListIntegrity {
                         ),
                     ))
                 }
-                WalkEnd::LimitHit { limit } => out.push(ctx.note(
-                    NAME,
-                    Severity::Warning,
-                    &root.name,
-                    format!(
-                        "list {} was not walked to its end: stopped after {limit} elements",
-                        root.name
-                    ),
-                )),
-                WalkEnd::TimedOut { after } => out.push(ctx.note(
-                    NAME,
-                    Severity::Warning,
-                    &root.name,
-                    format!(
-                        "list {} was not walked to its end: time budget spent after {after:?}",
-                        root.name
-                    ),
-                )),
+                WalkEnd::LimitHit { limit } => found.push(
+                    ctx.note(
+                        NAME,
+                        Severity::Warning,
+                        &root.name,
+                        format!(
+                            "list {} was not walked to its end: stopped after {limit} elements",
+                            root.name
+                        ),
+                    )
+                    .with_kind(FindingKind::Diagnosis),
+                ),
+                WalkEnd::TimedOut { after } => found.push(
+                    ctx.note(
+                        NAME,
+                        Severity::Warning,
+                        &root.name,
+                        format!(
+                            "list {} was not walked to its end: {} after {after:?}",
+                            root.name,
+                            ctx.stop_reason()
+                                .unwrap_or_else(|| "its walk budget ran out".into())
+                        ),
+                    )
+                    .with_kind(FindingKind::Diagnosis),
+                ),
             }
             if w.links.len() as u64 > root.max_count as u64 {
-                out.push(ctx.note(
+                found.push(ctx.note(
                     NAME,
                     Severity::Warning,
                     &root.name,
@@ -117,9 +135,19 @@ impl Validator for ListIntegrity {
                     ),
                 ));
             }
+            let mut pace = ctx.pace();
             for (i, &l) in w.links.iter().enumerate() {
+                if pace.stop() {
+                    found.push(ctx.budget_note(
+                        NAME,
+                        &root.name,
+                        &format!("the alignment of links {i} to {}", w.links.len() - 1),
+                    ));
+                    break;
+                }
                 if l % 8 != 0 {
-                    out.push(ctx.finding(
+                    // No update writes a misaligned link: garbage, lock or not.
+                    found.push(ctx.finding(
                         NAME,
                         Severity::Error,
                         &root.name,
@@ -136,40 +164,54 @@ impl Validator for ListIntegrity {
                     ));
                 }
             }
-            if root.has_flag(root_flags::SINGLY_LINKED) {
+            if root.has_flag(root_flags::SINGLY_LINKED) || ctx.out_of_time() {
+                if !root.has_flag(root_flags::SINGLY_LINKED) {
+                    found.push(ctx.budget_note(NAME, &root.name, "the prev pointers"));
+                }
+                found.finish(ctx, NAME, &root.name);
                 continue;
             }
-            let held = ctx.lock_held(root);
-            for m in walk::check_prev(ctx.program, root.address, w) {
-                let (severity, why) = excused(held, Severity::Critical);
-                let is_head = m.node == root.address;
-                out.push(ctx.finding(
+            let (mismatches, end) =
+                walk::check_prev_within(ctx.program, root.address, w, ctx.walk_limits());
+            for (index, m) in mismatches {
+                let is_head = index.is_none();
+                let node = if is_head {
+                    m.node
+                } else {
+                    m.node.wrapping_sub(link)
+                };
+                let f = ctx.finding(
                     NAME,
-                    severity,
+                    Severity::Critical,
                     &root.name,
-                    if is_head { None } else { index_of(m.node) },
+                    index.map(|i| i as u64),
                     Some("prev"),
-                    Some(if is_head {
-                        m.node
-                    } else {
-                        m.node.wrapping_sub(link)
-                    }),
+                    Some(node),
                     hex(m.expected_prev),
-                    hex(m.found_prev),
+                    if m.prev_readable {
+                        hex(m.found_prev)
+                    } else {
+                        "unreadable".into()
+                    },
                     format!(
                         "list {}: the prev pointer of {} {} does not point back at the \
-                         previous element {}{why}",
+                         previous element {}",
                         root.name,
                         if is_head { "the head" } else { "element" },
-                        hex(if is_head {
-                            m.node
-                        } else {
-                            m.node.wrapping_sub(link)
-                        }),
+                        hex(node),
                         hex(m.expected_prev.wrapping_sub(link))
                     ),
-                ));
+                );
+                found.push(ctx.structural(&[root], f, !m.prev_readable));
             }
+            match end {
+                WalkEnd::Complete => {}
+                WalkEnd::LimitHit { .. } | WalkEnd::TimedOut { .. } => {
+                    found.push(ctx.budget_note(NAME, &root.name, "some prev pointers"))
+                }
+                _ => {}
+            }
+            found.finish(ctx, NAME, &root.name);
         }
     }
 }

@@ -5,12 +5,16 @@
 //! roots are those whose element type has a `waiting_on` member (a pointer to the lock
 //! the CPU spins on). Layouts come from DWARF or VMCOREINFO; members are found once per
 //! root and read in each element as [`Object`](ambulance_introspect::object::Object)s.
+//! The wait-for graph has one edge per CPU at most (the lock it spins on, to that lock's
+//! owner), so its cycles are found in one pass over it, however many CPUs a guest
+//! declares.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ambulance_report::{Finding, Severity};
 
 use super::hex;
+use crate::context::RootFindings;
 use crate::{Context, Validator};
 
 /// See the module documentation.
@@ -19,6 +23,8 @@ pub struct Locks;
 const NAME: &str = "locks";
 /// Longest lock name read (the test kernel's `name: [u8; 16]`).
 const NAME_LEN: usize = 16;
+/// Most steps of a deadlock told in its findings.
+const MAX_STORY: usize = 16;
 
 struct Held {
     owner: Option<u32>,
@@ -53,7 +59,18 @@ impl Validator for Locks {
                 continue;
             };
             let m_name = ctx.member(&root.type_name, "name");
-            for e in ctx.elements(root).elements.iter() {
+            let elements = ctx.elements(root);
+            let mut found = RootFindings::new(out);
+            let mut pace = ctx.pace();
+            for e in elements.elements.iter() {
+                if pace.stop() {
+                    found.push(ctx.budget_note(
+                        NAME,
+                        &root.name,
+                        &format!("locks {} and after", e.index),
+                    ));
+                    break;
+                }
                 let Ok(locked) = m_locked.object(ctx.program, e.addr).read_u32() else {
                     continue;
                 };
@@ -69,7 +86,7 @@ impl Validator for Locks {
                     .as_ref()
                     .and_then(|m| m.object(ctx.program, e.addr).read_cstr(NAME_LEN).ok())
                     .unwrap_or_else(|| format!("{}[{}]", root.name, e.index));
-                out.push(ctx.finding(
+                found.push(ctx.finding(
                     NAME,
                     Severity::Info,
                     &root.name,
@@ -96,6 +113,7 @@ impl Validator for Locks {
                     },
                 );
             }
+            found.finish(ctx, NAME, &root.name);
         }
 
         // Who spins on what.
@@ -105,7 +123,18 @@ impl Validator for Locks {
                 continue;
             };
             let m_cpu = ctx.member(&root.type_name, "cpu");
-            for e in ctx.elements(root).elements.iter() {
+            let elements = ctx.elements(root);
+            let mut found = RootFindings::new(out);
+            let mut pace = ctx.pace();
+            for e in elements.elements.iter() {
+                if pace.stop() {
+                    found.push(ctx.budget_note(
+                        NAME,
+                        &root.name,
+                        &format!("what CPUs {} and after wait for", e.index),
+                    ));
+                    break;
+                }
                 let Ok(lock) = m_wait.object(ctx.program, e.addr).read_u64() else {
                     continue;
                 };
@@ -118,7 +147,7 @@ impl Validator for Locks {
                     .unwrap_or(e.index as u32);
                 waits.insert(cpu, lock);
                 let what = held.get(&lock);
-                out.push(ctx.finding(
+                found.push(ctx.finding(
                     NAME,
                     Severity::Info,
                     &root.name,
@@ -138,50 +167,75 @@ impl Validator for Locks {
             }
         }
 
-        // Wait-for cycles: CPU -> lock it waits on -> that lock's owner -> ...
-        let mut reported = Vec::new();
-        for &start in waits.keys() {
-            let mut chain = vec![start];
-            let mut cpu = start;
-            let cycle = loop {
-                let Some(owner) = waits
-                    .get(&cpu)
-                    .and_then(|l| held.get(l))
-                    .and_then(|h| h.owner)
-                else {
-                    break None;
-                };
-                if owner == start {
-                    break Some(chain.clone());
-                }
-                if chain.contains(&owner) || chain.len() > waits.len() {
-                    break None;
-                }
-                chain.push(owner);
-                cpu = owner;
-            };
-            let Some(cycle) = cycle else { continue };
-            let mut key = cycle.clone();
-            key.sort_unstable();
-            if reported.contains(&key) {
+        // Wait-for cycles: CPU -> lock it waits on -> that lock's owner -> ... Each CPU has
+        // at most one edge, so following every CPU's chain once, marking where each
+        // chain went, finds every cycle in time linear in the CPUs.
+        let next = |cpu: u32| {
+            waits
+                .get(&cpu)
+                .and_then(|l| held.get(l))
+                .and_then(|h| h.owner)
+        };
+        // The chain (walk number) each CPU was first reached by.
+        let mut reached: HashMap<u32, usize> = HashMap::new();
+        let mut cycles: Vec<Vec<u32>> = Vec::new();
+        let mut pace = ctx.pace();
+        for (walk, &start) in waits.keys().enumerate() {
+            if pace.stop() {
+                out.push(ctx.budget_note(NAME, "locks", "the wait-for graph (deadlocks)"));
+                break;
+            }
+            if reached.contains_key(&start) {
                 continue;
             }
-            reported.push(key);
-            let story: Vec<String> = cycle
+            let mut chain = Vec::new();
+            let mut cpu = start;
+            loop {
+                match reached.get(&cpu) {
+                    // Back on this walk's own chain: a cycle from there on.
+                    Some(&w) if w == walk => {
+                        let from = chain.iter().position(|&c| c == cpu).unwrap_or(0);
+                        cycles.push(chain[from..].to_vec());
+                        break;
+                    }
+                    // Into an earlier walk's chain: nothing new.
+                    Some(_) => break,
+                    None => {}
+                }
+                reached.insert(cpu, walk);
+                chain.push(cpu);
+                match next(cpu) {
+                    Some(owner) => cpu = owner,
+                    None => break,
+                }
+            }
+        }
+        let mut reported = 0usize;
+        for cycle in cycles {
+            // Every CPU of a cycle waits on a held lock with an owner: looked up above.
+            let mut story: Vec<String> = cycle
                 .iter()
-                .map(|c| {
-                    let l = waits[c];
-                    let h = &held[&l];
-                    format!(
+                .take(MAX_STORY)
+                .filter_map(|c| {
+                    let h = held.get(waits.get(c)?)?;
+                    Some(format!(
                         "CPU {c} waits for {} held by CPU {}",
                         h.name,
                         h.owner.map(|o| o.to_string()).unwrap_or("?".into())
-                    )
+                    ))
                 })
                 .collect();
+            if cycle.len() > MAX_STORY {
+                story.push(format!("and {} more CPUs", cycle.len() - MAX_STORY));
+            }
             for c in &cycle {
-                let lock = waits[c];
-                let h = &held[&lock];
+                let Some((&lock, h)) = waits.get(c).and_then(|l| held.get_key_value(l)) else {
+                    continue;
+                };
+                if reported == crate::context::MAX_FINDINGS_PER_ROOT {
+                    break;
+                }
+                reported += 1;
                 out.push(ctx.finding(
                     NAME,
                     Severity::Critical,

@@ -1,9 +1,14 @@
 //! Magic values: every element of a root with a magic hint holds its magic.
+//!
+//! A wrong magic in a root whose lock was held is an element being set up or torn down,
+//! reported as mid-update ([`Context::structural`]); an element that cannot be read is
+//! garbage whatever the lock says.
 
 use ambulance_abi::descriptor::Hint;
 use ambulance_report::{Finding, Severity};
 
 use super::hex;
+use crate::context::RootFindings;
 use crate::{Context, Validator};
 
 /// See the module documentation.
@@ -49,37 +54,56 @@ impl Validator for Magic {
                     crate::rules::member_name_at(ctx, &root.type_name, offset as u64)
                 })
                 .collect();
-            for e in ctx.elements(root).elements.iter() {
+            let elements = ctx.elements(root);
+            let mut found = RootFindings::new(out);
+            let mut pace = ctx.pace();
+            for e in elements.elements.iter() {
+                if pace.stop() {
+                    found.push(ctx.budget_note(
+                        NAME,
+                        &root.name,
+                        &format!(
+                            "elements {} to {}",
+                            e.index,
+                            elements.elements.last().map_or(e.index, |l| l.index)
+                        ),
+                    ));
+                    break;
+                }
                 for (&(offset, size, value), name) in magics.iter().zip(&names) {
                     let at = e.addr.wrapping_add(offset as u64);
-                    let found = match size {
+                    let value_found = match size {
                         1 => ctx.program.read_u8(at).map(u64::from),
                         2 => ctx.program.read_u16(at).map(u64::from),
                         4 => ctx.program.read_u32(at).map(u64::from),
                         _ => ctx.program.read_u64(at),
                     };
-                    match found {
+                    match value_found {
                         Ok(v) if v == value => {}
-                        Ok(v) => out.push(ctx.finding(
-                            NAME,
-                            Severity::Critical,
-                            &root.name,
-                            Some(e.index),
-                            name.as_deref(),
-                            Some(e.addr),
-                            hex(value),
-                            hex(v),
-                            format!(
-                                "{} element {} ({} at {}) has a bad magic value: it was \
+                        Ok(v) => found.push(ctx.structural(
+                            &[root],
+                            ctx.finding(
+                                NAME,
+                                Severity::Critical,
+                                &root.name,
+                                Some(e.index),
+                                name.as_deref(),
+                                Some(e.addr),
+                                hex(value),
+                                hex(v),
+                                format!(
+                                    "{} element {} ({} at {}) has a bad magic value: it was \
                                  overwritten or is not a live {}",
-                                root.name,
-                                e.index,
-                                root.type_name,
-                                hex(e.addr),
-                                root.type_name
+                                    root.name,
+                                    e.index,
+                                    root.type_name,
+                                    hex(e.addr),
+                                    root.type_name
+                                ),
                             ),
+                            false,
                         )),
-                        Err(err) => out.push(ctx.finding(
+                        Err(err) => found.push(ctx.finding(
                             NAME,
                             Severity::Error,
                             &root.name,
@@ -93,6 +117,7 @@ impl Validator for Magic {
                     }
                 }
             }
+            found.finish(ctx, NAME, &root.name);
         }
     }
 }

@@ -1,11 +1,16 @@
 //! Pointer ranges: pointer fields with a range hint are canonical, mapped, and inside the
 //! declared region (or null where allowed).
+//!
+//! A null or out-of-region pointer in a root whose lock was held may be a slot being
+//! filled or emptied, reported as mid-update ([`Context::structural`]); a non-canonical
+//! pointer or one into unmapped memory is garbage no update writes, lock or not.
 
 use ambulance_abi::descriptor::Hint;
 use ambulance_abi::{is_canonical_48, is_canonical_57};
 use ambulance_report::{Finding, Severity};
 
 use super::hex;
+use crate::context::RootFindings;
 use crate::{Context, Validator};
 
 /// See the module documentation.
@@ -57,7 +62,22 @@ impl Validator for PointerRanges {
                     crate::rules::member_name_at(ctx, &root.type_name, offset as u64)
                 })
                 .collect();
-            for e in ctx.elements(root).elements.iter() {
+            let elements = ctx.elements(root);
+            let mut found = RootFindings::new(out);
+            let mut pace = ctx.pace();
+            for e in elements.elements.iter() {
+                if pace.stop() {
+                    found.push(ctx.budget_note(
+                        NAME,
+                        &root.name,
+                        &format!(
+                            "elements {} to {}",
+                            e.index,
+                            elements.elements.last().map_or(e.index, |l| l.index)
+                        ),
+                    ));
+                    break;
+                }
                 for (&(offset, lo, hi, nullable), path) in ranges.iter().zip(&paths) {
                     let at = e.addr.wrapping_add(offset as u64);
                     let Ok(p) = ctx.program.read_u64(at) else {
@@ -69,27 +89,40 @@ impl Validator for PointerRanges {
                         hex(hi),
                         if nullable { " or null" } else { "" }
                     );
+                    // (what is wrong, whether it is garbage no update writes)
                     let problem = if p == 0 {
-                        (!nullable).then(|| "is null".to_string())
+                        (!nullable).then(|| ("is null".to_string(), false))
                     } else if !(if la57 {
                         is_canonical_57(p)
                     } else {
                         is_canonical_48(p)
                     }) {
-                        Some("is not even a canonical address: a wild pointer".to_string())
-                    } else if p < lo || p >= hi {
-                        Some(format!(
-                            "points outside its region [{}, {})",
-                            hex(lo),
-                            hex(hi)
+                        Some((
+                            "is not even a canonical address: a wild pointer".to_string(),
+                            true,
                         ))
                     } else if !ctx.program.is_mapped(p) {
-                        Some("points to memory that is not mapped".to_string())
+                        Some((
+                            format!(
+                                "points to memory that is not mapped{}",
+                                if p < lo || p >= hi {
+                                    format!(", outside its region [{}, {})", hex(lo), hex(hi))
+                                } else {
+                                    String::new()
+                                }
+                            ),
+                            true,
+                        ))
+                    } else if p < lo || p >= hi {
+                        Some((
+                            format!("points outside its region [{}, {})", hex(lo), hex(hi)),
+                            false,
+                        ))
                     } else {
                         None
                     };
-                    if let Some(problem) = problem {
-                        out.push(ctx.finding(
+                    if let Some((problem, garbage)) = problem {
+                        let f = ctx.finding(
                             NAME,
                             Severity::Critical,
                             &root.name,
@@ -104,10 +137,12 @@ impl Validator for PointerRanges {
                                 e.index,
                                 hex(at)
                             ),
-                        ));
+                        );
+                        found.push(ctx.structural(&[root], f, garbage));
                     }
                 }
             }
+            found.finish(ctx, NAME, &root.name);
         }
     }
 }

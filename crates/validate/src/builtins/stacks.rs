@@ -11,6 +11,7 @@ use ambulance_linux::tasks::{read_task, TaskLayout};
 use ambulance_report::{Finding, Severity};
 
 use super::hex;
+use crate::context::RootFindings;
 use crate::{Context, Validator};
 
 /// See the module documentation.
@@ -80,7 +81,22 @@ impl Validator for StackEnd {
             .collect();
         roots.sort_by_key(|(r, _)| r.kind != RootKind::Array);
         for (root, (member, stack)) in roots {
-            for e in ctx.elements(root).elements.iter() {
+            let elements = ctx.elements(root);
+            let mut found = RootFindings::new(out);
+            let mut pace = ctx.pace();
+            for e in elements.elements.iter() {
+                if pace.stop() {
+                    found.push(ctx.budget_note(
+                        NAME,
+                        &root.name,
+                        &format!(
+                            "the stacks of elements {} to {}",
+                            e.index,
+                            elements.elements.last().map_or(e.index, |l| l.index)
+                        ),
+                    ));
+                    break;
+                }
                 if !seen.insert(e.addr) {
                     continue;
                 }
@@ -93,7 +109,7 @@ impl Validator for StackEnd {
                 }
                 match ctx.program.read_u64(base) {
                     Ok(v) if v == magic => {}
-                    Ok(v) => out.push(ctx.finding(
+                    Ok(v) => found.push(ctx.finding(
                         NAME,
                         Severity::Critical,
                         &root.name,
@@ -109,7 +125,7 @@ impl Validator for StackEnd {
                             hex(base)
                         ),
                     )),
-                    Err(err) => out.push(ctx.finding(
+                    Err(err) => found.push(ctx.finding(
                         NAME,
                         Severity::Error,
                         &root.name,
@@ -122,6 +138,7 @@ impl Validator for StackEnd {
                     )),
                 }
             }
+            found.finish(ctx, NAME, &root.name);
         }
     }
 }

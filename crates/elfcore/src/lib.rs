@@ -15,7 +15,7 @@
 //!   is checked against the file before use, and anything malformed is
 //!   [`CoreError::Malformed`] naming what is wrong. It works on bytes the caller holds
 //!   (a mapping, a buffer) and records where the segments and notes are.
-//! * [`write_core`] / [`write_core_to`]: the writer, sparse: all-zero pages are left out.
+//! * [`write_core`] / [`write_core_into`] / [`write_core_to`]: the writer, sparse: all-zero pages are left out.
 //!
 //! Nothing here knows about guests, reports or diagnoses: what goes into a core is the
 //! caller's business.
@@ -38,5 +38,6 @@ pub use note::{
 pub use prstatus::{PrStatus, UserRegs, PRSTATUS_SIZE, PR_PID_OFFSET, PR_REG_OFFSET, USER_REGS};
 pub use reader::{CoreLayout, LoadSegment};
 pub use writer::{
-    write_core, write_core_to, CoreInput, CoreStats, RamRange, VirtualWindow, MIN_HOLE_PAGES, PAGE,
+    write_core, write_core_into, write_core_to, CoreInput, CoreStats, RamRange, VirtualWindow,
+    MIN_HOLE_PAGES, PAGE,
 };

@@ -1,0 +1,202 @@
+//! The diagnosis worker as a jail: real `ambulance worker` processes, given a real frozen
+//! KVM guest's RAM the way the daemon gives it, try every escape the jail must stop
+//! (`ambulance_service::jail::ESCAPES`, the worker's test mode) — each must fail, most by
+//! the seccomp filter killing the worker with SIGSYS — and the guest's RAM hashes the same
+//! before and after. A jailed worker still diagnoses, with debug info, rules and a core,
+//! and says in the report how it was confined.
+
+mod common;
+
+use std::hash::{DefaultHasher, Hasher};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ambulance_capture::{vmm as capture_vmm, Capture};
+use ambulance_ram::GuestRam;
+use ambulance_report::ReportId;
+use ambulance_service::jail::{ESCAPES, ESCAPE_ENV};
+use ambulance_service::worker::{self, Limits, Request};
+use ambulance_vmm::{EventKind, Guest, Vmm};
+use common::{test_guest, vmm, wait_for_failure};
+
+fn limits() -> Limits {
+    Limits {
+        address_space_bytes: 2 << 30,
+        cpu_seconds: 60,
+        timeout: Duration::from_secs(60),
+    }
+}
+
+/// A test-kernel guest that corrupted its run queue and failed, frozen, and its capture.
+fn frozen(vmm: &Vmm, name: &str) -> (Guest, Capture) {
+    let events = vmm.events();
+    let guest = vmm
+        .start(test_guest(
+            name,
+            "fault=list-corruption fault_after_ms=300 seed=2",
+        ))
+        .unwrap();
+    let seen = wait_for_failure(&events, &guest, Duration::from_secs(30));
+    let e = seen.events.last().unwrap();
+    let EventKind::Failure {
+        cause,
+        vcpu,
+        detail,
+        frozen,
+    } = &e.kind
+    else {
+        panic!("not a failure: {e:?}")
+    };
+    let failure = capture_vmm::failure_info(cause, *vcpu, detail, e.time);
+    let capture = capture_vmm::capture(&guest, failure, capture_vmm::frozen_from(frozen, true))
+        .expect("capture");
+    (guest, capture)
+}
+
+fn request(
+    capture: &Capture,
+    debuginfo: Option<PathBuf>,
+    rules: Option<PathBuf>,
+    core: Option<PathBuf>,
+) -> Request {
+    Request {
+        subject: capture.subject(ReportId::mint(&capture.guest.name, capture.failure.time)),
+        regions: capture.ram.regions().to_vec(),
+        debuginfo,
+        rules,
+        core_path: core,
+        timeline: capture.timeline(),
+    }
+}
+
+/// A hash of every byte of guest RAM, read through the exported descriptor.
+fn hash(ram: &GuestRam) -> u64 {
+    let mut h = DefaultHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for r in ram.regions() {
+        let mut done = 0u64;
+        while done < r.size {
+            let n = (r.size - done).min(buf.len() as u64) as usize;
+            ram.file()
+                .read_exact_at(&mut buf[..n], r.file_offset + done)
+                .unwrap();
+            h.write(&buf[..n]);
+            done += n as u64;
+        }
+    }
+    h.finish()
+}
+
+fn program() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ambulance"))
+}
+
+#[test]
+fn every_escape_fails_and_guest_ram_is_untouched() {
+    // The worker's escape mode is compiled into debug builds only.
+    if !ambulance_testkit::available("a debug build", cfg!(debug_assertions)) {
+        return;
+    }
+    let Some(vmm) = vmm() else { return };
+    let (_guest, capture) = frozen(&vmm, "prisoner");
+    let before = hash(&capture.ram);
+    let me = std::process::id();
+    let mut outcomes = Vec::new();
+    for &(name, kills) in ESCAPES {
+        let spec = format!("{name}:{me}");
+        let result = worker::run_with_env(
+            program(),
+            &limits(),
+            &request(&capture, None, None, None),
+            &capture.ram,
+            &[(ESCAPE_ENV, &spec)],
+            |_| {},
+        );
+        let why = match result {
+            Ok(report) => panic!("{name}: the worker diagnosed instead: {:?}", report.id),
+            Err(why) => why,
+        };
+        eprintln!("{name}: {why}");
+        assert!(
+            !why.contains("SUCCEEDED"),
+            "{name}: the jail let it through: {why}"
+        );
+        if kills {
+            assert!(
+                why.contains("killed by signal SIGSYS") && why.contains("seccomp"),
+                "{name}: expected the filter to kill the worker, got: {why}"
+            );
+        } else {
+            assert!(
+                why.starts_with(&format!("escape {name}: ")) && !why.contains("no such escape"),
+                "{name}: expected an allowed, harmless attempt, got: {why}"
+            );
+        }
+        outcomes.push((name, why));
+    }
+    assert_eq!(outcomes.len(), ESCAPES.len());
+    assert_eq!(
+        hash(&capture.ram),
+        before,
+        "guest RAM changed while the escapes ran"
+    );
+}
+
+#[test]
+fn a_jailed_worker_diagnoses_with_debuginfo_rules_and_a_core() {
+    let Some(vmm) = vmm() else { return };
+    let (_guest, capture) = frozen(&vmm, "inmate");
+    let before = hash(&capture.ram);
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("kernel.elf");
+    std::fs::write(&kernel, ambulance_test_kernel::ELF).unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"pid-range\"\nroot = \"tasks\"\nfield = \"pid\"\ncheck = \"range\"\n\
+         min = 0\nmax = 1000000\nseverity = \"error\"\n",
+    )
+    .unwrap();
+    let core = dir.path().join("guest.core.tmp");
+    let report = worker::run(
+        program(),
+        &limits(),
+        &request(&capture, Some(kernel), Some(rules), Some(core.clone())),
+        &capture.ram,
+        |_| {},
+    )
+    .expect("a jailed worker diagnoses");
+
+    let sandbox = report
+        .tool
+        .sandbox
+        .clone()
+        .expect("the report says how it was confined");
+    eprintln!("sandbox: {sandbox:?}");
+    for must in ["no_new_privs", "seccomp", "undumpable"] {
+        assert!(sandbox.applied.iter().any(|a| a == must), "{sandbox:?}");
+    }
+    for r in &sandbox.refused {
+        assert!(r.contains(": "), "a refusal says why: {r}");
+    }
+    let phases: Vec<_> = report.timeline.iter().map(|p| p.name.as_str()).collect();
+    assert!(
+        phases.contains(&"jail") && phases.contains(&"core"),
+        "{phases:?}"
+    );
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.validator == "list-integrity"),
+        "the run-queue corruption is found under the filter:\n{}",
+        ambulance_report::text::render(&report)
+    );
+    assert!(!report.structures.is_empty(), "structures were walked");
+    let core_len = std::fs::metadata(&core).unwrap().len();
+    assert!(core_len > 4096, "the core was written: {core_len} bytes");
+    let offline = ambulance_introspect::memory::ElfCore::open(&core).expect("the core opens");
+    drop(offline);
+    assert_eq!(hash(&capture.ram), before);
+}

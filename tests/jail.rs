@@ -10,13 +10,13 @@ mod common;
 use std::hash::{DefaultHasher, Hasher};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ambulance_capture::{vmm as capture_vmm, Capture};
 use ambulance_ram::GuestRam;
 use ambulance_report::ReportId;
 use ambulance_service::jail::{ESCAPES, ESCAPE_ENV};
-use ambulance_service::worker::{self, Limits, Request};
+use ambulance_service::worker::{self, Limits, Request, DELAY_ENV};
 use ambulance_vmm::{EventKind, Guest, Vmm};
 use common::{test_guest, vmm, wait_for_failure};
 
@@ -199,4 +199,74 @@ fn a_jailed_worker_diagnoses_with_debuginfo_rules_and_a_core() {
     let offline = ambulance_introspect::memory::ElfCore::open(&core).expect("the core opens");
     drop(offline);
     assert_eq!(hash(&capture.ram), before);
+}
+
+/// The process that runs under the filter: `worker` itself, or (with a PID namespace) its
+/// child — once its filter is installed (`Seccomp: 2` in its status).
+fn jailed_process(worker: u32) -> Option<u32> {
+    let filtered = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|s| s.lines().any(|l| l == "Seccomp:\t2"))
+    };
+    if filtered(worker) {
+        return Some(worker);
+    }
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // pid (comm) state ppid …: the comm may hold spaces, the last ')' ends it.
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == worker && filtered(pid)).then_some(pid)
+    })
+}
+
+/// A signal that ends the diagnosing process reaches the daemon as it was sent — even
+/// when that process is PID 1 of its namespace, which the kernel shields from signals it
+/// has no handler for (the CPU-time limit's SIGXCPU among them).
+#[test]
+fn a_signal_that_ends_the_jailed_worker_reaches_the_daemon() {
+    let Some(vmm) = vmm() else { return };
+    let (_guest, capture) = frozen(&vmm, "signalled");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let killer = std::thread::spawn(move || {
+        let worker: u32 = rx.recv().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let target = loop {
+            if let Some(pid) = jailed_process(worker) {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker never installed its filter"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(target as i32),
+            nix::sys::signal::Signal::SIGXCPU,
+        )
+        .unwrap();
+        target != worker
+    });
+    let result = worker::run_with_env(
+        program(),
+        &limits(),
+        &request(&capture, None, None, None),
+        &capture.ram,
+        &[(DELAY_ENV, "30000")],
+        |pid| tx.send(pid).unwrap(),
+    );
+    let in_pid_namespace = killer.join().unwrap();
+    let why = result.expect_err("the worker was signalled before it diagnosed");
+    assert!(
+        why.contains("killed by signal SIGXCPU (CPU-time limit reached)"),
+        "{why} (the jailed process was {}the worker's child)",
+        if in_pid_namespace { "" } else { "not " }
+    );
 }

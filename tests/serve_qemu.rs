@@ -195,6 +195,17 @@ fn a_qemu_guest_under_the_daemon() {
         .is_some_and(|m| m.contains("sysrq triggered crash")));
     linux_guest::check_vcpus(&report, true);
     linux_guest::check_against_console(&report, &guest.console_text());
+    // And all of that (kallsyms, BTF, printk, tasks) was read by a worker under its
+    // seccomp filter and no_new_privs, in the namespaces the host allowed.
+    let sandbox = &report["tool"]["sandbox"];
+    for must in ["seccomp", "no_new_privs"] {
+        assert!(
+            sandbox["applied"]
+                .as_array()
+                .is_some_and(|a| a.contains(&must.into())),
+            "{sandbox:#}"
+        );
+    }
     let (status, text) = daemon.call("GET", &format!("/v1/reports/{id}"), "text/plain");
     assert_eq!(status, 200);
     assert!(text.contains("QEMU reported GUEST_PANICKED"), "{text}");

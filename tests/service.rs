@@ -253,8 +253,17 @@ fn api_end_to_end_report_webhook_auth_and_cli() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert!(
-        phases.contains(&"worker_start") && phases.contains(&"core"),
+        phases.contains(&"worker_start") && phases.contains(&"jail") && phases.contains(&"core"),
         "{phases:?}"
+    );
+    // Diagnosed in the jail, which the report says.
+    let applied = &report["tool"]["sandbox"]["applied"];
+    assert!(
+        applied
+            .as_array()
+            .is_some_and(|a| a.contains(&"seccomp".into())),
+        "{:#}",
+        report["tool"]
     );
     let text = blocking_request(
         &Endpoint::Unix(socket.clone()),

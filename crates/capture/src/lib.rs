@@ -188,7 +188,8 @@ impl Capture {
             &subject,
             options,
             self.timeline(),
-            core.as_deref(),
+            core.as_deref()
+                .map(ambulance_diagnose::core::CoreOutput::Create),
         )?;
         let files = match dir {
             Some(d) => Some(d.write(&mut report, core.as_deref())?),

@@ -120,7 +120,11 @@ pub fn main() -> ExitCode {
         Command::Release(args) => client::release(args),
         Command::Fleet(args) => fleet::run(args),
         Command::Worker(args) => {
-            return ambulance_service::worker::main(args.address_space, args.cpu_seconds)
+            return ambulance_service::worker::main(
+                args.address_space,
+                args.cpu_seconds,
+                args.budget_ms,
+            )
         }
     };
     match result {

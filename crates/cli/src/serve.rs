@@ -30,6 +30,9 @@ pub struct WorkerArgs {
     /// RLIMIT_CPU in seconds.
     #[arg(long)]
     pub cpu_seconds: u64,
+    /// The diagnosis's time budget, from the worker's start.
+    #[arg(long)]
+    pub budget_ms: Option<u64>,
 }
 
 /// Runs `ambulance serve`.

@@ -8,10 +8,11 @@
 //! live diagnosis found. The kernel image's segments are described as virtual windows at
 //! their link addresses, so gdb reads globals by symbol.
 
+use std::fs::File;
 use std::path::Path;
 
 use ambulance_elfcore::{
-    write_core, CoreInput, ElfNote, PrStatus, RamRange, UserRegs, VirtualWindow,
+    write_core, write_core_into, CoreInput, ElfNote, PrStatus, RamRange, UserRegs, VirtualWindow,
     NT_AMBULANCE_DESCRIPTOR, NT_AMBULANCE_DESCRIPTOR_GPA, NT_AMBULANCE_FAILURE, NT_AMBULANCE_GUEST,
 };
 use ambulance_introspect::debuginfo::DebugInfo;
@@ -22,13 +23,36 @@ use ambulance_report::{Hex, Report, VcpuRegisters};
 const KERNEL_CS: u64 = 0x10;
 const KERNEL_SS: u64 = 0x18;
 
-/// Writes (and fsyncs) an ELF core of `memory` for `report` at `path`: one `PT_LOAD` per
+/// Where an ELF core goes.
+pub enum CoreOutput<'a> {
+    /// A file to create at this path when the core is written.
+    Create(&'a Path),
+    /// A file its caller already created at `path`: a sandboxed worker creates its output
+    /// before it confines itself, after which it cannot open anything.
+    Opened {
+        /// The file, empty and open for writing.
+        file: File,
+        /// Where it is (for messages).
+        path: &'a Path,
+    },
+}
+
+impl CoreOutput<'_> {
+    /// Where the core goes.
+    pub fn path(&self) -> &Path {
+        match self {
+            CoreOutput::Create(path) | CoreOutput::Opened { path, .. } => path,
+        }
+    }
+}
+
+/// Writes (and fsyncs) an ELF core of `memory` for `report` to `out`: one `PT_LOAD` per
 /// RAM range, `NT_PRSTATUS` per vCPU, VMCOREINFO (the descriptor's, else `vmcoreinfo` —
 /// a Linux guest's note text) and the descriptor from the host's copy, the failure and
 /// guest as Ambulance notes, and the kernel image's segments as virtual windows when its
 /// debug info is known.
 pub fn write_core_file(
-    path: &Path,
+    out: CoreOutput<'_>,
     memory: &LiveMemory,
     report: &Report,
     debuginfo: Option<&DebugInfo>,
@@ -90,7 +114,11 @@ pub fn write_core_file(
         direct_map_base,
         windows,
     };
-    write_core(path, &input).map_err(|e| e.to_string())?;
+    match out {
+        CoreOutput::Create(path) => write_core(path, &input),
+        CoreOutput::Opened { file, path } => write_core_into(file, path, &input),
+    }
+    .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -272,7 +300,7 @@ mod tests {
         let path = dir.path().join("guest.core");
         let descriptor = vec![0xde, 0xad, 0xbe, 0xef];
         write_core_file(
-            &path,
+            CoreOutput::Create(&path),
             &memory,
             &report,
             None,

@@ -231,7 +231,7 @@ pub fn diagnose_ram(
     subject: &Subject,
     options: &Options,
     mut timeline: Vec<Phase>,
-    core: Option<&std::path::Path>,
+    core: Option<core::CoreOutput<'_>>,
 ) -> Result<Report, Error> {
     let t = Instant::now();
     let memory = Arc::new(LiveMemory::map(ram)?);
@@ -240,10 +240,11 @@ pub fn diagnose_ram(
         duration_us: t.elapsed().as_micros() as u64,
     });
     let mut report = diagnose(memory.clone(), subject, options, timeline)?;
-    if let Some(path) = core {
+    if let Some(out) = core {
         let t = Instant::now();
+        let path = out.path().to_path_buf();
         core::write_core_file(
-            path,
+            out,
             &memory,
             &report,
             options.debuginfo.as_deref(),
@@ -253,10 +254,7 @@ pub fn diagnose_ram(
                 ambulance_linux::vmcoreinfo_note_at(memory.as_ref(), at.pa, at.size).ok()
             }),
         )
-        .map_err(|reason| Error::Core {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        .map_err(|reason| Error::Core { path, reason })?;
         report.timeline.push(Phase {
             name: "core".into(),
             duration_us: t.elapsed().as_micros() as u64,

@@ -17,7 +17,7 @@
 //!   (a mapping, a buffer) and records where the segments and notes are. A core whose
 //!   file was cut short is read as far as it goes, with the rest
 //!   [`missing`](CoreLayout::missing) and [`warnings`](CoreLayout::warnings) saying so.
-//! * [`write_core`] / [`write_core_to`]: the writer, sparse: all-zero pages are left out.
+//! * [`write_core`] / [`write_core_into`] / [`write_core_to`]: the writer, sparse: all-zero pages are left out.
 //!
 //! Nothing here knows about guests, reports or diagnoses: what goes into a core is the
 //! caller's business.
@@ -40,5 +40,6 @@ pub use note::{
 pub use prstatus::{PrStatus, UserRegs, PRSTATUS_SIZE, PR_PID_OFFSET, PR_REG_OFFSET, USER_REGS};
 pub use reader::{CoreLayout, LoadSegment, MissingRange};
 pub use writer::{
-    write_core, write_core_to, CoreInput, CoreStats, RamRange, VirtualWindow, MIN_HOLE_PAGES, PAGE,
+    write_core, write_core_into, write_core_to, CoreInput, CoreStats, RamRange, VirtualWindow,
+    MIN_HOLE_PAGES, PAGE,
 };

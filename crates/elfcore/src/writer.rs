@@ -202,11 +202,24 @@ fn notes(input: &CoreInput<'_>) -> Result<Vec<u8>, CoreError> {
 
 /// Writes the core to `path` and syncs it.
 pub fn write_core(path: &Path, input: &CoreInput<'_>) -> Result<CoreStats, CoreError> {
+    let file = File::create(path).map_err(|source| CoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_core_into(file, path, input)
+}
+
+/// Writes the core into `file`, already created at `path` (which only names it in
+/// errors), and syncs it: for a writer that may not open files any more when it writes.
+pub fn write_core_into(
+    file: File,
+    path: &Path,
+    input: &CoreInput<'_>,
+) -> Result<CoreStats, CoreError> {
     let io = |source| CoreError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::create(path).map_err(io)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let stats = write_core_to(&mut w, input).map_err(|e| match e {
         CoreError::Write(source) => io(source),

@@ -260,6 +260,13 @@ impl RamFile {
             path: path.to_path_buf(),
             reason,
         };
+        // Read-only is all we can do to QEMU's file. It is QEMU's: QEMU made it and maps it
+        // shared and writable for as long as it runs, so we may not seal it (seals are for
+        // memfds; a file made by open() on tmpfs or hugetlbfs refuses them), and changing
+        // its mode or owner would be changing QEMU's setup under it, while not keeping a
+        // process of QEMU's user from reopening it read-write by path anyway. Our own
+        // processes that read it — the diagnosis worker — hold only this descriptor and
+        // are jailed so that they can open no path at all (ambulance-service's `jail`).
         let file = File::open(path).map_err(|e| bad(format!("cannot open it read-only: {e}")))?;
         let meta = file
             .metadata()

@@ -230,6 +230,11 @@ pub struct ToolInfo {
     pub name: String,
     /// Its version.
     pub version: String,
+    /// How the process that read the guest's memory was confined, when it was a
+    /// sandboxed worker (the daemon's); absent for a diagnosis in the tool's own process
+    /// (`ambulance run`, `attach`, `diagnose --core`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxInfo>,
 }
 
 impl ToolInfo {
@@ -238,8 +243,23 @@ impl ToolInfo {
         ToolInfo {
             name: "ambulance".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            sandbox: None,
         }
     }
+}
+
+/// The confinements a diagnosis worker put itself under before it read a byte of guest
+/// memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxInfo {
+    /// What was applied, in the order applied: `user_namespace`, `mount_namespace` (with
+    /// an empty root), `network_namespace`, `pid_namespace`, `undumpable`,
+    /// `no_new_privs`, `seccomp`.
+    pub applied: Vec<String>,
+    /// What the host refused, each as `name: why` (a host that forbids unprivileged
+    /// user namespaces, say).
+    pub refused: Vec<String>,
 }
 
 /// The guest diagnosed.

@@ -10,7 +10,13 @@ pub fn sample() -> Report {
     Report {
         schema_version: SCHEMA_VERSION,
         id: "20261122T062315Z-bravo-3f2a".parse().unwrap(),
-        tool: ToolInfo::current(),
+        tool: ToolInfo {
+            sandbox: Some(SandboxInfo {
+                applied: vec!["no_new_privs".into(), "seccomp".into()],
+                refused: vec!["user_namespace: Operation not permitted".into()],
+            }),
+            ..ToolInfo::current()
+        },
         guest: GuestInfo {
             name: "bravo".into(),
             id: 2,
@@ -265,6 +271,12 @@ fn the_hand_written_golden_report_matches_schema_and_code() {
     let report = Report::from_json(&golden.to_string()).expect("the code reads it");
     assert_eq!(report.id.as_str(), "20261122T062315Z-web-0a1b2c3d");
     assert_eq!(report.failure.time.to_string(), "2026-11-22T06:23:15.139Z");
+    let sandbox = report
+        .tool
+        .sandbox
+        .as_ref()
+        .expect("a worker's report says its jail");
+    assert_eq!(sandbox.applied.last().map(String::as_str), Some("seccomp"));
     let back: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(
         back, golden,

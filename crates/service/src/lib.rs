@@ -6,7 +6,8 @@
 //!
 //! * [`config`]: the TOML configuration and its embedded defaults;
 //! * [`supervisor`]: guests, failures, the diagnosis queue and recovery policies;
-//! * [`worker`]: the diagnosis worker process and its protocol;
+//! * [`worker`]: the diagnosis worker process and its protocol; [`jail`]: its confinement
+//!   (namespaces, `no_new_privs`, the seccomp filter);
 //! * [`store`]: the report files and their redb index;
 //! * [`api`], [`client`], [`alerts`], [`metrics`]: the operator's interfaces.
 //!
@@ -18,6 +19,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 mod error;
+pub mod jail;
 pub mod listen;
 pub mod metrics;
 pub mod store;

@@ -13,6 +13,11 @@
 //! budget; `RLIMIT_CPU`), and the daemon enforces a wall-clock timeout, killing the worker
 //! when it passes. Whatever happens to the worker — a crash, a kill, a hang — the daemon
 //! gets an error saying what, never a hang of its own.
+//!
+//! The worker runs in two halves. Set-up opens everything it will need — the request,
+//! the kernel's debug info, the rules, the core file it writes — and then it confines
+//! itself ([`crate::jail`]: namespaces, `no_new_privs`, a seccomp filter that allows no
+//! `open` and kills on anything unexpected). Only then does it map and read guest memory.
 
 use std::fs::File;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
@@ -24,6 +29,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ambulance_diagnose::core::CoreOutput;
 use ambulance_diagnose::{diagnose_ram, Options, Subject};
 use ambulance_introspect::debuginfo::DebugInfo;
 use ambulance_ram::{GuestRam, RamRegion};
@@ -112,7 +118,20 @@ pub fn run(
     ram: &GuestRam,
     on_spawn: impl FnOnce(u32),
 ) -> Result<Report, String> {
-    let report = spawn_and_talk(program, limits, request, ram.file(), on_spawn)?;
+    run_with_env(program, limits, request, ram, &[], on_spawn)
+}
+
+/// [`run`], with `env` added to the worker's environment (tests: [`DELAY_ENV`],
+/// [`crate::jail::ESCAPE_ENV`]).
+pub fn run_with_env(
+    program: &Path,
+    limits: &Limits,
+    request: &Request,
+    ram: &GuestRam,
+    env: &[(&str, &str)],
+    on_spawn: impl FnOnce(u32),
+) -> Result<Report, String> {
+    let report = spawn_and_talk(program, limits, request, ram.file(), env, on_spawn)?;
     if report.id != request.subject.report_id {
         return Err(format!(
             "the worker answered with a report for id {:?}, not {}",
@@ -123,11 +142,21 @@ pub fn run(
     Ok(report)
 }
 
+/// The diagnosis's own budget inside the daemon's wall-clock `timeout`: a tenth of it,
+/// between 100 ms and 2 s, is kept for starting the worker, encoding the report and
+/// sending it back, so a diagnosis that runs out of time still ends in a (partial) report
+/// rather than a killed worker.
+pub fn budget(timeout: Duration) -> Duration {
+    let margin = (timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    timeout.saturating_sub(margin)
+}
+
 fn spawn_and_talk(
     program: &Path,
     limits: &Limits,
     request: &Request,
     memory: &File,
+    env: &[(&str, &str)],
     on_spawn: impl FnOnce(u32),
 ) -> Result<Report, String> {
     let started = Instant::now();
@@ -141,6 +170,9 @@ fn spawn_and_talk(
         .arg(ram.saturating_add(limits.address_space_bytes).to_string())
         .arg("--cpu-seconds")
         .arg(limits.cpu_seconds.to_string())
+        .arg("--budget-ms")
+        .arg(budget(limits.timeout).as_millis().to_string())
+        .envs(env.iter().copied())
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -264,6 +296,9 @@ fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::Exit
 fn signal_name(sig: i32) -> String {
     match nix::sys::signal::Signal::try_from(sig) {
         Ok(nix::sys::signal::Signal::SIGXCPU) => "SIGXCPU (CPU-time limit reached)".into(),
+        Ok(nix::sys::signal::Signal::SIGSYS) => {
+            "SIGSYS (a seccomp violation: the worker made a system call its jail forbids)".into()
+        }
         Ok(s) => s.as_str().to_string(),
         Err(_) => sig.to_string(),
     }
@@ -272,10 +307,13 @@ fn signal_name(sig: i32) -> String {
 // ---------------------------------------------------------------------------------------
 // Worker side.
 
-/// The worker process: `ambulance worker --address-space BYTES --cpu-seconds N`, with the
-/// daemon's socket as standard input.
-pub fn main(address_space: u64, cpu_seconds: u64) -> ExitCode {
-    match worker(address_space, cpu_seconds) {
+/// The worker process: `ambulance worker --address-space BYTES --cpu-seconds N
+/// [--budget-ms MS]`, with the daemon's socket as standard input. With a budget, the
+/// diagnosis stops every phase that long after the worker started and reports what it
+/// did (see [`budget`]).
+pub fn main(address_space: u64, cpu_seconds: u64, budget_ms: Option<u64>) -> ExitCode {
+    let deadline = budget_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    match worker(address_space, cpu_seconds, deadline) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ambulance worker: {e}");
@@ -284,7 +322,7 @@ pub fn main(address_space: u64, cpu_seconds: u64) -> ExitCode {
     }
 }
 
-fn worker(address_space: u64, cpu_seconds: u64) -> Result<(), String> {
+fn worker(address_space: u64, cpu_seconds: u64, deadline: Option<Instant>) -> Result<(), String> {
     use nix::sys::resource::{setrlimit, Resource};
     setrlimit(Resource::RLIMIT_AS, address_space, address_space)
         .map_err(|e| format!("cannot limit the address space to {address_space} bytes: {e}"))?;
@@ -294,6 +332,11 @@ fn worker(address_space: u64, cpu_seconds: u64) -> Result<(), String> {
         cpu_seconds.saturating_add(1),
     )
     .map_err(|e| format!("cannot limit CPU time to {cpu_seconds} s: {e}"))?;
+    // A backtrace would open the worker's own binary to symbolize it, which the jail
+    // forbids (and kills for): say what panicked, without one.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("ambulance worker: {info} (no backtrace: the worker may not open files)");
+    }));
     let stdin = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
@@ -302,15 +345,10 @@ fn worker(address_space: u64, cpu_seconds: u64) -> Result<(), String> {
     let memory = receive_fd(&s)?;
     let request = recv_frame(&mut s).map_err(|e| format!("cannot read the request: {e}"))?;
     let reply = match serde_json::from_slice::<Request>(&request) {
-        Ok(request) => {
-            if let Some(ms) = std::env::var(DELAY_ENV).ok().and_then(|v| v.parse().ok()) {
-                std::thread::sleep(Duration::from_millis(ms));
-            }
-            match diagnose_request(request, memory) {
-                Ok(r) => Reply::Report(Box::new(r)),
-                Err(e) => Reply::Error(e),
-            }
-        }
+        Ok(request) => match set_up(request, memory, deadline).and_then(|job| jailed(&s, job)) {
+            Ok(r) => Reply::Report(Box::new(r)),
+            Err(e) => Reply::Error(e),
+        },
         Err(e) => Reply::Error(format!("the request is not valid: {e}")),
     };
     let body = serde_json::to_vec(&reply).map_err(|e| format!("cannot encode the reply: {e}"))?;
@@ -348,7 +386,18 @@ fn receive_fd(s: &UnixStream) -> Result<File, String> {
     Ok(File::from(fd))
 }
 
-fn diagnose_request(request: Request, memory: File) -> Result<Report, String> {
+/// Everything a diagnosis needs, open before the worker confines itself.
+struct Job {
+    subject: Subject,
+    ram: GuestRam,
+    options: Options,
+    core: Option<(File, PathBuf)>,
+    timeline: Vec<Phase>,
+}
+
+/// The first half: checks the RAM descriptor and opens every file the diagnosis will
+/// use. Reads no guest memory.
+fn set_up(request: Request, memory: File, deadline: Option<Instant>) -> Result<Job, String> {
     let ram = GuestRam::new(memory, request.regions).map_err(|e| e.to_string())?;
     let mut timeline = request.timeline;
     let t = Instant::now();
@@ -371,17 +420,66 @@ fn diagnose_request(request: Request, memory: File) -> Result<Report, String> {
         name: "load_debuginfo".into(),
         duration_us: t.elapsed().as_micros() as u64,
     });
-    let options = Options {
-        debuginfo,
-        rules,
-        config: Default::default(),
-    };
-    diagnose_ram(
-        &ram,
-        &request.subject,
-        &options,
+    let core = request
+        .core_path
+        .map(|path| match File::create(&path) {
+            Ok(file) => Ok((file, path)),
+            Err(e) => Err(format!(
+                "cannot create the core file {}: {e}",
+                path.display()
+            )),
+        })
+        .transpose()?;
+    Ok(Job {
+        subject: request.subject,
+        ram,
+        options: {
+            let options = Options {
+                debuginfo,
+                rules,
+                config: Default::default(),
+            };
+            match deadline {
+                Some(at) => options.with_deadline(at),
+                None => options,
+            }
+        },
+        core,
         timeline,
-        request.core_path.as_deref(),
-    )
-    .map_err(|e| e.to_string())
+    })
+}
+
+/// The second half: confines the worker, then diagnoses.
+fn jailed(s: &UnixStream, mut job: Job) -> Result<Report, String> {
+    let t = Instant::now();
+    let sandbox = crate::jail::confine(&crate::jail::Outputs {
+        socket: s.as_raw_fd(),
+        core: job.core.as_ref().map(|(f, _)| f.as_raw_fd()),
+    })?;
+    job.timeline.push(Phase {
+        name: "jail".into(),
+        duration_us: t.elapsed().as_micros() as u64,
+    });
+    #[cfg(debug_assertions)]
+    if let Some(outcome) = crate::jail::escape::attempt_from_env(job.ram.file()) {
+        return Err(outcome);
+    }
+    if let Some(ms) = std::env::var(DELAY_ENV).ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    let Job {
+        subject,
+        ram,
+        options,
+        core,
+        timeline,
+    } = job;
+    let (core_file, core_path) = core.unzip();
+    let core = core_file
+        .zip(core_path.as_deref())
+        .map(|(file, path)| CoreOutput::Opened { file, path });
+    let mut report =
+        diagnose_ram(&ram, &subject, &options, timeline, core).map_err(|e| e.to_string())?;
+    report.tool.sandbox = Some(sandbox);
+    Ok(report)
 }

@@ -1,5 +1,14 @@
 //! Guest RAM: one sealed memfd per guest generation, mapped into the VMM and into KVM, and
 //! exported read-only for diagnosis.
+//!
+//! The memfd is sealed in two steps. At creation, against growing and shrinking (so a
+//! mapping of it never faults with `SIGBUS`). Once the VMM's own shared, writable mapping
+//! exists, against *future* writes (`F_SEAL_FUTURE_WRITE`, Linux 5.1): from then on no
+//! new writable shared mapping of it can be made and `write(2)` on it fails, through any
+//! descriptor — even one reopened `O_RDWR` through `/proc/<pid>/fd` — while the mapping
+//! made before the seal (the VMM's, which KVM also runs the guest on) keeps writing. So
+//! the only writer of guest RAM is the VMM's mapping, and a diagnosis worker holding a
+//! descriptor of it cannot become another, whatever it does with that descriptor.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -40,7 +49,7 @@ impl Ram {
             .set_len(size)
             .map_err(|e| fail(format!("sizing the memfd: {e}")))?;
         memfd
-            .add_seals(&[FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal])
+            .add_seals(&[FileSeal::SealShrink, FileSeal::SealGrow])
             .map_err(|e| fail(format!("sealing the memfd: {e}")))?;
 
         let (layout, count) = ram_layout(size);
@@ -66,6 +75,11 @@ impl Ram {
         }
         let mem = GuestMemoryMmap::<()>::from_ranges_with_files(ranges)
             .map_err(|e| fail(format!("mapping guest RAM: {e}")))?;
+        // Our mapping exists (shared, writable): seal the memfd against every later
+        // writable mapping and write, and the seals themselves against change.
+        memfd
+            .add_seals(&[FileSeal::SealFutureWrite, FileSeal::SealSeal])
+            .map_err(|e| fail(format!("sealing the memfd against future writes: {e}")))?;
         Ok(Ram {
             memfd,
             mem,
@@ -128,7 +142,8 @@ impl Ram {
     /// A new `O_RDONLY` descriptor of the memfd and the layout.
     ///
     /// The descriptor is the memfd reopened through `/proc/self/fd`; the memfd is sealed
-    /// against growing and shrinking, so a mapping of it never faults with `SIGBUS`. It
+    /// against growing and shrinking, so a mapping of it never faults with `SIGBUS`, and
+    /// against future writes, so no descriptor of it can map it writable. It
     /// keeps the memory alive after the guest is destroyed or restarted (it then shows
     /// the RAM of the generation it was exported from).
     pub(crate) fn export(&self, guest: &str) -> Result<GuestRam> {
@@ -147,5 +162,60 @@ impl Ram {
             size: self.size(),
             detail: format!("exporting guest RAM read-only: {e}"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// After the seal, no descriptor of the memfd — the exported one, nor one reopened
+    /// `O_RDWR` through `/proc/self/fd` as a worker might try — can write it or map it
+    /// writable; the VMM's own mapping still writes, and the export sees what it wrote.
+    #[test]
+    fn ram_is_sealed_against_every_writer_but_our_mapping() {
+        let ram = Ram::new("seal", 4 << 20).unwrap();
+        let seals = ram.memfd.seals().unwrap();
+        assert!(seals.contains(&FileSeal::SealFutureWrite), "{seals:?}");
+        assert!(seals.contains(&FileSeal::SealSeal), "{seals:?}");
+
+        ram.write(0x1000, b"guest").unwrap();
+        let exported = ram.export("seal").unwrap();
+        let mut buf = [0u8; 5];
+        exported.file().read_exact_at(&mut buf, 0x1000).unwrap();
+        assert_eq!(&buf, b"guest");
+
+        let path = format!("/proc/self/fd/{}", exported.file().as_raw_fd());
+        let rw = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let err = rw.write_at(b"evil!", 0x1000).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+        // SAFETY: a fresh mapping request the kernel refuses; on success it would be a
+        // mapping we own and unmap below without touching it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                rw.as_raw_fd(),
+                0,
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        if p != libc::MAP_FAILED {
+            // SAFETY: `p` is the 4 KiB mapping just made, not referenced anywhere else.
+            unsafe { libc::munmap(p, 4096) };
+            panic!("the sealed memfd was mapped shared and writable");
+        }
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+
+        ram.write(0x1000, b"again").unwrap();
+        exported.file().read_exact_at(&mut buf, 0x1000).unwrap();
+        assert_eq!(&buf, b"again");
     }
 }

@@ -58,11 +58,15 @@ nice -n 19 cargo +nightly fuzz run --fuzz-dir fuzz "$target" "${dirs[@]}" -- "${
     >"$full" 2>&1 || status=$?
 
 # libFuzzer's own lines that say what happened: how it started (seed, corpus), INITED
-# (seed-corpus coverage), DONE (final coverage, features, corpus), the final stats, and,
-# after a crash, its report and where it wrote the input.
+# (seed-corpus coverage), DONE (final coverage, features, corpus: a run ended by
+# -max_total_time), "Done N runs" (a run ended by -runs), the final stats, and, after a
+# crash, its report and where it wrote the input.
 grep -aE '^(INFO: (Seed|Loaded|-max_len|[0-9]+ files found|seed corpus)|#[0-9]+[[:space:]]+(INITED|DONE)|stat::|Done [0-9]+ runs|==[0-9]+== ?ERROR|SUMMARY|thread .* panicked|MS: |artifact_prefix|Test unit written|Base64: |[[:space:]]+#[0-9]+ 0x)' \
     "$full" | cut -c1-400 >>"$summary" || true
-if grep -qaE '#[0-9]+[[:space:]]+DONE|Done [0-9]+ runs' "$full" && ((status == 0)); then
+# A run that ends by -runs prints no DONE line: its last status line says where it got.
+grep -aE '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse|DONE|INITED)[[:space:]]' "$full" | tail -n 1 |
+    sed 's/^/last status: /' >>"$summary" || true
+if grep -qaE '^#[0-9]+[[:space:]]+DONE|^Done [0-9]+ runs' "$full" && ((status == 0)); then
     echo "# ended: $(date -u +%Y%m%dT%H%M%SZ), ok" >>"$summary"
 else
     echo "# ended: $(date -u +%Y%m%dT%H%M%SZ), exit status $status" >>"$summary"

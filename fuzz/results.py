@@ -3,9 +3,10 @@
 
 Every number comes from libFuzzer's own lines in those logs: executions are the sum of
 `stat::number_of_executed_units` over a target's runs; coverage (cov), features (ft) and
-corpus (units/bytes) are those of its last run's final `DONE` line (or, for a run that
-crashed, its last status line); a run that did not end with DONE is counted as a crash
-(its log holds libFuzzer's report). The table replaces what lies between the
+corpus (units/bytes) are those of its last run's last status line (`DONE` when the run
+ended by time, the last `NEW`/`REDUCE`/`pulse` line when it ended by -runs); a run that
+did not end cleanly (campaign.sh's `# ended: …, ok`) is counted as a crash (its log holds
+libFuzzer's report). The table replaces what lies between the
 `<!-- campaign table -->` markers of RESULTS.md.
 
     fuzz/results.py          # rewrite the table
@@ -33,7 +34,7 @@ TARGETS = [
     ("report_json", 1_000_000),
 ]
 STATUS = re.compile(
-    r"^#(\d+)\s+(INITED|DONE|NEW|REDUCE|pulse|RELOAD)\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)"
+    r"^(?:last status: )?#(\d+)\s+(INITED|DONE|NEW|REDUCE|pulse|RELOAD)\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)"
 )
 BEGIN, END = "<!-- campaign table -->", "<!-- end of campaign table -->"
 
@@ -50,7 +51,7 @@ def run_of(path):
     execs = sum(int(m.group(1)) for l in lines if (m := re.match(r"^stat::number_of_executed_units: (\d+)", l)))
     per_sec = [int(m.group(1)) for l in lines if (m := re.match(r"^stat::average_exec_per_sec: (\d+)", l))]
     status = [m for l in lines if (m := STATUS.match(l))]
-    done = any(m.group(2) == "DONE" for m in status)
+    done = any(l.startswith("# ended: ") and l.endswith(", ok") for l in lines)
     last = status[-1] if status else None
     return {
         "log": path.relative_to(FUZZ.parent),

@@ -46,6 +46,6 @@ for t in "${targets[@]}"; do
         echo "fuzz/smoke.sh: $t FAILED; the input is kept in fuzz/artifacts/$t/" >&2
         exit 1
     fi
-    echo "fuzz/smoke.sh: $t: $(grep -E '^#[0-9]+ +DONE' "$work/$t.log" | tail -1) ($((SECONDS - t0)) s)"
+    echo "fuzz/smoke.sh: $t: $(grep -aE '^Done [0-9]+ runs' "$work/$t.log" | tail -1) ($((SECONDS - t0)) s)"
 done
 echo "fuzz/smoke.sh: ${#targets[@]} targets passed in $((SECONDS - start)) s"

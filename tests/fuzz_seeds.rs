@@ -200,6 +200,7 @@ fn seeds_from_the_repository_and_the_test_kernel() {
             }],
             direct_map_base: Some(0xffff_8880_0000_0000),
             windows: vec![],
+            zero: Vec::new(),
         },
     )
     .unwrap();
@@ -736,6 +737,7 @@ fn seeds_from_a_debian_dump() {
             notes: vec![],
             direct_map_base: Some(0xffff_8880_0000_0000),
             windows: vec![],
+            zero: Vec::new(),
         },
     )
     .unwrap();

@@ -92,10 +92,13 @@ pub struct GuestPaths {
     pub dir: tempfile::TempDir,
     /// The QMP socket.
     pub qmp: PathBuf,
-    /// The RAM file (`memory-backend-file`, shared).
+    /// The RAM file (`memory-backend-file`, shared) — on tmpfs (`/dev/shm`) where the
+    /// host has one, as hosts run guests, so that reading a hole would allocate it.
     pub ram: PathBuf,
     /// The serial console's log.
     pub console: PathBuf,
+    /// The RAM file's directory when it is not `dir` (removed on drop).
+    pub ram_dir: Option<tempfile::TempDir>,
 }
 
 impl GuestPaths {
@@ -105,10 +108,15 @@ impl GuestPaths {
             .prefix("amb-qemu")
             .tempdir()
             .unwrap();
+        let ram_dir = tempfile::Builder::new()
+            .prefix("amb-qemu-ram")
+            .tempdir_in("/dev/shm")
+            .ok();
         GuestPaths {
             qmp: dir.path().join("qmp.sock"),
-            ram: dir.path().join("ram"),
+            ram: ram_dir.as_ref().unwrap_or(&dir).path().join("ram"),
             console: dir.path().join("console.log"),
+            ram_dir,
             dir,
         }
     }

@@ -113,6 +113,8 @@ pub fn write_core_file(
         notes,
         direct_map_base,
         windows,
+        // Never read a sparse RAM file's holes: that would allocate them.
+        zero: memory.holes().iter().map(|h| h.start..h.end()).collect(),
     };
     match out {
         CoreOutput::Create(path) => write_core(path, &input),

@@ -249,10 +249,7 @@ pub fn diagnose_ram(
             &report,
             options.debuginfo.as_deref(),
             subject.descriptor_gpa.zip(subject.descriptor_bytes.clone()),
-            subject.vmcoreinfo.clone().or_else(|| {
-                let at = subject.vmcoreinfo_note?;
-                ambulance_linux::vmcoreinfo_note_at(memory.as_ref(), at.pa, at.size).ok()
-            }),
+            core_vmcoreinfo(memory.as_ref(), subject, &report),
         )
         .map_err(|reason| Error::Core { path, reason })?;
         report.timeline.push(Phase {
@@ -261,6 +258,32 @@ pub fn diagnose_ram(
         });
     }
     Ok(report)
+}
+
+/// The VMCOREINFO text a core of this guest carries (drgn and crash need it to read a
+/// kernel core): the one given or registered, else the one the diagnosis found by
+/// scanning RAM.
+fn core_vmcoreinfo(
+    memory: &dyn PhysicalMemory,
+    subject: &Subject,
+    report: &Report,
+) -> Option<String> {
+    if let Some(text) = &subject.vmcoreinfo {
+        return Some(text.clone());
+    }
+    if let Some(at) = subject.vmcoreinfo_note {
+        if let Ok(text) = ambulance_linux::vmcoreinfo_note_at(memory, at.pa, at.size) {
+            return Some(text);
+        }
+    }
+    let scanned = report
+        .kernel
+        .as_ref()
+        .and_then(|k| k.sources.vmcoreinfo.as_deref())
+        == Some("memory-scan");
+    scanned
+        .then(|| ambulance_linux::scan_vmcoreinfo(memory).map(|(_, text)| text))
+        .flatten()
 }
 
 /// Runs one diagnosis. `timeline` holds the phases that happened before (freeze, map);

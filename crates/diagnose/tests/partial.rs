@@ -180,6 +180,7 @@ fn a_truncated_core_is_diagnosed_with_what_is_missing() {
         ],
         direct_map_base: None,
         windows: vec![],
+        zero: Vec::new(),
     };
     let mut core = Vec::new();
     write_core_to(&mut core, &input).unwrap();

@@ -369,6 +369,7 @@ mod tests {
             ],
             direct_map_base: Some(0xffff_8880_0000_0000),
             windows: vec![],
+            zero: Vec::new(),
         }
     }
 

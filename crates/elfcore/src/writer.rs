@@ -8,6 +8,12 @@
 //! that follow it (`p_filesz < p_memsz`, which readers treat as zeros, as for `.bss`).
 //! Zero runs shorter than [`MIN_HOLE_PAGES`] are written out rather than split on.
 //!
+//! Pages the caller knows to be zero without looking ([`CoreInput::zero`]: the holes of a
+//! sparse RAM file) are never read: reading a tmpfs or memfd hole through a mapping
+//! allocates it, so a core of a large, mostly untouched guest would otherwise cost the
+//! host the guest's whole RAM. Their zeros are written from a buffer of our own when
+//! they fall inside a data run.
+//!
 //! `p_vaddr` of the RAM segments is `direct_map_base + paddr` when the caller knows the
 //! kernel's direct map (Linux's `page_offset_base`), else the physical address. Extra
 //! "virtual windows" — typically the kernel image at its link address — are described by
@@ -16,6 +22,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::ops::Range;
 use std::path::Path;
 
 use crate::elf::{EHDR_SIZE, EM_X86_64, ET_CORE, PHDR_SIZE, PT_LOAD, PT_NOTE};
@@ -80,6 +87,44 @@ pub struct CoreInput<'a> {
     pub direct_map_base: Option<u64>,
     /// Extra virtual windows.
     pub windows: Vec<VirtualWindow>,
+    /// Guest-physical ranges known to hold only zeros (a sparse RAM file's holes), in any
+    /// order: never read, written as zeros where a data run spans them.
+    pub zero: Vec<Range<u64>>,
+}
+
+/// The known-zero ranges, sorted and merged, asked page by page.
+struct KnownZero(Vec<Range<u64>>);
+
+impl KnownZero {
+    fn new(ranges: &[Range<u64>]) -> KnownZero {
+        let mut v: Vec<Range<u64>> = ranges.iter().filter(|r| r.start < r.end).cloned().collect();
+        v.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<u64>> = Vec::with_capacity(v.len());
+        for r in v {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        KnownZero(merged)
+    }
+
+    /// Whether `[gpa, gpa + len)` lies wholly in one known-zero range.
+    fn covers(&self, gpa: u64, len: u64) -> bool {
+        let i = self.0.partition_point(|r| r.end <= gpa);
+        self.0
+            .get(i)
+            .is_some_and(|r| r.start <= gpa && gpa.saturating_add(len) <= r.end)
+    }
+
+    /// The known-zero parts of `[start, end)`, ascending.
+    fn within(&self, start: u64, end: u64) -> impl Iterator<Item = Range<u64>> + '_ {
+        let i = self.0.partition_point(|r| r.end <= start);
+        self.0[i..]
+            .iter()
+            .take_while(move |r| r.start < end)
+            .map(move |r| r.start.max(start)..r.end.min(end))
+    }
 }
 
 /// One `PT_LOAD`.
@@ -104,12 +149,16 @@ fn is_zero(page: &[u8]) -> bool {
 }
 
 /// Splits the RAM into data runs (each followed by its zero tail).
-fn plan_ram(input: &CoreInput<'_>, min_hole: u64) -> Vec<Segment> {
+fn plan_ram(input: &CoreInput<'_>, known: &KnownZero, min_hole: u64) -> Vec<Segment> {
     let mut segs = Vec::new();
     for (ri, r) in input.ram.iter().enumerate() {
         let len = r.bytes.len() as u64;
         let pages = len.div_ceil(PAGE);
-        let page = |i: u64| &r.bytes[(i * PAGE) as usize..((i + 1) * PAGE).min(len) as usize];
+        let zero_page = |i: u64| {
+            let (lo, hi) = (i * PAGE, ((i + 1) * PAGE).min(len));
+            known.covers(r.gpa.saturating_add(lo), hi - lo)
+                || is_zero(&r.bytes[lo as usize..hi as usize])
+        };
         let mut i = 0;
         while i < pages {
             // data part: up to the next zero run of at least `min_hole` pages
@@ -117,9 +166,9 @@ fn plan_ram(input: &CoreInput<'_>, min_hole: u64) -> Vec<Segment> {
             let mut data_end = i;
             let mut j = i;
             while j < pages {
-                if is_zero(page(j)) {
+                if zero_page(j) {
                     let mut k = j;
-                    while k < pages && is_zero(page(k)) {
+                    while k < pages && zero_page(k) {
                         k += 1;
                     }
                     if k - j >= min_hole || k == pages {
@@ -235,12 +284,13 @@ pub fn write_core_into(
 
 /// Writes the core to any writer (sequentially, no seeking).
 pub fn write_core_to(w: &mut impl Write, input: &CoreInput<'_>) -> Result<CoreStats, CoreError> {
+    let known = KnownZero::new(&input.zero);
     let mut min_hole = MIN_HOLE_PAGES;
-    let mut ram = plan_ram(input, min_hole);
+    let mut ram = plan_ram(input, &known, min_hole);
     let mut windows = plan_windows(input, &ram);
     while ram.len() + windows.len() + 1 > MAX_SEGMENTS {
         min_hole *= 4;
-        ram = plan_ram(input, min_hole);
+        ram = plan_ram(input, &known, min_hole);
         windows = plan_windows(input, &ram);
     }
     let notes = notes(input)?;
@@ -294,11 +344,25 @@ pub fn write_core_to(w: &mut impl Write, input: &CoreInput<'_>) -> Result<CoreSt
     write_all(w, &pad)?;
     written += pad.len() as u64;
     let mut stored = 0;
+    static ZEROS: [u8; PAGE as usize * 16] = [0; PAGE as usize * 16];
     for s in &ram {
         debug_assert_eq!(written, s.file_offset);
-        let bytes = &input.ram[s.range].bytes
-            [s.range_offset as usize..(s.range_offset + s.filesz) as usize];
-        write_all(w, bytes)?;
+        let r = &input.ram[s.range];
+        let (start, end) = (s.range_offset, s.range_offset + s.filesz);
+        // The data, with the known-zero stretches inside it written from ZEROS.
+        let mut at = start;
+        for hole in known.within(r.gpa + start, r.gpa + end) {
+            let (lo, hi) = (hole.start - r.gpa, hole.end - r.gpa);
+            write_all(w, &r.bytes[at as usize..lo as usize])?;
+            let mut left = hi - lo;
+            while left > 0 {
+                let n = left.min(ZEROS.len() as u64);
+                write_all(w, &ZEROS[..n as usize])?;
+                left -= n;
+            }
+            at = hi;
+        }
+        write_all(w, &r.bytes[at as usize..end as usize])?;
         written += s.filesz;
         stored += s.filesz;
     }
@@ -427,6 +491,7 @@ mod tests {
                 paddr: 0,
                 size: 128 * PAGE,
             }],
+            zero: Vec::new(),
         };
         let mut core = Vec::new();
         let stats = write_core_to(&mut core, &input).unwrap();
@@ -527,5 +592,61 @@ mod tests {
         let path = dir.path().join("x.core");
         let stats = write_core(&path, &input).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), stats.file_bytes);
+    }
+
+    #[test]
+    fn known_zero_pages_are_never_read() {
+        // Every byte is 0xaa, so any byte read from a "known zero" page would show.
+        let ram = vec![0xaau8; 64 * PAGE as usize];
+        let gpa = 0x100_0000;
+        let page = |i: u64| gpa + i * PAGE;
+        let input = CoreInput {
+            ram: vec![RamRange { gpa, bytes: &ram }],
+            // A long hole (its own gap between segments), a short one inside a data run
+            // (written as zeros), and a tail.
+            zero: vec![page(8)..page(40), page(50)..page(52), page(60)..page(64)],
+            ..Default::default()
+        };
+        let mut core = Vec::new();
+        let stats = write_core_to(&mut core, &input).unwrap();
+        assert_eq!(stats.ram_bytes, 64 * PAGE);
+        // Pages 0..8 and 40..60 hold data: 28 pages, the two zero pages included.
+        assert_eq!(stats.stored_bytes, 28 * PAGE);
+        assert!(read_back(&core, page(7), PAGE as usize)
+            .iter()
+            .all(|&b| b == 0xaa));
+        for p in [8, 20, 39, 50, 51, 60, 63] {
+            assert!(
+                read_back(&core, page(p), PAGE as usize)
+                    .iter()
+                    .all(|&b| b == 0),
+                "page {p} is known to be zero"
+            );
+        }
+        for p in [40, 49, 52, 59] {
+            assert!(read_back(&core, page(p), PAGE as usize)
+                .iter()
+                .all(|&b| b == 0xaa));
+        }
+        // A known-zero range that only partly covers a page keeps the page in the data
+        // (its known part still written, as zeros, without being read).
+        let partial = CoreInput {
+            ram: vec![RamRange {
+                gpa,
+                bytes: &ram[..2 * PAGE as usize],
+            }],
+            zero: std::iter::once(gpa + 100..gpa + PAGE).collect(),
+            ..Default::default()
+        };
+        let mut core = Vec::new();
+        let stats = write_core_to(&mut core, &partial).unwrap();
+        assert_eq!(stats.stored_bytes, 2 * PAGE);
+        assert!(read_back(&core, gpa, 100).iter().all(|&b| b == 0xaa));
+        assert!(read_back(&core, gpa + 100, PAGE as usize - 100)
+            .iter()
+            .all(|&b| b == 0));
+        assert!(read_back(&core, gpa + PAGE, PAGE as usize)
+            .iter()
+            .all(|&b| b == 0xaa));
     }
 }

@@ -78,9 +78,19 @@ fn note_text(buf: &[u8]) -> std::result::Result<String, String> {
 /// is scanned in milliseconds.
 pub fn scan_vmcoreinfo(mem: &dyn PhysicalMemory) -> Option<(u64, String)> {
     let mut header = [0u8; 24];
+    let holes = mem.holes();
+    // Pages in a hole read as zeros: no note there, and reading would allocate them.
+    let hole_end = |pa: u64| {
+        let i = holes.partition_point(|h| h.end() <= pa);
+        holes.get(i).filter(|h| h.contains(pa)).map(|h| h.end())
+    };
     for range in mem.ranges() {
         let mut pa = range.start.next_multiple_of(4096);
         while pa.saturating_add(24) <= range.end() {
+            if let Some(end) = hole_end(pa) {
+                pa = end.next_multiple_of(4096).max(pa + 4096);
+                continue;
+            }
             let head = match mem.slice(pa, 24) {
                 Some(s) => s,
                 None => match mem.read(pa, &mut header) {

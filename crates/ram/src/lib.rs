@@ -170,8 +170,49 @@ impl GuestRam {
     }
 }
 
+/// Most holes [`GuestRam::holes`] reports; past them, the rest of the file counts as data.
+const MAX_HOLES: usize = 1 << 20;
+
+impl GuestRam {
+    /// The guest-physical ranges that lie in holes of the RAM file (`SEEK_HOLE` /
+    /// `SEEK_DATA`): never written, so they read as zeros. Reading a tmpfs or memfd hole
+    /// through a mapping allocates it, so a pass over all of a sparse guest's RAM (a
+    /// core) must skip these. Ascending. A file system that cannot say reports no holes
+    /// (everything counts as data), and so does an error: the answer is only ever an
+    /// optimisation, never needed for correctness.
+    pub fn holes(&self) -> Vec<std::ops::Range<u64>> {
+        use nix::unistd::{lseek, Whence};
+        let fd = self.file.as_fd();
+        let mut out = Vec::new();
+        for r in &self.regions {
+            let (start, end) = (r.file_offset, r.file_offset + r.size);
+            let mut at = start;
+            while at < end && out.len() < MAX_HOLES {
+                // The next hole at or after `at`; ENXIO or an error: none.
+                let Ok(hole) = lseek(fd, at as i64, Whence::SeekHole) else {
+                    break;
+                };
+                let hole = (hole as u64).min(end);
+                if hole >= end {
+                    break;
+                }
+                // Where data starts again (ENXIO: the hole runs to the end of the file).
+                let data =
+                    lseek(fd, hole as i64, Whence::SeekData).map_or(end, |d| (d as u64).min(end));
+                if data > hole {
+                    out.push(r.gpa + (hole - start)..r.gpa + (data - start));
+                }
+                at = data;
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     fn file(len: u64) -> (tempfile::NamedTempFile, File) {
@@ -240,5 +281,42 @@ mod tests {
         mfd.as_file().set_len(4096).unwrap();
         let e = GuestRam::new(mfd.into_file(), vec![RamRegion::new(0, 4096, 0)]).unwrap_err();
         assert!(matches!(e, RamError::Writable), "{e}");
+    }
+
+    #[test]
+    fn holes_are_found_per_region_in_guest_physical_addresses() {
+        use std::io::{Seek, SeekFrom, Write};
+        const P: u64 = 4096;
+        let mfd = memfd::MemfdOptions::default().create("ram").unwrap();
+        let mut f = mfd.into_file();
+        f.set_len(64 * P).unwrap();
+        for page in [0, 10, 11, 40] {
+            f.seek(SeekFrom::Start(page * P)).unwrap();
+            f.write_all(&[1; P as usize]).unwrap();
+        }
+        let ro = File::open(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+        let high = 1u64 << 32;
+        let ram = GuestRam::new(
+            ro,
+            vec![
+                RamRegion::new(0, 32 * P, 0),
+                RamRegion::new(high, 32 * P, 32 * P),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            ram.holes(),
+            vec![
+                P..10 * P,
+                12 * P..32 * P,
+                high..high + 8 * P,
+                high + 9 * P..high + 32 * P,
+            ]
+        );
+        // A file without holes has none.
+        let (_keep, ro) = file(8192);
+        std::fs::write(_keep.path(), [7u8; 8192]).unwrap();
+        let full = GuestRam::new(ro, vec![RamRegion::new(0, 8192, 0)]).unwrap();
+        assert!(full.holes().is_empty());
     }
 }

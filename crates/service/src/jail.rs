@@ -351,6 +351,7 @@ fn end_by_signal(sig: nix::sys::signal::Signal) -> ! {
 ///   write or execute (nothing in diagnosis changes protections; the allocator may make
 ///   guard pages); `pkey_mprotect`, `madvise` (whose `MADV_REMOVE` punches holes in a
 ///   shared file), `fallocate`, `ftruncate` not at all;
+/// * `lseek` only to find holes (`SEEK_DATA`, `SEEK_HOLE`);
 /// * `write` only to standard output and error, the daemon's socket and the core;
 ///   `sendto` (how the standard library writes a socket) only to the socket.
 pub fn filter(outputs: &Outputs, pid: i32) -> Result<BpfProgram, seccompiler::Error> {
@@ -409,6 +410,16 @@ pub fn filter(outputs: &Outputs, pid: i32) -> Result<BpfProgram, seccompiler::Er
         ),
         (SYS_munmap, vec![]),
         (SYS_mremap, vec![]),
+        // Where the guest RAM file's holes are, so that passes over all of RAM (the
+        // core) skip them rather than allocate them: `SEEK_DATA`/`SEEK_HOLE` only, which
+        // read nothing and change nothing but the descriptor's offset.
+        (
+            SYS_lseek,
+            vec![
+                SeccompRule::new(vec![arg(2, SeccompCmpOp::Eq, SEEK_DATA as u64)?])?,
+                SeccompRule::new(vec![arg(2, SeccompCmpOp::Eq, SEEK_HOLE as u64)?])?,
+            ],
+        ),
         // Not in the traces, but made on paths they did not take: the clock where the
         // vDSO falls back to the system call (a clock source it cannot read), the test
         // delay's sleep, hash maps' random keys when none was made before, a lock that

@@ -219,6 +219,7 @@ mod tests {
                 notes: self.notes.clone(),
                 direct_map_base: Some(0xffff_8880_0000_0000),
                 windows: vec![],
+                zero: Vec::new(),
             };
             let mut out = Vec::new();
             write_core_to(&mut out, &input).unwrap();

@@ -76,6 +76,13 @@ pub trait PhysicalMemory: Send + Sync {
         Vec::new()
     }
 
+    /// Ranges the source holds that are known to read as zeros without reading them —
+    /// the holes of a sparse RAM file — ascending. A pass over all of memory skips them:
+    /// reading a tmpfs or memfd hole through a mapping allocates it. Empty by default.
+    fn holes(&self) -> Vec<PhysRange> {
+        Vec::new()
+    }
+
     /// What is wrong with a source that is read anyway (a core cut short: how much is
     /// missing, which notes were lost), for the report. Empty by default.
     fn warnings(&self) -> Vec<String> {
@@ -320,6 +327,7 @@ fn map_readonly(file: &File, offset: u64, len: u64) -> std::io::Result<Mmap> {
 /// A frozen guest's RAM, mapped read-only from the file the VMM exports.
 pub struct LiveMemory {
     map: SegmentMap,
+    holes: Vec<PhysRange>,
 }
 
 impl LiveMemory {
@@ -351,8 +359,17 @@ impl LiveMemory {
             backings.push(Backing::Map(m));
         }
         let size = ram.size();
+        let holes = ram
+            .holes()
+            .into_iter()
+            .map(|r| PhysRange {
+                start: r.start,
+                size: r.end - r.start,
+            })
+            .collect();
         Ok(LiveMemory {
             map: SegmentMap::new(backings, specs, format!("live guest RAM ({})", human(size))),
+            holes,
         })
     }
 }
@@ -370,6 +387,9 @@ impl PhysicalMemory for LiveMemory {
     }
     fn describe(&self) -> String {
         self.map.name().to_string()
+    }
+    fn holes(&self) -> Vec<PhysRange> {
+        self.holes.clone()
     }
 }
 

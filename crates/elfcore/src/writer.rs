@@ -334,7 +334,10 @@ pub fn write_core_to(w: &mut impl Write, input: &CoreInput<'_>) -> Result<CoreSt
             paddr: s.paddr,
             filesz: s.filesz,
             memsz: s.memsz,
-            align: PAGE,
+            // As kdump's /proc/vmcore and QEMU write it: `crash` takes a core whose first
+            // PT_LOAD is page-aligned with a non-zero p_align for an old netdump and then
+            // skips the KASLR relocation VMCOREINFO gives (vmlinux "does not match").
+            align: 0,
         };
         write_all(w, &load.bytes())?;
     }

@@ -173,12 +173,8 @@ fn drgn_and_crash_read_our_core_as_they_read_qemus() {
     );
 
     // crash: ps, log and bt work on QEMU's core (the control) and on ours.
-    if std::env::var_os("AMBULANCE_KEEP").is_some() {
-        let kept = dir.keep();
-        eprintln!("kept {}", kept.display());
-    }
-    crash(&qemu_core, &vmlinux, "ps\nlog\nbt", &root().join("target"));
-    let text = crash(&ours, &vmlinux, "ps\nlog\nbt", &root().join("target"));
+    crash(&qemu_core, &vmlinux, "ps\nlog\nbt", dir.path());
+    let text = crash(&ours, &vmlinux, "ps\nlog\nbt", dir.path());
     assert!(text.contains("PID") && text.contains("COMM"), "{text}");
     assert!(text.contains("sysrq triggered crash"), "{text}");
     assert!(

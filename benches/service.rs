@@ -3,7 +3,10 @@
 //!   files, index) vs in-process (freeze → report written, JSON + text) for a 1 GiB guest:
 //!   the service's own share should be ≤ 10 ms median;
 //! * interference: three busy guests' heartbeat rates while a fourth is diagnosed over and
-//!   over (a diagnosis storm) vs without the storm: target ≤ 1 % slowdown.
+//!   over (a diagnosis storm) vs without the storm: target ≤ 1 % slowdown;
+//! * cost: one diagnosis's peak RSS and CPU time (the worker's, from `wait4`, as each
+//!   stored report's `tool.cost` says) for 1, 4 and 16 GiB guests: goal ≤ 64 MiB and
+//!   independent of guest RAM.
 //!
 //! Run with `cargo bench --bench service`. Needs /dev/kvm.
 
@@ -159,6 +162,59 @@ fn interference(rt: &tokio::runtime::Runtime) {
     svc.shutdown();
 }
 
+/// Peak RSS and CPU time of a diagnosis, by guest RAM size, from the stored reports.
+fn cost(rt: &tokio::runtime::Runtime) {
+    const RUNS: usize = 10;
+    let _enter = rt.enter();
+    let mut peaks = Vec::new();
+    for memory in ["1G", "4G", "16G"] {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = Service::new(config(dir.path(), &[("guest", memory)])).expect("service");
+        svc.run().expect("service runs");
+        wait_registered(&svc, "guest");
+        let mut costs = Vec::new();
+        for _ in 0..RUNS {
+            let e = rt.block_on(svc.diagnose_now("guest")).expect("diagnosis");
+            assert_eq!(e.status, ambulance_service::store::Status::Ok, "{e:?}");
+            let text = std::fs::read_to_string(e.json.expect("a report")).unwrap();
+            let r = ambulance_report::Report::from_json(&text).unwrap();
+            costs.push(r.tool.cost.expect("the daemon measured the worker"));
+        }
+        svc.shutdown();
+        let median = |mut v: Vec<u64>| {
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        let peak = median(costs.iter().map(|c| c.peak_rss_bytes).collect());
+        let max_peak = costs.iter().map(|c| c.peak_rss_bytes).max().unwrap_or(0);
+        let cpu = median(
+            costs
+                .iter()
+                .map(|c| c.user_cpu_us + c.system_cpu_us)
+                .collect(),
+        );
+        let wall = median(costs.iter().map(|c| c.wall_us).collect());
+        println!(
+            "cost, {memory} guest ({RUNS} diagnoses): peak RSS median {:.1} MiB (max {:.1}), \
+             CPU {:.2} ms (user + system) in {:.2} ms of wall clock",
+            peak as f64 / 1048576.0,
+            max_peak as f64 / 1048576.0,
+            cpu as f64 / 1000.0,
+            wall as f64 / 1000.0
+        );
+        peaks.push((memory, max_peak));
+    }
+    let worst = peaks.iter().map(|p| p.1).max().unwrap_or(0);
+    let spread = worst - peaks.iter().map(|p| p.1).min().unwrap_or(0);
+    println!(
+        "cost: worst peak RSS {:.1} MiB (goal <= 64 MiB: {}); spread across 1-16 GiB guests \
+         {:.1} MiB",
+        worst as f64 / 1048576.0,
+        if worst <= 64 << 20 { "met" } else { "NOT met" },
+        spread as f64 / 1048576.0
+    );
+}
+
 fn main() {
     if !Path::new("/dev/kvm").exists() {
         eprintln!("SKIPPED (no /dev/kvm)");
@@ -171,5 +227,6 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     overhead(&mut c, &rt);
     interference(&rt);
+    cost(&rt);
     c.final_summary();
 }

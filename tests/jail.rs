@@ -180,6 +180,16 @@ fn a_jailed_worker_diagnoses_with_debuginfo_rules_and_a_core() {
     for r in &sandbox.refused {
         assert!(r.contains(": "), "a refusal says why: {r}");
     }
+    // The daemon measured what the worker cost (wait4), including its PID-1 child.
+    let cost = report
+        .tool
+        .cost
+        .expect("the daemon says what the diagnosis cost");
+    assert!(
+        cost.peak_rss_bytes > 1 << 20 && cost.user_cpu_us + cost.system_cpu_us > 0,
+        "{cost:?}"
+    );
+    assert!(cost.wall_us >= cost.user_cpu_us / 2, "{cost:?}");
     let phases: Vec<_> = report.timeline.iter().map(|p| p.name.as_str()).collect();
     assert!(
         phases.contains(&"jail") && phases.contains(&"core"),

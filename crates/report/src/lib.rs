@@ -235,6 +235,10 @@ pub struct ToolInfo {
     /// (`ambulance run`, `attach`, `diagnose --core`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxInfo>,
+    /// What the diagnosis cost the host, measured by the daemon when its worker process
+    /// ended (`wait4`'s resource usage); absent for an in-process diagnosis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<DiagnosisCost>,
 }
 
 impl ToolInfo {
@@ -244,8 +248,24 @@ impl ToolInfo {
             name: "ambulance".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             sandbox: None,
+            cost: None,
         }
     }
+}
+
+/// The host resources one diagnosis worker used, from its start to its exit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiagnosisCost {
+    /// Peak resident memory (bytes). Pages of the guest's RAM mapping count when the
+    /// worker touched them; they are the guest's own, shared, not a copy.
+    pub peak_rss_bytes: u64,
+    /// CPU time in user mode (µs).
+    pub user_cpu_us: u64,
+    /// CPU time in the kernel on its behalf (µs).
+    pub system_cpu_us: u64,
+    /// Wall-clock time from spawning the worker to reaping it (µs).
+    pub wall_us: u64,
 }
 
 /// The confinements a diagnosis worker put itself under before it read a byte of guest

@@ -15,6 +15,12 @@ pub fn sample() -> Report {
                 applied: vec!["no_new_privs".into(), "seccomp".into()],
                 refused: vec!["user_namespace: Operation not permitted".into()],
             }),
+            cost: Some(DiagnosisCost {
+                peak_rss_bytes: 12 << 20,
+                user_cpu_us: 1500,
+                system_cpu_us: 2500,
+                wall_us: 7000,
+            }),
             ..ToolInfo::current()
         },
         guest: GuestInfo {

@@ -181,8 +181,9 @@ fn spawn_and_talk(
     on_spawn(child.id());
     let result = talk(&mut ours, request, memory, deadline, started);
     match result {
-        Ok(report) => {
-            let _ = child.wait();
+        Ok(mut report) => {
+            // Ours to say, whatever the worker wrote there.
+            report.tool.cost = reap(&child).map(|(_, usage)| cost(&usage, started.elapsed()));
             Ok(report)
         }
         Err(Talk::TimedOut) => {
@@ -278,6 +279,45 @@ fn talk(
         Err(e) => Err(Talk::Worker(format!(
             "the worker's reply is not valid: {e}"
         ))),
+    }
+}
+
+/// Waits for the worker to end and reaps it, with the resources it and its reaped
+/// descendants (the PID-1 child of its namespace) used; `None` if it cannot be reaped.
+fn reap(child: &Child) -> Option<(std::process::ExitStatus, libc::rusage)> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = libc::pid_t::try_from(child.id()).ok()?;
+    let mut status: libc::c_int = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    loop {
+        // SAFETY: `status` and `usage` are valid for writes of their types, and `pid` is
+        // our own child, not reaped yet (nothing else waits for it).
+        let r = unsafe { libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()) };
+        if r == pid {
+            // SAFETY: wait4 succeeded and filled `usage`; all-zero was valid besides.
+            let usage = unsafe { usage.assume_init() };
+            return Some((std::process::ExitStatus::from_raw(status), usage));
+        }
+        if r == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// A diagnosis's cost from its worker's resource usage and wall-clock time.
+fn cost(u: &libc::rusage, wall: Duration) -> ambulance_report::DiagnosisCost {
+    let us = |t: libc::timeval| {
+        (t.tv_sec.max(0) as u64)
+            .saturating_mul(1_000_000)
+            .saturating_add(t.tv_usec.max(0) as u64)
+    };
+    ambulance_report::DiagnosisCost {
+        // ru_maxrss is in KiB on Linux.
+        peak_rss_bytes: (u.ru_maxrss.max(0) as u64).saturating_mul(1024),
+        user_cpu_us: us(u.ru_utime),
+        system_cpu_us: us(u.ru_stime),
+        wall_us: wall.as_micros() as u64,
     }
 }
 

@@ -37,6 +37,12 @@ fn run_json_reports_registration_and_failure() {
             "--seed",
             "4",
             "--json",
+            // The guest's own panic is what this test is about: on a loaded machine the
+            // heartbeat watchdog could see the stall first. The duration bounds the wait.
+            "--watchdog-ms",
+            "0",
+            "--duration",
+            "120",
         ])
         .output()
         .expect("ambulance runs");

@@ -580,11 +580,10 @@ fn service_killed_while_writing_reports_recovers_consistently() {
 
     // Run 3: no partial report anywhere, the index matches the files, flags intact.
     let d = Daemon::start(&config, &socket, &[]);
+    let left = report_files(&reports_dir);
     assert!(
-        !report_files(&reports_dir)
-            .iter()
-            .any(|f| f.starts_with(&partial_id)),
-        "files of the partial report are still there"
+        !left.iter().any(|f| f.starts_with(&partial_id)),
+        "files of the partial report {partial_id} are still there: {left:?}"
     );
     assert!(d.reports("").iter().all(|e| e["id"] != partial_id.as_str()));
     assert_eq!(

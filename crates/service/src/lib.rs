@@ -48,8 +48,11 @@ pub async fn serve_with(
     config: ServiceConfig,
     companion: impl FnOnce(&std::sync::Arc<Service>) -> Result<Option<Companion>>,
 ) -> Result<()> {
-    let listeners = listen::Listeners::bind(&config.api, "daemon").await?;
+    // The store is reconciled (Service::new) before the socket exists: a client that
+    // sees the socket sees a consistent store.
+    let api = config.api.clone();
     let svc = Service::new(config)?;
+    let listeners = listen::Listeners::bind(&api, "daemon").await?;
     let companion = companion(&svc)?;
     svc.run()?;
     tracing::info!(

@@ -14,6 +14,11 @@ cd "$(dirname "$0")/.."
 cargo_fuzz="$(fuzz/setup.sh)"
 export PATH="$(dirname "$cargo_fuzz"):$PATH"
 runs="${FUZZ_SMOKE_RUNS:-2000}"
+# Unoptimized (still sanitized, with debug assertions): it builds in a fraction of the
+# release build's time, and a smoke run needs correctness, not speed. FUZZ_SMOKE_RELEASE=1
+# builds as the campaigns do.
+profile=(--dev)
+[[ ${FUZZ_SMOKE_RELEASE:-0} != 0 ]] && profile=()
 timeout="${FUZZ_SMOKE_TIMEOUT:-10}"
 
 if (($# > 0)); then
@@ -24,9 +29,9 @@ fi
 
 start=$SECONDS
 if (($# > 0)); then
-    for t in "${targets[@]}"; do cargo +nightly fuzz build --fuzz-dir fuzz "$t"; done
+    for t in "${targets[@]}"; do cargo +nightly fuzz build "${profile[@]}" --fuzz-dir fuzz "$t"; done
 else
-    cargo +nightly fuzz build --fuzz-dir fuzz
+    cargo +nightly fuzz build "${profile[@]}" --fuzz-dir fuzz
 fi
 echo "fuzz/smoke.sh: built ${#targets[@]} targets in $((SECONDS - start)) s"
 
@@ -39,7 +44,7 @@ for t in "${targets[@]}"; do
     for d in fuzz/seeds/$t fuzz/regressions/$t; do
         [[ -d $d ]] && dirs+=("$d")
     done
-    if ! cargo +nightly fuzz run --fuzz-dir fuzz "$t" "${dirs[@]}" -- \
+    if ! cargo +nightly fuzz run "${profile[@]}" --fuzz-dir fuzz "$t" "${dirs[@]}" -- \
         -runs="$runs" -timeout="$timeout" -max_len=2097152 -print_final_stats=1 \
         >"$work/$t.log" 2>&1; then
         tail -n 80 "$work/$t.log" >&2

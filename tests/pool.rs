@@ -344,6 +344,36 @@ fn a_tampered_image_is_refused_and_one_that_never_registers_falls_back() {
     assert_eq!(pool(&f)["desired"], serde_json::json!({}));
     let out = f.cli(&["image", "rm", "abc"]);
     assert!(stderr(&out).contains("not a SHA-256"), "{}", stderr(&out));
+    let r = f.call(
+        "POST",
+        "/v1/transactions",
+        Some(r#"{"host": "host-1", "instructions": [{"op": "repurpose", "guest": "s1", "role": "web", "digest": "xyz"}]}"#),
+        "application/json",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("image digest")
+            && r.text().contains("xyz")
+            && r.text().contains("is not a SHA-256"),
+        "{}",
+        r.text()
+    );
+    // A digest the library does not have: the host says so, and nothing changes.
+    let out = f.cli(&[
+        "command",
+        "host-1",
+        "repurpose",
+        "s1",
+        "web",
+        &"0".repeat(64),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the library has no image 0000"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(h.json("/v1/guests/s1")["role"], Value::Null);
 
     // An image whose bytes no longer match its digest: refused, the slot stays spare.
     let good = kernel_file(&f, "web");

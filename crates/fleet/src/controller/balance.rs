@@ -8,7 +8,8 @@
 //!   by every health change and by a tick — that feeds the hosts' statuses to the pure
 //!   planner ([`crate::pool::plan`]) and starts each planned repurposing as a transaction.
 //!   A repurposing stays "in flight" until its transaction failed, or ended and the host's
-//!   health shows the slot in its new role.
+//!   health shows the slot in its new role. A slot whose repurposing failed is not used
+//!   again for `min_dwell_ms`, so an image that never registers does not churn the spares.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,9 @@ pub(crate) struct PoolState {
     revision: u64,
     in_flight: Vec<InFlight>,
     blocked: Vec<String>,
+    /// Slots whose last repurposing failed, and until when they are not used again (so an
+    /// image that never registers does not churn through the spares).
+    cooling: BTreeMap<(String, String), i64>,
 }
 
 /// Counters of the pool loop.
@@ -438,21 +442,31 @@ impl Controller {
             .iter()
             .filter_map(|(h, s)| s.health.clone().map(|x| (h.clone(), x)))
             .collect();
+        let hosts: Vec<_> = hosts
+            .into_iter()
+            .filter(|(h, _)| self.availability(h).0)
+            .collect();
+        // (The pool's lock is taken after the health's, never around it.)
+        let mut p = self.pool.lock();
+        p.cooling.retain(|_, until| *until > now);
         for (host, health) in hosts {
-            if !self.availability(&host).0 {
-                continue;
-            }
             for g in &health.guests {
+                let mut state = SlotState::of(&g.state, g.repurposing);
+                if state == SlotState::Ready
+                    && p.cooling.contains_key(&(host.clone(), g.name.clone()))
+                {
+                    // Its last repurposing failed: it counts, but does not give, for now.
+                    state = SlotState::Busy;
+                }
                 slots.push(pool::Slot {
                     host: host.clone(),
                     guest: g.name.clone(),
                     role: g.role.clone(),
-                    state: SlotState::of(&g.state, g.repurposing),
+                    state,
                     since_ms: g.role_since.map_or(0, |t| t.as_millisecond()),
                 });
             }
         }
-        let p = self.pool.lock();
         pool::Input {
             desired: p.spec.desired.clone(),
             images: self.role_images(),
@@ -553,10 +567,13 @@ impl Controller {
         }
         if !done.is_empty() {
             let mut p = self.pool.lock();
+            let until =
+                ambulance_report::now().as_millisecond() + self.cfg.min_dwell.as_millis() as i64;
             for (txn, failed) in &done {
-                if let Some(f) = p.in_flight.iter().find(|f| f.txn == *txn) {
+                if let Some(f) = p.in_flight.iter().find(|f| f.txn == *txn).cloned() {
                     match failed {
                         Some(why) => {
+                            p.cooling.insert((f.host.clone(), f.guest.clone()), until);
                             self.pool_stats.failed.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(
                                 txn,

@@ -437,6 +437,11 @@ fn a_tampered_image_is_refused_and_one_that_never_registers_falls_back() {
     assert_eq!(s2["role"], Value::Null, "{s2}");
     assert_eq!(s2["image_digest"], default_d.as_str(), "{s2}");
     assert_eq!(s2["state"], "running", "{s2}");
+    // Nothing runs it now: it can be removed.
+    let out = f.cli(&["image", "rm", &dud_d]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("removed"), "{}", stdout(&out));
+    assert!(!stdout(&f.cli(&["image", "ls"])).contains(&dud_d));
 
     // A good image, for contrast: the same instruction succeeds and reports its times.
     let web2 = kernel_file(&f, "web2");

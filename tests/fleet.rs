@@ -799,9 +799,16 @@ fn a_host_renews_its_certificate_over_its_own_identity_before_it_expires() {
     let first = pki::cert_info(&std::fs::read_to_string(h.identity()).unwrap()).unwrap();
     // Renewed two thirds of the way (8 s after issue), then again; the host stays
     // available past the first certificate's expiry.
+    // (The controller records the renewal before the host has written its new
+    // certificate: wait for both.)
     wait_for(Duration::from_secs(30), "a renewal", || {
         let v = f.host_view("host-1").unwrap();
-        (v["renewed"] != Value::Null && v["serial"] != first.serial.as_str()).then_some(())
+        let on_disk = std::fs::read_to_string(h.identity())
+            .ok()
+            .and_then(|t| pki::cert_info(&t).ok())
+            .is_some_and(|c| c.serial != first.serial);
+        (v["renewed"] != Value::Null && v["serial"] != first.serial.as_str() && on_disk)
+            .then_some(())
     });
     let renewed = pki::cert_info(&std::fs::read_to_string(h.identity()).unwrap()).unwrap();
     assert_ne!(renewed.serial, first.serial);

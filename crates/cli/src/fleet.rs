@@ -1,6 +1,6 @@
 //! `ambulance fleet …`: the controller (`init`, `serve`) and the operator's commands
 //! against its API (`bootstrap`, `hosts`, `reports`, `report`, `command`, `txn`, `revoke`,
-//! `reenrol`). See `ambulance_fleet`.
+//! `reenrol`, `image`, `pool`). See `ambulance_fleet`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -60,25 +60,93 @@ enum FleetCommand {
     Revoke(HostArg),
     /// Let an enrolled or revoked host id enrol again (once).
     Reenrol(HostArg),
+    /// The image library: add, list, remove role images.
+    Image(ImageArgs),
+    /// The pool: desired counts per role, what runs, what is being repurposed;
+    /// `pool set web=2 batch=1` sets counts.
+    Pool(PoolArgs),
 }
 
-/// Where the controller is.
+#[derive(Debug, Args)]
+struct ImageArgs {
+    #[command(subcommand)]
+    command: ImageCommand,
+    #[command(flatten)]
+    client: FleetClient,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Store a kernel under its SHA-256 with the role's boot settings.
+    Add {
+        /// The role it boots.
+        role: String,
+        /// The kernel (an ELF file; `test` for the built-in test kernel).
+        kernel: String,
+        /// The kernel command line.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// RAM (e.g. 32M, 1G).
+        #[arg(long, default_value = "32M")]
+        memory: String,
+        /// vCPUs.
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+    },
+    /// List the library.
+    Ls {
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image (refused while a slot runs it).
+    Rm {
+        /// Its digest (SHA-256, hex).
+        digest: String,
+        /// Only this role's manifest of it.
+        #[arg(long)]
+        role: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PoolArgs {
+    #[command(subcommand)]
+    command: Option<PoolCommand>,
+    #[command(flatten)]
+    client: FleetClient,
+    /// Print the controller's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// Set desired counts: role=N … (0 removes a role; roles not named keep theirs).
+    Set {
+        /// role=N pairs.
+        #[arg(required = true, value_name = "ROLE=N")]
+        counts: Vec<String>,
+    },
+}
+
+/// Where the controller is (the options may follow a subcommand: `fleet pool set --config F …`).
 #[derive(Clone, Debug, Default, Args)]
 pub struct FleetClient {
     /// The controller's configuration (its API socket is read from it).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// The controller's Unix socket.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["url", "config"])]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["url", "config"], global = true)]
     pub socket: Option<PathBuf>,
     /// The controller's TCP listener, e.g. http://127.0.0.1:7979 (needs --token).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     pub url: Option<String>,
     /// The bearer token of the TCP listener.
-    #[arg(long, value_name = "TOKEN", requires = "url")]
+    #[arg(long, value_name = "TOKEN", requires = "url", global = true)]
     pub token: Option<String>,
     /// The CA certificate that signed an https:// controller's certificate.
-    #[arg(long, value_name = "PEM", requires = "url")]
+    #[arg(long, value_name = "PEM", requires = "url", global = true)]
     pub ca: Option<PathBuf>,
 }
 
@@ -229,6 +297,18 @@ enum Instruction {
         /// primary or rescue.
         #[arg(value_parser = ["primary", "rescue"])]
         flag: String,
+    },
+    /// Repurpose a slot: boot it from a library image of a role.
+    Repurpose {
+        /// The slot (a configured guest).
+        guest: String,
+        /// The role.
+        role: String,
+        /// The image's digest (SHA-256, hex).
+        digest: String,
+        /// How long its kernel has to register (default 30 s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        register_timeout: Option<Duration>,
     },
 }
 
@@ -444,6 +524,8 @@ pub fn run(args: FleetArgs) -> Result<(), CliError> {
             Ok(())
         }
         FleetCommand::Command(a) => command(a),
+        FleetCommand::Image(a) => image(a),
+        FleetCommand::Pool(a) => pool(a),
         FleetCommand::Txn(a) => {
             let id = segment(&a.id)?;
             let v = a
@@ -481,6 +563,171 @@ pub fn run(args: FleetArgs) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+fn image(a: ImageArgs) -> Result<(), CliError> {
+    let client = a.client;
+    match a.command {
+        ImageCommand::Add {
+            role,
+            kernel,
+            cmdline,
+            memory,
+            vcpus,
+        } => {
+            let path = crate::kernels::resolve(&kernel)?;
+            let bytes = std::fs::read(&path).map_err(|e| {
+                CliError::Usage(format!("cannot read kernel {}: {e}", path.display()))
+            })?;
+            let q = query(&[
+                ("role", &Some(role)),
+                ("cmdline", &Some(cmdline)),
+                ("memory", &Some(memory)),
+                ("vcpus", &Some(vcpus.to_string())),
+            ]);
+            let v = ambulance_fleet::client::send_bytes(
+                &client.endpoint()?,
+                "POST",
+                &format!("/v1/images{q}"),
+                bytes,
+                Duration::from_secs(600),
+            )?;
+            out(&format!(
+                "image {} added for role {} ({} bytes)\n",
+                s(&v["digest"]),
+                s(&v["role"]),
+                s(&v["size"])
+            ));
+            Ok(())
+        }
+        ImageCommand::Ls { json } => {
+            let v = client.json("GET", "/v1/images", None, TIMEOUT)?;
+            if json {
+                out(&format!("{v:#}\n"));
+                return Ok(());
+            }
+            let list = v.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                out("the library is empty\n");
+                return Ok(());
+            }
+            let mut text = format!(
+                "{:<12} {:<64} {:>10} {:>8} {:>5}  {}\n",
+                "ROLE", "DIGEST", "SIZE", "MEMORY", "VCPUS", "CMDLINE"
+            );
+            for m in &list {
+                text += &format!(
+                    "{:<12} {:<64} {:>10} {:>7}M {:>5}  {}\n",
+                    s(&m["role"]),
+                    s(&m["digest"]),
+                    s(&m["size"]),
+                    m["memory_bytes"].as_u64().unwrap_or(0) >> 20,
+                    s(&m["vcpus"]),
+                    s(&m["cmdline"])
+                );
+            }
+            out(&text);
+            Ok(())
+        }
+        ImageCommand::Rm { digest, role } => {
+            let d = segment(&digest)?;
+            let q = query(&[("role", &role)]);
+            let v = client.json("DELETE", &format!("/v1/images/{d}{q}"), None, TIMEOUT)?;
+            for m in v.as_array().cloned().unwrap_or_default() {
+                out(&format!(
+                    "image {} of role {} removed\n",
+                    s(&m["digest"]),
+                    s(&m["role"])
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Parses `role=N` pairs.
+fn counts(pairs: &[String]) -> Result<std::collections::BTreeMap<String, u32>, CliError> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in pairs {
+        let Some((role, n)) = p.split_once('=') else {
+            return Err(CliError::Usage(format!(
+                "{p:?}: expected ROLE=N, e.g. web=2"
+            )));
+        };
+        let n: u32 = n
+            .parse()
+            .map_err(|_| CliError::Usage(format!("{p:?}: {n:?} is not a count (0 or more)")))?;
+        if out.insert(role.to_string(), n).is_some() {
+            return Err(CliError::Usage(format!("role {role} is named twice")));
+        }
+    }
+    Ok(out)
+}
+
+fn describe_pool(v: &Value) -> String {
+    let desired = v["desired"].as_object().cloned().unwrap_or_default();
+    let actual = v["actual"].as_object().cloned().unwrap_or_default();
+    let missing = v["missing"].as_object().cloned().unwrap_or_default();
+    let mut roles: Vec<&String> = desired.keys().chain(actual.keys()).collect();
+    roles.sort();
+    roles.dedup();
+    let mut text = format!(
+        "pool: {}; {} spare slot(s)\n{:<16} {:>8} {:>8} {:>8}\n",
+        if v["converged"] == true {
+            "converged"
+        } else {
+            "converging"
+        },
+        s(&v["spare"]),
+        "ROLE",
+        "DESIRED",
+        "ACTUAL",
+        "MISSING"
+    );
+    for r in roles {
+        text += &format!(
+            "{:<16} {:>8} {:>8} {:>8}\n",
+            r,
+            desired.get(r).map(s).unwrap_or_else(|| "0".into()),
+            actual.get(r).map(s).unwrap_or_else(|| "0".into()),
+            missing.get(r).map(s).unwrap_or_else(|| "0".into()),
+        );
+    }
+    let flights = v["in_flight"].as_array().cloned().unwrap_or_default();
+    if !flights.is_empty() {
+        text += "in flight:\n";
+        for f in &flights {
+            text += &format!(
+                "  {} {}/{}: {} -> {} (image {})\n",
+                s(&f["txn"]),
+                s(&f["host"]),
+                s(&f["guest"]),
+                f["from"].as_str().unwrap_or("spare"),
+                s(&f["role"]),
+                &s(&f["digest"]).chars().take(12).collect::<String>()
+            );
+        }
+    }
+    for b in v["blocked"].as_array().cloned().unwrap_or_default() {
+        text += &format!("blocked: {}\n", s(&b));
+    }
+    text
+}
+
+fn pool(a: PoolArgs) -> Result<(), CliError> {
+    let v = match a.command {
+        Some(PoolCommand::Set { counts: c }) => {
+            let body = json!({ "desired": counts(&c)? });
+            a.client.json("PUT", "/v1/pool", Some(&body), TIMEOUT)?
+        }
+        None => a.client.json("GET", "/v1/pool", None, TIMEOUT)?,
+    };
+    if a.json {
+        out(&format!("{v:#}\n"));
+    } else {
+        out(&describe_pool(&v));
+    }
+    Ok(())
 }
 
 fn describe_txn(v: &Value) -> String {
@@ -521,6 +768,18 @@ fn command(a: CommandArgs) -> Result<(), CliError> {
         }),
         Instruction::BootFlag { guest, flag } => {
             json!({"op": "boot-flag", "guest": guest, "flag": flag})
+        }
+        Instruction::Repurpose {
+            guest,
+            role,
+            digest,
+            register_timeout,
+        } => {
+            let mut i = json!({"op": "repurpose", "guest": guest, "role": role, "digest": digest});
+            if let Some(t) = register_timeout {
+                i["register_timeout_ms"] = json!(t.as_millis() as u64);
+            }
+            i
         }
     };
     let mut body = json!({ "host": host, "instructions": [instruction], "no_wait": a.no_wait });

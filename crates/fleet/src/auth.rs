@@ -11,8 +11,9 @@
 //!   API calls of its own bucket — info, message get, purge when it replaces an object),
 //!   read its own transactions and results by key (direct get of `cmd.H.*`, `res.H.*`),
 //!   pull from its own work-queue consumer and acknowledge it, and ask to renew
-//!   (`amb.renew.H`); receive only on `_INBOX_H.>`. Nothing of another host, no stream
-//!   or consumer management.
+//!   (`amb.renew.H`); read the image library (`amb-images`: its stream's info, message
+//!   get, and an ordered consumer of its own with flow control); receive only on
+//!   `_INBOX_H.>`. Nothing of another host, no stream management, no writes to the library.
 //!
 //! A host's user is its enrolment's subject (with the enrolment id), so a certificate of
 //! an earlier enrolment of the same host id maps to no user. Revoking removes the user;
@@ -21,7 +22,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{FleetError, Result};
-use crate::names::{self, CONTROLLER_INBOX, ENROL_INBOX, HEALTH_BUCKET, TXN_BUCKET, WORK_STREAM};
+use crate::names::{
+    self, CONTROLLER_INBOX, ENROL_INBOX, HEALTH_BUCKET, IMAGE_BUCKET, TXN_BUCKET, WORK_STREAM,
+};
 use crate::pki::Subject;
 
 /// Subjects a user may publish to and subscribe to.
@@ -54,6 +57,7 @@ pub fn host(host: &str) -> Permissions {
     let bucket = names::report_bucket(host);
     let obj_stream = format!("OBJ_{bucket}");
     let consumer = names::work_consumer(host);
+    let images = format!("OBJ_{IMAGE_BUCKET}");
     Permissions {
         publish: vec![
             format!("amb.ev.{host}.>"),
@@ -69,6 +73,13 @@ pub fn host(host: &str) -> Permissions {
             format!("$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{consumer}"),
             format!("$JS.ACK.{WORK_STREAM}.{consumer}.>"),
             names::renew_subject(host),
+            format!("$JS.API.STREAM.INFO.{images}"),
+            format!("$JS.API.STREAM.MSG.GET.{images}"),
+            format!("$JS.API.DIRECT.GET.{images}.>"),
+            format!("$JS.API.CONSUMER.CREATE.{images}"),
+            format!("$JS.API.CONSUMER.CREATE.{images}.>"),
+            format!("$JS.API.CONSUMER.DELETE.{images}.>"),
+            format!("$JS.FC.{images}.>"),
         ],
         subscribe: vec![format!("{}.>", names::host_inbox(host))],
     }
@@ -170,6 +181,12 @@ mod tests {
     fn host_permissions_name_only_the_host() {
         let p = host("h1");
         for s in p.publish.iter().chain(&p.subscribe) {
+            if s.contains("OBJ_amb-images") {
+                // The library is every host's to read (and no one's but the controller's
+                // to write: these are reads, consumer set-up and flow control).
+                assert!(!s.starts_with("$O."), "{s}");
+                continue;
+            }
             assert!(s.contains("h1"), "{s} is not host h1's own");
             assert!(!s.contains('>') || s.ends_with(".>"), "{s}");
         }

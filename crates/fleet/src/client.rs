@@ -37,6 +37,38 @@ pub fn call(
     })
 }
 
+/// A request with a raw body (an image), its answer as JSON.
+pub fn send_bytes(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Value> {
+    let r = blocking_request(
+        endpoint,
+        method,
+        path,
+        Some(body),
+        "application/json",
+        timeout,
+    )
+    .map_err(|e| FleetError::Client(e.to_string()))?;
+    let v = serde_json::from_slice::<Value>(&r.body);
+    if (200..300).contains(&r.status) {
+        return v
+            .map_err(|e| FleetError::Client(format!("the controller's answer is not JSON: {e}")));
+    }
+    let message = v
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| r.text());
+    Err(FleetError::Remote {
+        status: r.status,
+        message,
+    })
+}
+
 /// [`call`], its answer as JSON.
 pub fn json(
     endpoint: &Endpoint,

@@ -9,6 +9,7 @@
 //! * [`controller`]: `ambulance fleet serve` — the fleet CA, enrolment, the registry of
 //!   hosts, transactions, and the fleet API;
 //! * [`client`]: the CLI's way to the controller's API;
+//! * [`pool`]: the pure planner that keeps each role at its desired count;
 //! * [`names`], [`auth`], [`pki`], [`engine`], [`model`]: the subjects and buckets, who
 //!   may use which, the certificates, the engine calls, and the JSON that travels.
 //!
@@ -25,5 +26,6 @@ mod error;
 pub mod model;
 pub mod names;
 pub mod pki;
+pub mod pool;
 
 pub use error::{FleetError, Result};

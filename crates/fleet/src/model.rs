@@ -42,6 +42,21 @@ pub struct GuestHealth {
     pub failures: u64,
     /// Its last report.
     pub last_report: Option<String>,
+    /// The role the fleet repurposed it to (None: its configured image — a spare).
+    #[serde(default)]
+    pub role: Option<String>,
+    /// The SHA-256 of the image it runs.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A repurposing is under way.
+    #[serde(default)]
+    pub repurposing: bool,
+    /// Whether its running kernel registered.
+    #[serde(default)]
+    pub registered: bool,
+    /// When its role last changed.
+    #[serde(default)]
+    pub role_since: Option<Timestamp>,
 }
 
 /// A host's health (key `<host>` of `amb-health`).
@@ -169,6 +184,20 @@ pub enum Instruction {
         /// Primary or rescue.
         flag: BootFlag,
     },
+    /// Repurpose a slot: fetch the image from the library, check its digest, boot the slot
+    /// from it with the role's settings; done when the guest registers, else the slot
+    /// boots its default image again.
+    Repurpose {
+        /// The slot (a configured guest).
+        guest: String,
+        /// The role.
+        role: String,
+        /// The image's SHA-256 (lowercase hex).
+        digest: String,
+        /// How long the new kernel has to register (default 30 s).
+        #[serde(default)]
+        register_timeout_ms: Option<u64>,
+    },
 }
 
 impl Instruction {
@@ -178,6 +207,7 @@ impl Instruction {
             Instruction::Diagnose { .. } => "diagnose",
             Instruction::Release { .. } => "release",
             Instruction::BootFlag { .. } => "boot-flag",
+            Instruction::Repurpose { .. } => "repurpose",
         }
     }
 
@@ -186,7 +216,8 @@ impl Instruction {
         match self {
             Instruction::Diagnose { guest }
             | Instruction::Release { guest, .. }
-            | Instruction::BootFlag { guest, .. } => guest,
+            | Instruction::BootFlag { guest, .. }
+            | Instruction::Repurpose { guest, .. } => guest,
         }
     }
 }
@@ -346,6 +377,79 @@ pub struct HostView {
     pub reports: usize,
 }
 
+/// An image of the library (the object `<digest>` of bucket `amb-images`, this manifest in
+/// its metadata): a full bootable kernel for one role, and the role's boot settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageManifest {
+    /// The role it boots.
+    pub role: String,
+    /// SHA-256 of the kernel (lowercase hex): the image's name.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// RAM in bytes.
+    pub memory_bytes: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// When it was added.
+    pub added: Timestamp,
+}
+
+/// Desired counts per role (key `pool` of the registry bucket).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSpec {
+    /// Role → how many running guests it should have.
+    pub desired: std::collections::BTreeMap<String, u32>,
+    /// When it last changed.
+    pub updated: Option<Timestamp>,
+}
+
+/// A repurposing the controller started and has not seen through yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// Its transaction.
+    pub txn: String,
+    /// The host.
+    pub host: String,
+    /// The slot.
+    pub guest: String,
+    /// The role it had (None: spare).
+    pub from: Option<String>,
+    /// The role it gets.
+    pub role: String,
+    /// The image.
+    pub digest: String,
+    /// When the transaction was created.
+    pub started: Timestamp,
+    /// When its host reported it done (kept until the host's health shows it).
+    pub finished: Option<Timestamp>,
+}
+
+/// `GET /v1/pool`: what the pool should be, what it is, and what is being done about it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PoolView {
+    /// Desired counts.
+    pub desired: std::collections::BTreeMap<String, u32>,
+    /// Running guests per role, on available hosts.
+    pub actual: std::collections::BTreeMap<String, u32>,
+    /// Spare slots (running their default image) on available hosts.
+    pub spare: u32,
+    /// Slots held for forensics or failed, per role (counted as missing).
+    pub missing: std::collections::BTreeMap<String, u32>,
+    /// Repurposings under way.
+    pub in_flight: Vec<InFlight>,
+    /// What the planner could not do (no image for a role, no donor left).
+    pub blocked: Vec<String>,
+    /// Whether every role has its desired count and nothing is under way.
+    pub converged: bool,
+    /// Repurposings started since the controller started.
+    pub started: u64,
+    /// Of those, failed or expired.
+    pub failed: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,11 +458,13 @@ mod tests {
     fn the_vocabulary_is_fixed() {
         let i: Vec<Instruction> = serde_json::from_str(
             r#"[{"op":"diagnose","guest":"a"},{"op":"release","guest":"b","action":"destroy"},
-                {"op":"boot-flag","guest":"c","flag":"rescue"}]"#,
+                {"op":"boot-flag","guest":"c","flag":"rescue"},
+                {"op":"repurpose","guest":"d","role":"web","digest":"ab"}]"#,
         )
         .unwrap();
         assert_eq!(i[1].op(), "release");
         assert_eq!(i[2].guest(), "c");
+        assert_eq!((i[3].op(), i[3].guest()), ("repurpose", "d"));
         let e = serde_json::from_str::<Instruction>(r#"{"op":"reboot","guest":"a"}"#)
             .unwrap_err()
             .to_string();

@@ -14,6 +14,8 @@
 //! | enrolment | request to `amb.enrol.<subscriber>` | a zero certificate | the controller |
 //! | renewal | request to `amb.renew.<host>` | the host | the controller |
 //! | registry | keys `host.<host>`, `sub.<subscriber>` of bucket `amb-fleet` | the controller | the controller |
+//! | image library | object store `amb-images`: the kernel as object `image.<sha-256>`, each role's manifest of it as `manifest.<role>.<sha-256>` | the controller | every host |
+//! | pool | key `pool` of bucket `amb-fleet` (desired counts) | the controller | the controller |
 //!
 //! Each identity receives replies on an inbox of its own: `_INBOX_<host>.>` for a host,
 //! `_INBOX_enrol.>` for zero certificates, `_INBOX_ctl.>` for the controller.
@@ -34,6 +36,10 @@ pub const HEALTH_BUCKET: &str = "amb-health";
 pub const TXN_BUCKET: &str = "amb-txn";
 /// The key-value bucket of the controller's registry (hosts, subscribers).
 pub const STATE_BUCKET: &str = "amb-fleet";
+/// The object store of the image library.
+pub const IMAGE_BUCKET: &str = "amb-images";
+/// The key of the pool's desired counts in [`STATE_BUCKET`].
+pub const POOL_KEY: &str = "pool";
 /// The inbox prefix of the controller.
 pub const CONTROLLER_INBOX: &str = "_INBOX_ctl";
 /// The inbox prefix of zero certificates (enrolment replies).
@@ -142,6 +148,31 @@ impl Artifact {
 /// `<host>/<report id>.<ext>`.
 pub fn object_name(host: &str, report: &str, artifact: Artifact) -> String {
     format!("{host}/{report}.{}", artifact.ext())
+}
+
+/// `image.<digest>`: an image's bytes in the library.
+pub fn image_object(digest: &str) -> String {
+    format!("image.{digest}")
+}
+
+/// `manifest.<role>.<digest>`: a role's manifest of an image in the library.
+pub fn manifest_object(role: &str, digest: &str) -> String {
+    format!("manifest.{role}.{digest}")
+}
+
+/// Checks an image digest: 64 lowercase hex digits (SHA-256).
+pub fn check_digest(digest: &str) -> Result<()> {
+    if digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(FleetError::Invalid(format!(
+            "image digest {digest:?} is not a SHA-256: 64 lowercase hex digits"
+        )))
+    }
 }
 
 /// A transaction id: sortable by creation (milliseconds since the epoch, base 36) and

@@ -27,11 +27,13 @@ struct DescriptorPage([u8; DESCRIPTOR_BYTES]);
 
 static mut DESCRIPTOR: DescriptorPage = DescriptorPage([0; DESCRIPTOR_BYTES]);
 
-/// How to register (the `register=` command-line option). Anything but `Good` first
-/// registers a deliberately broken descriptor, then a good one.
+/// How to register (the `register=` command-line option). `BadChecksum`, `Oversize` and
+/// `NonCanonical` first register a deliberately broken descriptor, then a good one;
+/// `Never` boots and runs without ever registering (a guest the host must give up on).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Good,
+    Never,
     BadChecksum,
     Oversize,
     NonCanonical,
@@ -41,6 +43,7 @@ impl Mode {
     pub fn parse(s: &str) -> Option<Mode> {
         Some(match s {
             "good" => Mode::Good,
+            "never" => Mode::Never,
             "bad-checksum" => Mode::BadChecksum,
             "oversize" => Mode::Oversize,
             "noncanonical" => Mode::NonCanonical,
@@ -403,7 +406,7 @@ fn break_descriptor(mode: Mode) {
     // SAFETY: as in `build`.
     let buf = unsafe { &mut (*core::ptr::addr_of_mut!(DESCRIPTOR)).0 };
     match mode {
-        Mode::Good => {}
+        Mode::Good | Mode::Never => {}
         Mode::BadChecksum => buf[descriptor::layout::HEADER_SIZE + 1] ^= 0x5a,
         Mode::Oversize => {
             descriptor::layout::set_u32(buf, descriptor::layout::ROOT_COUNT, 100_000);
@@ -419,6 +422,10 @@ fn break_descriptor(mode: Mode) {
 
 /// Builds and registers the descriptor.
 pub fn register(mode: Mode, pml4: u64, text_crc: u32, ram_end: u64) {
+    if mode == Mode::Never {
+        kprint!(0, "registration: none (register=never)");
+        return;
+    }
     let gpa = image_to_phys(addr_of!(DESCRIPTOR) as u64);
     let size = build(pml4, text_crc, ram_end);
     if mode != Mode::Good {

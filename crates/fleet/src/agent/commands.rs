@@ -108,7 +108,7 @@ impl Agent {
 
     /// One delivered transaction id.
     async fn take(
-        &self,
+        self: &Arc<Self>,
         client: &Client,
         js: &jetstream::Context,
         msg: &jetstream::Message,
@@ -238,7 +238,7 @@ impl Agent {
             "fleet: running transaction"
         );
         let result = {
-            let run = self.execute(&tx, now);
+            let run = self.execute(js, &tx, now);
             tokio::pin!(run);
             let mut progress = tokio::time::interval(crate::controller::WORK_ACK_WAIT / 3);
             progress.tick().await;
@@ -270,33 +270,58 @@ impl Agent {
         ack().await
     }
 
-    async fn execute(&self, tx: &Transaction, started: Timestamp) -> TxnResult {
+    async fn execute(
+        self: &Arc<Self>,
+        js: &jetstream::Context,
+        tx: &Transaction,
+        started: Timestamp,
+    ) -> TxnResult {
         let mut steps = Vec::new();
         let mut error = None;
         for i in &tx.instructions {
-            let out = match i {
+            let out: std::result::Result<Option<serde_json::Value>, FleetError> = match i {
                 Instruction::Diagnose { guest } => self
                     .svc
                     .diagnose_now(guest)
                     .await
-                    .map(|e| serde_json::to_value(FleetEntry::of(self.host(), &e))),
+                    .map(|e| serde_json::to_value(FleetEntry::of(self.host(), &e)).ok())
+                    .map_err(FleetError::from),
                 Instruction::Release { guest, action } => self
                     .svc
                     .release(guest, *action == ReleaseAction::Destroy)
                     .await
-                    .map(serde_json::to_value),
+                    .map(|v| serde_json::to_value(v).ok())
+                    .map_err(FleetError::from),
                 Instruction::BootFlag { guest, flag } => self
                     .svc
                     .set_boot_flag(guest, *flag)
                     .await
-                    .map(serde_json::to_value),
+                    .map(|v| serde_json::to_value(v).ok())
+                    .map_err(FleetError::from),
+                Instruction::Repurpose {
+                    guest,
+                    role,
+                    digest,
+                    register_timeout_ms,
+                } => self
+                    .repurpose(
+                        js,
+                        guest,
+                        role,
+                        digest,
+                        register_timeout_ms
+                            .map(Duration::from_millis)
+                            .unwrap_or(super::images::DEFAULT_REGISTER_TIMEOUT),
+                    )
+                    .await
+                    .map(Some),
             };
             match out {
                 Ok(v) => steps.push(StepResult {
                     op: i.op().into(),
                     guest: i.guest().into(),
                     ok: true,
-                    output: v.ok(),
+                    output: v,
                     error: None,
                 }),
                 Err(e) => {

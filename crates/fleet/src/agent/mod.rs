@@ -8,10 +8,12 @@
 //! * [`outbox`]: failures and reports, from the host's own store, until the engine
 //!   acknowledges each;
 //! * [`commands`]: the host's work queue, transactions run at most once;
-//! * [`ledger`]: what was acknowledged and what was run, durably.
+//! * [`ledger`]: what was acknowledged and what was run, durably;
+//! * [`images`]: a slot repurposed from the image library.
 
 mod commands;
 mod identity;
+pub mod images;
 pub mod ledger;
 mod outbox;
 
@@ -42,6 +44,8 @@ pub(crate) struct Agent {
     /// pass (the health reports them without scanning the store again).
     stored: AtomicUsize,
     outbox: AtomicUsize,
+    /// Publish the health now (a slot changed role).
+    health_now: tokio::sync::Notify,
 }
 
 /// The agent for `svc`, when its configuration has a `[fleet]` section: a companion for
@@ -62,6 +66,7 @@ pub fn companion(svc: &Arc<Service>) -> Result<Option<Companion>> {
         ledger,
         stored: AtomicUsize::new(0),
         outbox: AtomicUsize::new(0),
+        health_now: tokio::sync::Notify::new(),
     });
     // Subscribe now, before the guests boot, so no failure is missed.
     let notices = svc.subscribe();
@@ -132,6 +137,11 @@ impl Agent {
                 state: g.state.name().to_string(),
                 failures: g.failures,
                 last_report: g.last_report.map(|r| r.to_string()),
+                role: g.role,
+                image: g.image_digest,
+                repurposing: g.repurposing,
+                registered: g.registered,
+                role_since: Some(g.role_since),
             })
             .collect();
         Ok(Health {
@@ -154,7 +164,10 @@ impl Agent {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.health_now.notified() => {}
+            }
             let h = match self.health() {
                 Ok(h) => h,
                 Err(e) => {

@@ -14,6 +14,11 @@
 //! | `GET /v1/failures?host=` | failure events |
 //! | `POST /v1/transactions` | `{"host", "instructions": [...], "subscriber"?, "timeout_ms"?, "no_wait"?}`: 200 with the ended transaction, 202 with `no_wait`, 504 when it expired |
 //! | `GET /v1/transactions/{id}` | a transaction and its result |
+//! | `GET /v1/images` | the image library: every role's manifests |
+//! | `POST /v1/images?role=&cmdline=&memory=&vcpus=` | the kernel as the body (octet-stream): stored under its SHA-256 with the role's manifest |
+//! | `DELETE /v1/images/{digest}[?role=]` | remove an image (409 while a slot runs it) |
+//! | `GET /v1/pool` | desired counts, actual counts, spares, missing, repurposings in flight |
+//! | `PUT /v1/pool` | `{"desired": {"web": 2, …}}`: set counts (0 removes a role) |
 //! | `GET /v1/stats` | events and health updates ingested |
 //!
 //! Errors: 400 (bad request), 401 (TCP without the token), 404, 409, 502 (the engine),
@@ -25,11 +30,12 @@ use std::sync::Arc;
 
 use ambulance_service::listen;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
@@ -93,6 +99,14 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/failures", get(failures))
         .route("/v1/transactions", post(create_txn))
         .route("/v1/transactions/{id}", get(txn))
+        .route(
+            "/v1/images",
+            get(images).post(add_image).layer(DefaultBodyLimit::max(
+                super::balance::MAX_IMAGE as usize + 1,
+            )),
+        )
+        .route("/v1/images/{digest}", delete(remove_image))
+        .route("/v1/pool", get(pool).put(set_pool))
         .route("/v1/stats", get(stats))
         .fallback(|| async {
             api_err(
@@ -371,7 +385,7 @@ async fn create_txn(State(ctl): State<Arc<Controller>>, bytes: Bytes) -> ApiResu
     let req: TxnRequest = serde_json::from_slice(&bytes).map_err(|e| {
         invalid(format!(
             "malformed transaction: {e} (expected {{\"host\": ..., \"instructions\": [{{\"op\": \
-             \"diagnose\"|\"release\"|\"boot-flag\", \"guest\": ...}}]}})"
+             \"diagnose\"|\"release\"|\"boot-flag\"|\"repurpose\", \"guest\": ...}}]}})"
         ))
     })?;
     let t = ctl.create_transaction(&req).await?;
@@ -396,6 +410,88 @@ async fn create_txn(State(ctl): State<Arc<Controller>>, bytes: Bytes) -> ApiResu
 
 async fn txn(State(ctl): State<Arc<Controller>>, Path(id): Path<String>) -> ApiResult<Response> {
     Ok(Json(ctl.transaction(&id).await?).into_response())
+}
+
+async fn images(State(ctl): State<Arc<Controller>>) -> impl IntoResponse {
+    Json(ctl.images())
+}
+
+async fn add_image(
+    State(ctl): State<Arc<Controller>>,
+    Query(q): Query<HashMap<String, String>>,
+    bytes: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let (mut role, mut cmdline, mut memory, mut vcpus) = (None, String::new(), 32u64 << 20, 1u32);
+    for (k, v) in q {
+        match k.as_str() {
+            "role" => role = Some(v),
+            "cmdline" => cmdline = v,
+            "memory" => {
+                memory = ambulance_service::config::parse_size(&v)
+                    .map_err(|e| invalid(format!("memory={v:?}: {e}")))?
+            }
+            "vcpus" => {
+                vcpus = v
+                    .parse()
+                    .map_err(|_| invalid(format!("vcpus={v:?}: not a number")))?
+            }
+            other => {
+                return Err(invalid(format!(
+                    "unknown query parameter {other:?}; known: role, cmdline, memory, vcpus"
+                )))
+            }
+        }
+    }
+    let role = role.ok_or_else(|| invalid("role= is required"))?;
+    let m = ctl
+        .add_image(
+            &super::balance::NewImage {
+                role,
+                cmdline,
+                memory_bytes: memory,
+                vcpus,
+            },
+            bytes,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(m)))
+}
+
+async fn remove_image(
+    State(ctl): State<Arc<Controller>>,
+    Path(digest): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<impl IntoResponse> {
+    if let Some(k) = q.keys().find(|k| *k != "role") {
+        return Err(invalid(format!(
+            "unknown query parameter {k:?}; known: role"
+        )));
+    }
+    Ok(Json(
+        ctl.remove_image(&digest, q.get("role").map(String::as_str))
+            .await?,
+    ))
+}
+
+async fn pool(State(ctl): State<Arc<Controller>>) -> impl IntoResponse {
+    Json(ctl.pool_view())
+}
+
+async fn set_pool(
+    State(ctl): State<Arc<Controller>>,
+    bytes: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        desired: std::collections::BTreeMap<String, u32>,
+    }
+    let b: Body = serde_json::from_slice(&bytes).map_err(|e| {
+        invalid(format!(
+            "malformed pool: {e} (expected {{\"desired\": {{\"web\": 2, ...}}}})"
+        ))
+    })?;
+    Ok(Json(ctl.set_pool(&b.desired).await?))
 }
 
 async fn stats(State(ctl): State<Arc<Controller>>) -> impl IntoResponse {

@@ -9,6 +9,9 @@
 //! command_timeout_ms = 60000            # a transaction's default deadline
 //! duplicate_window_s = 86400            # the events stream's duplicate window
 //! replicas = 1                          # stream and bucket replicas (3 on a cluster)
+//! pool_tick_ms = 1000                   # the pool planner runs this often (and on health changes)
+//! min_dwell_ms = 30000                  # a slot stays in a role this long before it may donate
+//! register_timeout_ms = 30000           # a repurposed slot's kernel must register within this
 //!
 //! [api]
 //! socket = "/run/ambulance-fleet.sock"  # default: <data_dir>/fleet.sock (0600)
@@ -48,6 +51,9 @@ struct Raw {
     command_timeout_ms: Option<u64>,
     duplicate_window_s: Option<u64>,
     replicas: Option<usize>,
+    pool_tick_ms: Option<u64>,
+    min_dwell_ms: Option<u64>,
+    register_timeout_ms: Option<u64>,
     #[serde(default)]
     api: ApiSection,
     #[serde(default)]
@@ -104,6 +110,12 @@ pub struct ControllerConfig {
     pub duplicate_window: Duration,
     /// Replicas of streams and buckets.
     pub replicas: usize,
+    /// How often the pool planner runs without a health change.
+    pub pool_tick: Duration,
+    /// How long a slot stays in a role before it may be given to another.
+    pub min_dwell: Duration,
+    /// How long a repurposed slot's kernel has to register.
+    pub register_timeout: Duration,
 }
 
 impl ControllerConfig {
@@ -225,6 +237,14 @@ impl ControllerConfig {
                 60,
             )?),
             replicas,
+            pool_tick: Duration::from_millis(ms("pool_tick_ms", raw.pool_tick_ms, 1_000, 100)?),
+            min_dwell: Duration::from_millis(ms("min_dwell_ms", raw.min_dwell_ms, 30_000, 0)?),
+            register_timeout: Duration::from_millis(ms(
+                "register_timeout_ms",
+                raw.register_timeout_ms,
+                30_000,
+                100,
+            )?),
             data_dir,
         })
     }

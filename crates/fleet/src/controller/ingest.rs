@@ -153,13 +153,25 @@ impl Controller {
                 tracing::warn!(key = entry.key, "health names another host; ignored");
                 continue;
             }
-            self.seen.write().insert(
-                entry.key.clone(),
-                Seen {
-                    health,
-                    at: timestamp(entry.created),
-                },
-            );
+            let changed = {
+                let mut seen = self.seen.write();
+                let before = seen
+                    .get(&entry.key)
+                    .and_then(|s| s.health.as_ref())
+                    .map(|h| &h.guests)
+                    != health.as_ref().map(|h| &h.guests);
+                seen.insert(
+                    entry.key.clone(),
+                    Seen {
+                        health,
+                        at: timestamp(entry.created),
+                    },
+                );
+                before
+            };
+            if changed {
+                self.pool_wake.notify_one();
+            }
         }
         Err(FleetError::Engine("the health watch ended".into()))
     }

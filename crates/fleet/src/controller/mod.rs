@@ -8,9 +8,11 @@
 //!   authorization that follows from them;
 //! * `ingest`: health, failure and report events into the controller's index;
 //! * `txn`: transactions;
+//! * [`balance`]: the image library and the pool loop (the planner is [`crate::pool`]);
 //! * [`api`]: the HTTP API.
 
 pub mod api;
+pub mod balance;
 pub mod config;
 mod ingest;
 mod registry;
@@ -209,6 +211,13 @@ pub struct Controller {
     /// Transaction id → host, for every transaction in the bucket.
     txns: parking_lot::Mutex<HashMap<String, String>>,
     stats: Stats,
+    /// The image library: (role, digest) → manifest.
+    library: parking_lot::RwLock<BTreeMap<(String, String), crate::model::ImageManifest>>,
+    /// Desired counts and repurposings under way.
+    pool: parking_lot::Mutex<balance::PoolState>,
+    pool_stats: balance::PoolStats,
+    /// Wakes the pool loop (a health change, new counts, a new image).
+    pool_wake: tokio::sync::Notify,
 }
 
 impl Controller {
@@ -256,6 +265,10 @@ impl Controller {
             pending: Default::default(),
             txns: Default::default(),
             stats: Default::default(),
+            library: Default::default(),
+            pool: Default::default(),
+            pool_stats: Default::default(),
+            pool_wake: tokio::sync::Notify::new(),
         });
         ctl.load_registry().await?;
         ctl.apply_auth(&*ctl.registry.lock().await)?;
@@ -264,9 +277,11 @@ impl Controller {
             ctl.ensure_host_resources(&h).await?;
         }
         ctl.load_transactions().await?;
+        ctl.load_pool().await?;
         ctl.clone().spawn_responders().await?;
         ingest::spawn(&ctl);
         txn::spawn_sweeper(&ctl);
+        balance::spawn(&ctl);
         tracing::info!(urls = ?ctl.cfg.urls, "fleet controller started");
         Ok(ctl)
     }

@@ -153,6 +153,23 @@ impl Controller {
                     i.op()
                 )));
             }
+            if let crate::model::Instruction::Repurpose {
+                role,
+                digest,
+                register_timeout_ms,
+                ..
+            } = i
+            {
+                names::check("role", role)?;
+                names::check_digest(digest)?;
+                if register_timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT.as_millis() as u64)
+                {
+                    return Err(FleetError::Invalid(format!(
+                        "repurpose: register_timeout_ms must be 1..={}",
+                        MAX_TIMEOUT.as_millis()
+                    )));
+                }
+            }
         }
         let timeout = req
             .timeout_ms

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::jobs::Job;
 use super::{Notice, Service};
-use crate::config::{GuestSpec, ImageKind, Kind, Policy};
+use crate::config::{GuestSpec, Image, ImageKind, Kind, Policy};
 use crate::store::{BootFlag, Filter, Status};
 
 /// What the supervisor is doing with a guest.
@@ -47,6 +47,30 @@ impl State {
     }
 }
 
+/// A role a slot was repurposed to (by the fleet): the image it boots instead of its
+/// configured one, and the role's settings. The configured image stays the slot's
+/// default; it boots again when the assignment is dropped (and after the daemon restarts).
+#[derive(Clone, Debug)]
+pub struct Assignment {
+    /// The role's name.
+    pub role: String,
+    /// The image's SHA-256 (lowercase hex), checked by whoever fetched it.
+    pub digest: String,
+    /// The kernel and its command line.
+    pub image: Image,
+    /// RAM in bytes.
+    pub memory_bytes: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+}
+
+/// The SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// One configured guest and what the supervisor knows of it.
 pub(crate) struct Slot {
     pub(crate) spec: GuestSpec,
@@ -66,12 +90,21 @@ pub(crate) struct Slot {
     pub(crate) operator_diagnosis: bool,
     /// A failure that arrived meanwhile.
     pub(crate) pending: Option<Job>,
+    /// The role it was repurposed to (None: its configured image).
+    pub(crate) assignment: Option<Assignment>,
+    /// A repurposing is under way.
+    pub(crate) repurposing: bool,
+    /// The digest of the image its VM was last built from.
+    pub(crate) booted_digest: Option<String>,
+    /// The SHA-256 of its configured (primary) image.
+    pub(crate) default_digest: Option<String>,
+    /// When its role last changed (or it first booted).
+    pub(crate) role_since: ambulance_report::Timestamp,
 }
 
 impl Slot {
     pub(crate) fn new(spec: GuestSpec) -> Slot {
         Slot {
-            spec,
             backend: None,
             state: State::Stopped,
             image: ImageKind::Primary,
@@ -85,6 +118,12 @@ impl Slot {
             boot_error: None,
             operator_diagnosis: false,
             pending: None,
+            assignment: None,
+            repurposing: false,
+            booted_digest: None,
+            default_digest: spec.vmm().map(|v| sha256_hex(&v.primary.kernel)),
+            role_since: ambulance_report::now(),
+            spec,
         }
     }
 }
@@ -126,6 +165,14 @@ pub struct GuestStatus {
     pub boot_error: Option<String>,
     /// A guest QEMU runs: the connection to it.
     pub qemu: Option<QemuStatus>,
+    /// The role the fleet repurposed it to (None: its configured image, a spare).
+    pub role: Option<String>,
+    /// The SHA-256 of the image it runs (or boots next).
+    pub image_digest: Option<String>,
+    /// A repurposing is under way.
+    pub repurposing: bool,
+    /// When its role last changed.
+    pub role_since: ambulance_report::Timestamp,
 }
 
 impl Service {
@@ -166,6 +213,14 @@ impl Service {
                 last_maintenance_status: s.last_maintenance_status,
                 boot_error: s.boot_error.clone().or(detached),
                 qemu,
+                role: s.assignment.as_ref().map(|a| a.role.clone()),
+                image_digest: s
+                    .assignment
+                    .as_ref()
+                    .map(|a| a.digest.clone())
+                    .or_else(|| s.default_digest.clone()),
+                repurposing: s.repurposing,
+                role_since: s.role_since,
             }
         };
         let has_rescue = self.slots.lock().get(name)?.spec.has_rescue();
@@ -230,18 +285,32 @@ impl Service {
         let Some(spec) = slot.spec.vmm().cloned() else {
             return;
         };
+        // An assigned role replaces the primary image (maintenance and rescue images stay
+        // the slot's own).
+        let (config, digest) = match (&slot.assignment, kind) {
+            (Some(a), ImageKind::Primary) => {
+                let mut c = spec.vmm_config(name, &a.image);
+                c.memory_bytes = a.memory_bytes;
+                c.vcpus = a.vcpus;
+                (c, Some(a.digest.clone()))
+            }
+            _ => (spec.vmm_config(name, spec.image(kind)), None),
+        };
         let outcome = match slot.backend.take() {
-            Some(Backend::Vmm(g)) if slot.image == kind => g.restart().map(|()| g),
+            Some(Backend::Vmm(g)) if slot.image == kind && slot.booted_digest == digest => {
+                g.restart().map(|()| g)
+            }
             old => {
                 if let Some(Backend::Vmm(g)) = old {
                     g.destroy();
                 }
-                vmm.start(spec.vmm_config(name, spec.image(kind)))
+                vmm.start(config)
             }
         };
         match outcome {
             Ok(g) => {
                 slot.backend = Some(Backend::Vmm(g));
+                slot.booted_digest = digest;
                 slot.image = kind;
                 slot.booted_at = Instant::now();
                 slot.boot_error = None;

@@ -13,13 +13,16 @@
 //! * [`policy`]: what happens to a guest after its diagnosis — restart, maintenance image,
 //!   rescue image, hold — and the timer behind maintenance and rescue;
 //! * [`operator`]: what operators ask through the API — diagnose now, release, boot flag;
-//! * [`guests`]: the guest table, booting images, and the status the API shows.
+//! * [`guests`]: the guest table, booting images, and the status the API shows;
+//! * [`repurpose`]: a slot booted into another role's image for the fleet, and back into
+//!   its default when that image does not register.
 
 mod follow;
 mod guests;
 mod jobs;
 mod operator;
 mod policy;
+mod repurpose;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,7 +40,7 @@ use crate::metrics::Metrics;
 use crate::store::{IndexEntry, Reconciled, Store};
 use crate::worker::Limits;
 use guests::Slot;
-pub use guests::{GuestStatus, State};
+pub use guests::{sha256_hex, Assignment, GuestStatus, State};
 
 /// Something that happened, for in-process observers (the demo, benchmarks).
 #[derive(Clone, Debug)]

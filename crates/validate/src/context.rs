@@ -73,6 +73,15 @@ pub struct RootElements {
     pub end: ambulance_report::WalkOutcome,
 }
 
+impl RootElements {
+    /// "elements FIRST to LAST": what a validator that stops at element `first` leaves
+    /// unchecked, for its [`Context::budget_note`].
+    pub fn rest_from(&self, first: u64) -> String {
+        let last = self.elements.last().map_or(first, |l| l.index);
+        format!("elements {first} to {last}")
+    }
+}
+
 /// Everything a validator may look at.
 pub struct Context<'a> {
     /// The guest: memory, translation, symbols, types.

@@ -347,11 +347,7 @@ impl Validator for RuleSet {
                     found.push(ctx.budget_note(
                         &validator,
                         &root.name,
-                        &format!(
-                            "elements {} to {}",
-                            e.index,
-                            elements.elements.last().map_or(e.index, |l| l.index)
-                        ),
+                        &elements.rest_from(e.index),
                     ));
                     break;
                 }

@@ -59,15 +59,7 @@ impl Validator for Magic {
             let mut pace = ctx.pace();
             for e in elements.elements.iter() {
                 if pace.stop() {
-                    found.push(ctx.budget_note(
-                        NAME,
-                        &root.name,
-                        &format!(
-                            "elements {} to {}",
-                            e.index,
-                            elements.elements.last().map_or(e.index, |l| l.index)
-                        ),
-                    ));
+                    found.push(ctx.budget_note(NAME, &root.name, &elements.rest_from(e.index)));
                     break;
                 }
                 for (&(offset, size, value), name) in magics.iter().zip(&names) {

@@ -67,15 +67,7 @@ impl Validator for PointerRanges {
             let mut pace = ctx.pace();
             for e in elements.elements.iter() {
                 if pace.stop() {
-                    found.push(ctx.budget_note(
-                        NAME,
-                        &root.name,
-                        &format!(
-                            "elements {} to {}",
-                            e.index,
-                            elements.elements.last().map_or(e.index, |l| l.index)
-                        ),
-                    ));
+                    found.push(ctx.budget_note(NAME, &root.name, &elements.rest_from(e.index)));
                     break;
                 }
                 for (&(offset, lo, hi, nullable), path) in ranges.iter().zip(&paths) {

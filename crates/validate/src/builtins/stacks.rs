@@ -89,11 +89,7 @@ impl Validator for StackEnd {
                     found.push(ctx.budget_note(
                         NAME,
                         &root.name,
-                        &format!(
-                            "the stacks of elements {} to {}",
-                            e.index,
-                            elements.elements.last().map_or(e.index, |l| l.index)
-                        ),
+                        &format!("the stacks of {}", elements.rest_from(e.index)),
                     ));
                     break;
                 }

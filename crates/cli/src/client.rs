@@ -160,13 +160,15 @@ pub struct ReleaseArgs {
     pub destroy: bool,
 }
 
-fn out(text: &str) {
+/// Writes `text` to standard output (a closed pipe is not an error).
+pub(crate) fn out(text: &str) {
     let mut o = std::io::stdout().lock();
     let _ = o.write_all(text.as_bytes());
     let _ = o.flush();
 }
 
-fn s(v: &Value) -> String {
+/// A JSON value for a table cell: `-` for null, strings without quotes.
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -211,7 +213,8 @@ pub fn status(args: StatusArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn query(pairs: &[(&str, &Option<String>)]) -> String {
+/// `?k=v&…` of the pairs that are set, percent-encoded.
+pub(crate) fn query(pairs: &[(&str, &Option<String>)]) -> String {
     let mut q = String::new();
     for (k, v) in pairs {
         if let Some(v) = v {
@@ -240,18 +243,38 @@ pub fn reports(args: ReportsArgs) -> Result<(), CliError> {
     let list = args
         .client
         .json("GET", &format!("/v1/reports{q}"), None, TIMEOUT)?;
-    if args.json {
+    print_reports(&list, args.json, false);
+    Ok(())
+}
+
+/// Prints a report index answer: as JSON, or as a table (with a HOST column for the
+/// fleet's).
+pub(crate) fn print_reports(list: &Value, json: bool, host_column: bool) {
+    if json {
         out(&format!("{list:#}\n"));
-        return Ok(());
+        return;
     }
     let list = list.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
         out("no reports\n");
-        return Ok(());
+        return;
     }
+    let host = |h: &str| {
+        if host_column {
+            format!("{h:<16} ")
+        } else {
+            String::new()
+        }
+    };
     let mut text = format!(
-        "{:<44} {:<14} {:<16} {:<24} {:<9} {}\n",
-        "ID", "GUEST", "CAUSE", "TIME", "WORST", "STATUS"
+        "{}{:<44} {:<14} {:<16} {:<24} {:<9} {}\n",
+        host("HOST"),
+        "ID",
+        "GUEST",
+        "CAUSE",
+        "TIME",
+        "WORST",
+        "STATUS"
     );
     for r in &list {
         let status = match r["status"].as_str() {
@@ -259,7 +282,8 @@ pub fn reports(args: ReportsArgs) -> Result<(), CliError> {
             _ => s(&r["error"]),
         };
         text += &format!(
-            "{:<44} {:<14} {:<16} {:<24} {:<9} {}\n",
+            "{}{:<44} {:<14} {:<16} {:<24} {:<9} {}\n",
+            host(&s(&r["host"])),
             s(&r["id"]),
             s(&r["guest"]),
             s(&r["cause"]),
@@ -269,10 +293,10 @@ pub fn reports(args: ReportsArgs) -> Result<(), CliError> {
         );
     }
     out(&text);
-    Ok(())
 }
 
-fn path_segment(id: &str) -> Result<&str, CliError> {
+/// `id` if it is safe as one path segment of an API URL.
+pub(crate) fn path_segment(id: &str) -> Result<&str, CliError> {
     if id.is_empty()
         || !id
             .chars()

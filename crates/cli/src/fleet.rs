@@ -12,6 +12,7 @@ use ambulance_service::client::Endpoint;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use crate::client::{out, path_segment, print_reports, query, s};
 use crate::diagnose::Format;
 use crate::CliError;
 
@@ -331,52 +332,6 @@ struct HostArg {
     host: String,
 }
 
-fn out(text: &str) {
-    let mut o = std::io::stdout().lock();
-    let _ = o.write_all(text.as_bytes());
-    let _ = o.flush();
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn segment(id: &str) -> Result<&str, CliError> {
-    if id.is_empty()
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(CliError::Usage(format!(
-            "{id:?} is not a valid id (letters, digits, - _ .)"
-        )));
-    }
-    Ok(id)
-}
-
-fn query(pairs: &[(&str, &Option<String>)]) -> String {
-    let mut q = String::new();
-    for (k, v) in pairs {
-        if let Some(v) = v {
-            q += if q.is_empty() { "?" } else { "&" };
-            q += k;
-            q += "=";
-            for b in v.bytes() {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    q.push(b as char);
-                } else {
-                    q += &format!("%{b:02X}");
-                }
-            }
-        }
-    }
-    q
-}
-
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `ambulance fleet …`.
@@ -471,40 +426,11 @@ pub fn run(args: FleetArgs) -> Result<(), CliError> {
             let v = a
                 .client
                 .json("GET", &format!("/v1/reports{q}"), None, TIMEOUT)?;
-            if a.json {
-                out(&format!("{v:#}\n"));
-                return Ok(());
-            }
-            let list = v.as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                out("no reports\n");
-                return Ok(());
-            }
-            let mut text = format!(
-                "{:<16} {:<44} {:<14} {:<16} {:<24} {:<9} {}\n",
-                "HOST", "ID", "GUEST", "CAUSE", "TIME", "WORST", "STATUS"
-            );
-            for r in &list {
-                let status = match r["status"].as_str() {
-                    Some("ok") => "ok".to_string(),
-                    _ => s(&r["error"]),
-                };
-                text += &format!(
-                    "{:<16} {:<44} {:<14} {:<16} {:<24} {:<9} {}\n",
-                    s(&r["host"]),
-                    s(&r["id"]),
-                    s(&r["guest"]),
-                    s(&r["cause"]),
-                    s(&r["time"]),
-                    s(&r["severity"]["worst"]),
-                    status
-                );
-            }
-            out(&text);
+            print_reports(&v, a.json, true);
             Ok(())
         }
         FleetCommand::Report(a) => {
-            let id = segment(&a.id)?;
+            let id = path_segment(&a.id)?;
             let accept = match a.format {
                 Format::Json => "application/json",
                 Format::Text => "text/plain",
@@ -527,7 +453,7 @@ pub fn run(args: FleetArgs) -> Result<(), CliError> {
         FleetCommand::Image(a) => image(a),
         FleetCommand::Pool(a) => pool(a),
         FleetCommand::Txn(a) => {
-            let id = segment(&a.id)?;
+            let id = path_segment(&a.id)?;
             let v = a
                 .client
                 .json("GET", &format!("/v1/transactions/{id}"), None, TIMEOUT)?;
@@ -539,7 +465,7 @@ pub fn run(args: FleetArgs) -> Result<(), CliError> {
             Ok(())
         }
         FleetCommand::Revoke(a) => {
-            let h = segment(&a.host)?;
+            let h = path_segment(&a.host)?;
             a.client.json(
                 "POST",
                 &format!("/v1/hosts/{h}/revoke"),
@@ -552,7 +478,7 @@ pub fn run(args: FleetArgs) -> Result<(), CliError> {
             Ok(())
         }
         FleetCommand::Reenrol(a) => {
-            let h = segment(&a.host)?;
+            let h = path_segment(&a.host)?;
             a.client.json(
                 "POST",
                 &format!("/v1/hosts/{h}/reenrol"),
@@ -630,7 +556,7 @@ fn image(a: ImageArgs) -> Result<(), CliError> {
             Ok(())
         }
         ImageCommand::Rm { digest, role } => {
-            let d = segment(&digest)?;
+            let d = path_segment(&digest)?;
             let q = query(&[("role", &role)]);
             let v = client.json("DELETE", &format!("/v1/images/{d}{q}"), None, TIMEOUT)?;
             for m in v.as_array().cloned().unwrap_or_default() {
@@ -759,7 +685,7 @@ fn describe_txn(v: &Value) -> String {
 }
 
 fn command(a: CommandArgs) -> Result<(), CliError> {
-    let host = segment(&a.host)?;
+    let host = path_segment(&a.host)?;
     let instruction = match &a.instruction {
         Instruction::Diagnose { guest } => json!({"op": "diagnose", "guest": guest}),
         Instruction::Release { guest, destroy } => json!({

@@ -329,7 +329,8 @@ pub fn printk(data: &[u8]) {
     };
     let program = image.program();
     if let Ok(log) = ambulance_linux::printk::read_log(&program, &v, table_limits()) {
-        let _ = ambulance_linux::printk::panic_message(&log.records);
+        let _ = ambulance_linux::crash::panic_message(&log.records);
+        let _ = ambulance_linux::crash::crash(&log.records);
     }
 }
 

@@ -385,7 +385,7 @@ pub struct GuestInfo {
 #[serde(deny_unknown_fields)]
 pub struct FailureInfo {
     /// `panic`, `triple_fault`, `internal_error`, `watchdog_stall`, `degraded`, `reset`,
-    /// `operator`; for a core file diagnosed after the fact, the Linux kernel's own cause
+    /// `shutdown` (a guest that powered itself off), `operator`; for a core file diagnosed after the fact, the Linux kernel's own cause
     /// when the dump shows one (see [`KernelCrash::kind`]), else `offline`.
     pub cause: String,
     /// Details for people.

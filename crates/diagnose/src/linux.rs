@@ -125,7 +125,7 @@ pub fn kernel_info(
         }
     };
     let panic_message = crash::panic_message(&dmesg);
-    let crash = crash_info(program, &dmesg, ctx.vcpus);
+    let mut crash = crash_info(program, &dmesg, ctx.vcpus);
     let mut tasks = Vec::new();
     if let Some(root) = ctx.root(TASKS_ROOT) {
         if let Ok(layout) = TaskLayout::of(program) {
@@ -163,6 +163,9 @@ pub fn kernel_info(
         limits,
         &mut sources,
     );
+    if let Some(c) = crash.as_mut() {
+        oops_registers_from_stack(program, c, &cpus);
+    }
     KernelInfo {
         release: vmcoreinfo.osrelease().map(str::to_string),
         build_id: vmcoreinfo.build_id().map(hex),
@@ -184,6 +187,40 @@ pub fn kernel_info(
         sources,
         crash,
     }
+}
+
+/// An oops whose log lost its register dump: the registers of the first full exception
+/// frame on the failed CPU's stack (the fault `die()` reported), read from guest memory.
+fn oops_registers_from_stack(program: &Program, c: &mut KernelCrash, cpus: &[CpuInfo]) {
+    let oops = matches!(
+        c.kind.as_str(),
+        "null_dereference" | "general_protection_fault" | "bug" | "oops"
+    );
+    if !oops || c.registers.contains_key("rsp") {
+        return;
+    }
+    let frame = c
+        .cpu
+        .and_then(|cpu| cpus.iter().find(|x| x.cpu == cpu))
+        .and_then(|x| x.stack.as_ref())
+        .and_then(|s| s.frames.iter().find(|f| f.regs.is_some()));
+    let Some(at) = frame.and_then(|f| f.regs) else {
+        return;
+    };
+    let mut words = [0u8; orc::pt_regs::SIZE as usize];
+    if let Err(e) = program.read_virt(at.0, &mut words) {
+        c.notes
+            .push(format!("the exception frame at {at} is unreadable: {e}"));
+        return;
+    }
+    for (name, w) in orc::pt_regs::NAMES.iter().zip(words.chunks_exact(8)) {
+        let v = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        c.registers.insert((*name).to_string(), Hex(v));
+    }
+    c.notes.push(format!(
+        "registers read from the exception frame (pt_regs) at {at} on CPU {}'s stack",
+        c.cpu.unwrap_or(0)
+    ));
 }
 
 /// Most CPUs whose stacks are read.
@@ -248,6 +285,7 @@ fn trace(program: &Program, unwinder: &stack::Unwinder, u: &orc::Unwind) -> Stac
                     orc::FrameSource::FramePointer => "frame_pointer",
                 }
                 .into(),
+                regs: f.regs.map(Hex),
             })
             .collect(),
         complete: u.end.is_complete(),
@@ -447,4 +485,101 @@ pub fn crash_info(
             .push(format!("CPU {cpu}'s current task unknown: {e}")),
     }
     Some(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambulance_introspect::memory::RawImage;
+    use ambulance_introspect::translate::{PageTableBuilder, Paging};
+
+    const STACK: u64 = 0xffff_c900_0001_0000;
+    const STACK_PA: u64 = 0x10_0000;
+
+    /// A program whose one mapped page (at `STACK`) holds `words` from its start.
+    fn program(words: &[u64]) -> Program {
+        let mut b =
+            PageTableBuilder::new(vec![0u8; 0x20_0000], 0x1000, STACK_PA, Paging::Four).unwrap();
+        b.map_range(STACK, STACK_PA, 4096, 4096, true, true)
+            .unwrap();
+        let ram = b.ram_mut();
+        for (i, w) in words.iter().enumerate() {
+            let pa = STACK_PA as usize + i * 8;
+            ram[pa..pa + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        let root = b.root();
+        Program::new(
+            Arc::new(RawImage::from_bytes(b.into_ram(), 0)),
+            root,
+            Paging::Four,
+        )
+    }
+
+    fn cpu_with_frames(frames: Vec<StackFrame>) -> CpuInfo {
+        CpuInfo {
+            cpu: 1,
+            stack: Some(StackTrace {
+                frames,
+                complete: true,
+                end: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_oops_without_a_logged_register_dump_gets_its_exception_frame() {
+        // pt_regs: r15 = 0, r14 = 1, … each word its index; rsp (word 19) a stack value.
+        let mut words: Vec<u64> = (0..21).collect();
+        words[19] = STACK + 0x800;
+        let p = program(&words);
+        let frame = |regs: Option<u64>| StackFrame {
+            via: if regs.is_some() { "pt_regs" } else { "orc" }.into(),
+            regs: regs.map(Hex),
+            ..Default::default()
+        };
+        let cpus = [cpu_with_frames(vec![
+            frame(None),
+            frame(Some(STACK)),
+            frame(None),
+        ])];
+        let mut c = KernelCrash {
+            kind: "null_dereference".into(),
+            cpu: Some(1),
+            ..Default::default()
+        };
+        oops_registers_from_stack(&p, &mut c, &cpus);
+        assert_eq!(c.registers["r15"], Hex(0));
+        assert_eq!(c.registers["rbx"], Hex(5));
+        assert_eq!(c.registers["rip"], Hex(16));
+        assert_eq!(c.registers["rsp"], Hex(STACK + 0x800));
+        assert!(c.notes[0].contains("exception frame"), "{:?}", c.notes);
+
+        // What the kernel printed wins; a bare panic has no registers of its own; an
+        // unreadable frame is said, not guessed.
+        let mut logged = KernelCrash {
+            kind: "oops".into(),
+            cpu: Some(1),
+            registers: [("rsp".to_string(), Hex(7))].into(),
+            ..Default::default()
+        };
+        oops_registers_from_stack(&p, &mut logged, &cpus);
+        assert_eq!(logged.registers.len(), 1);
+        let mut panic = KernelCrash {
+            kind: "panic".into(),
+            cpu: Some(1),
+            ..Default::default()
+        };
+        oops_registers_from_stack(&p, &mut panic, &cpus);
+        assert!(panic.registers.is_empty());
+        let far = [cpu_with_frames(vec![frame(Some(STACK + 0x10_0000))])];
+        let mut c = KernelCrash {
+            kind: "bug".into(),
+            cpu: Some(1),
+            ..Default::default()
+        };
+        oops_registers_from_stack(&p, &mut c, &far);
+        assert!(c.registers.is_empty());
+        assert!(c.notes[0].contains("unreadable"), "{:?}", c.notes);
+    }
 }

@@ -412,6 +412,9 @@ pub struct Frame {
     pub sp: u64,
     /// How it was found.
     pub source: FrameSource,
+    /// The full `pt_regs` this frame's registers were read from, when it was reached
+    /// through an exception or interrupt frame that saved them all.
+    pub regs: Option<u64>,
 }
 
 /// Why an unwind stopped.
@@ -511,6 +514,7 @@ pub fn unwind(
             Start::Registers(_) => FrameSource::Registers,
             Start::Saved { .. } => FrameSource::Orc,
         },
+        regs: None,
     }];
     let read_reg = |r: Option<RegsAt>, prev: Option<RegsAt>, off: u64| -> Option<u64> {
         let from = |at: RegsAt| match at {
@@ -664,6 +668,10 @@ pub fn unwind(
                 FrameSource::OrcRegs
             } else {
                 source
+            },
+            regs: match regs {
+                Some(RegsAt::Full(a)) if crossed => Some(a),
+                _ => None,
             },
         });
     };
@@ -965,6 +973,8 @@ mod tests {
             UnwindEnd::NotText(0x1234),
             "the frame-pointer step ran"
         );
+        assert_eq!(u.frames[1].regs, Some(regs), "where the pt_regs are");
+        assert_eq!(u.frames[2].regs, None);
     }
 
     /// Garbage never panics and never loops beyond the limit.

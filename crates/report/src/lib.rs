@@ -211,7 +211,8 @@ pub struct KernelCrash {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<Hex>,
     /// The registers the kernel saved for an oops (by the kernel's names, lower case:
-    /// `rsp`, `eflags`, `rax` … `r15`, `cr2`, …), when it dumped a kernel-mode frame.
+    /// `rsp`, `eflags`, `rax` … `r15`, `cr2`, …): as it printed them, else read from the
+    /// exception frame (`pt_regs`) on the failed CPU's stack.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registers: BTreeMap<String, Hex>,
     /// Where the oops happened as the kernel printed it (`func+0x16/0x20`).
@@ -306,6 +307,10 @@ pub struct StackFrame {
     /// How it was found: `registers` (where the unwind started), `orc`, `pt_regs` (an
     /// interrupt or exception frame), `frame_pointer`.
     pub via: String,
+    /// The `struct pt_regs` the frame's registers were read from, for a frame reached
+    /// through an exception or interrupt frame that saved them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regs: Option<Hex>,
 }
 
 /// Where the facts of a [`KernelInfo`] came from.

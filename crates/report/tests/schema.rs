@@ -121,6 +121,7 @@ pub fn sample() -> Report {
                         sp: Hex(0xffff_c900_0001_3e60),
                         symbol: Some("__schedule+0x33c/0x9a0".into()),
                         via: "orc".into(),
+                        regs: None,
                     }],
                     complete: false,
                     end: "a test".into(),

@@ -357,13 +357,16 @@ impl QemuGuest {
 ///   panicked and its kdump kernel took over);
 /// * `WATCHDOG` (the virtual watchdog, e.g. `-device i6300esb`, expired: the guest
 ///   stopped feeding it) is a `watchdog_stall`;
-/// * `RESET` and `SHUTDOWN` the guest caused (`"guest": true`) are a `reset` (reason
-///   `guest-reset`: a reboot or a triple fault, which QEMU does not tell apart), a
-///   `panic` (`guest-panic`) or a `shutdown` (`guest-shutdown`, the guest powered
-///   itself off). Those the host caused (`system_reset`, `quit`, a signal) are not
-///   failures.
+/// * a `SHUTDOWN` the guest caused (`"guest": true`) is a `reset` (reason
+///   `guest-reset`: a reboot or a triple fault, which QEMU does not tell apart, under
+///   `-no-reboot` or `-action reboot=shutdown`), a `panic` (`guest-panic`) or a
+///   `shutdown` (`guest-shutdown`, the guest powered itself off). Those the host caused
+///   (`quit`, a signal) are not failures.
 ///
-/// To keep the state of a guest that resets or shuts down for the diagnosis, run QEMU
+/// A `RESET` is never one: the firmware resets the machine itself once more after a
+/// host's `system_reset` (SeaBIOS does), and QEMU reports that as the guest's own, so a
+/// guest that resets and runs on cannot be told from the daemon's own restarts. To have
+/// a triple fault or a reboot reported, and the guest kept for the diagnosis, run QEMU
 /// with `-action reboot=shutdown,shutdown=pause`.
 pub fn failure_of(e: &QmpEvent) -> Option<FailureInfo> {
     let data: BTreeMap<String, serde_json::Value> = e
@@ -398,7 +401,7 @@ pub fn failure_of(e: &QmpEvent) -> Option<FailureInfo> {
                 text("action")
             ),
         ),
-        "RESET" | "SHUTDOWN" => {
+        "SHUTDOWN" => {
             if data.get("guest").and_then(|g| g.as_bool()) != Some(true) {
                 return None;
             }
@@ -469,10 +472,9 @@ mod tests {
             Some("watchdog_stall")
         );
         let guest = |reason: &str| json!({"guest": true, "reason": reason});
-        assert_eq!(
-            cause("RESET", guest("guest-reset")).as_deref(),
-            Some("reset")
-        );
+        // The firmware's own reset after a host's system_reset is reported as the
+        // guest's: a RESET alone says nothing.
+        assert_eq!(cause("RESET", guest("guest-reset")), None);
         assert_eq!(
             cause("SHUTDOWN", guest("guest-reset")).as_deref(),
             Some("reset")

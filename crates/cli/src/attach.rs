@@ -142,7 +142,7 @@ async fn attach(args: AttachArgs) -> Result<(), CliError> {
         )
     } else {
         eprintln!(
-            "ambulance: guest {name} is {}; waiting for it to panic or otherwise fail (GUEST_PANICKED, GUEST_CRASHLOADED, WATCHDOG, a reset or shutdown it causes)",
+            "ambulance: guest {name} is {}; waiting for it to panic or otherwise fail (GUEST_PANICKED, GUEST_CRASHLOADED, WATCHDOG, a shutdown it causes)",
             connected.status.status
         );
         wait_for_failure(&guest, connected.events).await?

@@ -58,8 +58,15 @@ pub fn panic_cpu(program: &Program) -> Option<u32> {
         .filter(|&c| c < MAX_CPUS)
 }
 
+/// Whether `addr` is in the kernel's half of the address space: at or above
+/// `0xff00_0000_0000_0000`, the lowest kernel address with 5-level paging (4-level
+/// paging's is higher still).
+pub fn is_kernel_address(addr: u64) -> bool {
+    addr >= 0xff00_0000_0000_0000
+}
+
 /// The per-CPU area of `cpu`: `__per_cpu_offset[cpu]`. Checked to be a kernel address
-/// (the direct map or vmalloc space), never 0.
+/// (the direct map or vmalloc space, with 4- or 5-level paging), never 0.
 pub fn per_cpu_offset(program: &Program, cpu: u32) -> Result<u64> {
     if cpu >= MAX_CPUS {
         return Err(Error::PerCpu {
@@ -73,7 +80,7 @@ pub fn per_cpu_offset(program: &Program, cpu: u32) -> Result<u64> {
             reason: format!("__per_cpu_offset at {table:#x} overflows"),
         })?;
     let offset = program.read_u64(at)?;
-    if offset < 0xffff_0000_0000_0000 {
+    if !is_kernel_address(offset) {
         return Err(Error::PerCpu {
             reason: format!("__per_cpu_offset[{cpu}] is {offset:#x}, not a kernel address"),
         });
@@ -120,7 +127,7 @@ pub fn current_task(program: &Program, cpu: u32) -> Result<u64> {
         }
     };
     let task = program.read_u64(slot)?;
-    if task < 0xffff_0000_0000_0000 {
+    if !is_kernel_address(task) {
         return Err(Error::PerCpu {
             reason: format!("current task of CPU {cpu} is {task:#x}, not a kernel address"),
         });
@@ -135,4 +142,32 @@ pub fn nr_cpu_ids(program: &Program) -> Option<u32> {
         .and_then(|a| program.read_u32(a))
         .ok()
         .filter(|&n| n > 0 && n <= MAX_CPUS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_addresses_with_four_and_five_level_paging() {
+        // 4-level: direct map, vmalloc, the image; 5-level: its direct map and vmalloc.
+        for a in [
+            0xffff_8880_0000_0000u64,
+            0xffff_c900_0000_0000,
+            0xffff_ffff_8100_0000,
+            0xff11_0000_0000_0000,
+            0xff27_8f32_4224_4200,
+            0xffa0_0000_0000_0000,
+        ] {
+            assert!(is_kernel_address(a), "{a:#x}");
+        }
+        for a in [
+            0,
+            0x7fff_ffff_f000,
+            0x0000_8000_0000_0000,
+            0xfe00_0000_0000_0000,
+        ] {
+            assert!(!is_kernel_address(a), "{a:#x}");
+        }
+    }
 }

@@ -19,6 +19,9 @@ pub const MAX_MODULES: usize = 4096;
 pub const MAX_MODULE_SYMBOLS: u64 = 1 << 16;
 /// Largest module string table read.
 const MAX_STRTAB: u64 = 4 << 20;
+/// Most bytes of symbol and string tables read over all modules: a guest that claims
+/// huge tables for thousands of modules costs the diagnosis this much, no more.
+pub const MAX_SYMBOL_BYTES: u64 = 32 << 20;
 /// Largest module text accepted.
 const MAX_TEXT: u64 = 1 << 30;
 /// `MODULE_NAME_LEN` on 64-bit.
@@ -124,6 +127,7 @@ pub fn modules(program: &Program) -> Result<(Vec<Module>, Vec<String>)> {
     let mut problems = Vec::new();
     let mut node = program.read_u64(head)?;
     let mut seen = std::collections::HashSet::new();
+    let mut budget = MAX_SYMBOL_BYTES;
     while node != head {
         if out.len() + problems.len() >= MAX_MODULES {
             problems.push(format!(
@@ -138,7 +142,7 @@ pub fn modules(program: &Program) -> Result<(Vec<Module>, Vec<String>)> {
         let module = node
             .checked_sub(layout.list)
             .ok_or_else(|| overflow("module"))?;
-        match read_module(program, &layout, module) {
+        match read_module(program, &layout, module, &mut budget) {
             Ok(m) => out.push(m),
             Err(e) => problems.push(format!("module at {module:#x}: {e}")),
         }
@@ -150,10 +154,15 @@ pub fn modules(program: &Program) -> Result<(Vec<Module>, Vec<String>)> {
             }
         };
     }
+    if budget == 0 {
+        problems.push(format!(
+            "the modules' symbol tables exceed {MAX_SYMBOL_BYTES} bytes; later modules' symbols not read"
+        ));
+    }
     Ok((out, problems))
 }
 
-fn read_module(program: &Program, l: &Layout, module: u64) -> Result<Module> {
+fn read_module(program: &Program, l: &Layout, module: u64, budget: &mut u64) -> Result<Module> {
     let at = |off: u64| module.checked_add(off).ok_or_else(|| overflow("module"));
     let mut name = [0u8; MODULE_NAME_LEN];
     program.read_virt(at(l.name)?, &mut name)?;
@@ -179,7 +188,7 @@ fn read_module(program: &Program, l: &Layout, module: u64) -> Result<Module> {
         None => None,
     };
     let symbols = match l.kallsyms {
-        Some(k) => read_symbols(program, module, k, &text).unwrap_or_default(),
+        Some(k) => read_symbols(program, module, k, &text, budget).unwrap_or_default(),
         None => Vec::new(),
     };
     Ok(Module {
@@ -196,11 +205,15 @@ fn read_symbols(
     module: u64,
     (kallsyms, symtab, num_symtab, strtab): (u64, u64, u64, u64),
     text: &Range<u64>,
+    budget: &mut u64,
 ) -> Result<Vec<(u64, u64, String)>> {
     let at = |base: u64, off: u64| base.checked_add(off).ok_or_else(|| overflow("kallsyms"));
     let ks = program.read_u64(at(module, kallsyms)?)?;
     let symtab = program.read_u64(at(ks, symtab)?)?;
-    let num = u64::from(program.read_u32(at(ks, num_symtab)?)?).min(MAX_MODULE_SYMBOLS);
+    let num = u64::from(program.read_u32(at(ks, num_symtab)?)?)
+        .min(MAX_MODULE_SYMBOLS)
+        .min(*budget / SYM_SIZE);
+    *budget -= num * SYM_SIZE;
     let strtab = program.read_u64(at(ks, strtab)?)?;
     let mut raw = vec![0u8; (num * SYM_SIZE) as usize];
     program.read_virt(symtab, &mut raw)?;
@@ -219,7 +232,9 @@ fn read_symbols(
         .map(|s| u64::from(s.0) + 128)
         .max()
         .unwrap_or(0)
-        .min(MAX_STRTAB);
+        .min(MAX_STRTAB)
+        .min(*budget);
+    *budget -= strtab_len;
     let mut strings = vec![0u8; strtab_len as usize];
     if strtab_len > 0 && program.read_virt(strtab, &mut strings).is_err() {
         // The last name may end near the end of a mapping: read just what the names need.

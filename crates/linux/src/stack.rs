@@ -18,6 +18,9 @@ use crate::modules::{self, Module};
 use crate::orc::{self, OrcLocation, OrcTable, OrcVersion, Registers, StackMemory, Start, Unwind};
 use crate::{Error, Result};
 
+/// Most ORC entries read over all modules (10 bytes each).
+const MAX_MODULE_ORC_ENTRIES: u64 = 1 << 22;
+
 /// Guest memory through the program's translation.
 struct ProgramMemory<'p>(&'p Program);
 
@@ -101,12 +104,23 @@ impl Unwinder {
             .collect();
         // Modules: their code, ORC tables and symbols, where they can be read.
         let mut problems = Vec::new();
+        // What the modules' ORC tables may cost, over all of them.
+        let mut orc_budget = MAX_MODULE_ORC_ENTRIES;
         let modules = match modules::modules(program) {
             Ok((list, trouble)) => {
                 problems.extend(trouble);
                 list.into_iter()
                     .map(|m| {
                         let orc = m.orc.and_then(|(ip, entries, n)| {
+                            if n > orc_budget {
+                                problems.push(format!(
+                                    "module {}: {n} ORC entries exceed what is left of the \
+                                     {MAX_MODULE_ORC_ENTRIES} read for all modules",
+                                    m.name
+                                ));
+                                return None;
+                            }
+                            orc_budget -= n;
                             let at = OrcLocation {
                                 ip: ip..ip.checked_add(n.checked_mul(4)?)?,
                                 entries: entries..entries.checked_add(n.checked_mul(6)?)?,

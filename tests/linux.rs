@@ -555,3 +555,88 @@ fn the_text_report_shows_the_crashed_tasks_trace_first() {
     assert!(trace.contains(" panic+0x"), "{text}");
     assert!(trace.contains("entry_SYSCALL_64_after_hwframe+"), "{text}");
 }
+
+/// Debian's 6.12 kernel (`fixtures/linux/build-other-kernel.sh 6.12`: the same init, the
+/// newest 6.12 cloud kernel apt knows); `None` after a loud skip where apt knows none.
+fn fixture_6_12() -> Option<PathBuf> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/linux/build-other-kernel.sh"
+    );
+    let out = Command::new("bash")
+        .args([script, "6.12"])
+        .output()
+        .expect("bash runs");
+    let dir = out
+        .status
+        .success()
+        .then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .map(|l| PathBuf::from(l.trim()))
+        })
+        .flatten();
+    if !ambulance_testkit::available(
+        &format!(
+            "Debian 6.12 kernel fixture ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        dir.is_some(),
+    ) {
+        return None;
+    }
+    dir
+}
+
+/// Linux 6.12 — its `CPU: N UID: U PID: …` line, `pcpu_hot`, ORC's third format,
+/// `module.mem[]` — under 5-level paging (QEMU's `-cpu max` has LA57), panicking on CPU 1:
+/// the same answers as 6.1 gives, from the dump alone.
+#[test]
+fn linux_6_12_with_five_level_paging_panicking_on_cpu_1() {
+    let Some(fx) = fixture_6_12() else { return };
+    let d = panicked_dump_of(
+        &fx,
+        &Boot {
+            cpus: 2,
+            cmdline: "isolcpus=0".into(),
+            qemu_args: vec!["-cpu".into(), "max".into()],
+            ..Boot::default()
+        },
+    );
+    assert!(
+        d.console.contains(" UID: "),
+        "6.12's CPU line:\n{}",
+        d.console
+    );
+    let ((cpu, pid, comm), _) = console_panic_context(&d.console);
+    assert_eq!(cpu, 1, "the kernel kept init off CPU 0");
+    let report = diagnose_core(&d.core, &[]);
+    let k = &report["kernel"];
+    assert!(
+        k["release"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("6.12.")),
+        "{}",
+        k["release"]
+    );
+    // 5-level paging: CR4.LA57 on the vCPUs, from QEMU's note.
+    for v in report["vcpus"].as_array().unwrap() {
+        let cr4 = u64::from_str_radix(&v["cr4"].as_str().unwrap()[2..], 16).unwrap();
+        assert_ne!(cr4 & (1 << 12), 0, "LA57: {v}");
+    }
+    assert_eq!(
+        k["sources"]["missing"],
+        serde_json::json!([]),
+        "{}",
+        k["sources"]
+    );
+    assert_eq!(report["failure"]["cause"], "panic");
+    assert_eq!(report["failure"]["detail"], "sysrq triggered crash");
+    let crash = &k["crash"];
+    assert_eq!(crash["cpu"], 1);
+    assert_eq!(crash["vcpu"], 1);
+    assert_eq!(crash["pid"], pid);
+    assert_eq!(crash["comm"], comm.as_str());
+    check_traces(&d, false);
+}

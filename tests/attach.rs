@@ -156,6 +156,36 @@ fn check_common(a: &Attached) {
     assert_eq!(r["guest"]["vcpus"], 2);
     assert_eq!(r["guest"]["memory_bytes"], 256u64 << 20);
     linux_guest::check_vcpus(r, true);
+    // Live too, the kernel's own account and the panicking CPU's stack, from the
+    // registers QMP gave: through panic() and the sysrq handler to the system call.
+    let crash = &r["kernel"]["crash"];
+    assert_eq!(crash["kind"], "panic", "{crash}");
+    assert_eq!(crash["cpu"], r["kernel"]["panic_cpu"]);
+    let cpu = r["kernel"]["cpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cpu"] == crash["cpu"])
+        .expect("the panicking CPU");
+    let stack = &cpu["stack"];
+    assert_eq!(stack["complete"], true, "{stack}");
+    let symbols: Vec<&str> = stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["symbol"].as_str().unwrap_or("?"))
+        .collect();
+    let at = |name: &str| symbols.iter().position(|s| s.starts_with(name));
+    assert!(
+        at("panic+") < at("sysrq_handle_crash+") && at("panic+").is_some(),
+        "{symbols:?}"
+    );
+    assert!(
+        symbols
+            .last()
+            .is_some_and(|s| s.starts_with("entry_SYSCALL_64")),
+        "{symbols:?}"
+    );
     let phases: Vec<&str> = r["timeline"]
         .as_array()
         .unwrap()

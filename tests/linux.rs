@@ -14,7 +14,7 @@ use ambulance_diagnose::{diagnose, Options, Subject};
 use ambulance_introspect::memory::ElfCore;
 use ambulance_introspect::program::Program;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
-use linux_guest::{check_against_console, fixture, panicked_dump, Dump};
+use linux_guest::{check_against_console, fixture, panicked_dump, panicked_dump_of, Boot, Dump};
 use serde_json::Value;
 
 /// One panicked guest's dump, shared by the tests of this file.
@@ -343,4 +343,300 @@ fn debug_info_of_another_build_is_refused_naming_both_ids() {
         "{:?}",
         k.sources.missing
     );
+}
+
+/// The console's `CPU: N PID: P Comm: C …` line after the panic, and the reliable entries
+/// of the `Call Trace` the kernel printed under it (those without `? `), in order.
+fn console_panic_context(console: &str) -> ((u64, i64, String), Vec<String>) {
+    let lines: Vec<&str> = console
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .skip_while(|l| !l.contains("Kernel panic - not syncing: "))
+        .map(|l| l.split_once("] ").map_or(l, |x| x.1))
+        .collect();
+    let (cpu, pid, comm) = lines
+        .iter()
+        .find_map(|l| ambulance_linux::crash::cpu_line(l))
+        .expect("the console shows the panicking CPU and task");
+    let trace = lines
+        .iter()
+        .skip_while(|l| !l.starts_with("Call Trace:"))
+        .skip(1)
+        .map(|l| l.trim())
+        .take_while(|l| !l.starts_with("RIP:") && *l != "</TASK>")
+        .filter(|l| !l.starts_with('<') && !l.starts_with("? "))
+        .map(str::to_string)
+        .collect();
+    ((u64::from(cpu), i64::from(pid), comm), trace)
+}
+
+/// A stack's symbols, innermost first.
+fn symbols(stack: &Value) -> Vec<String> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["symbol"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[test]
+fn the_failure_is_the_kernels_own_with_its_cpu_task_and_vcpu() {
+    let d = dump();
+    let report = diagnose_core(&d.core, &[]);
+    let ((cpu, pid, comm), _) = console_panic_context(&d.console);
+    // Not "offline": the dump shows the kernel's panic.
+    let failure = &report["failure"];
+    assert_eq!(failure["cause"], "panic");
+    assert_eq!(failure["detail"], "sysrq triggered crash");
+    let crash = &report["kernel"]["crash"];
+    assert_eq!(crash["kind"], "panic");
+    assert_eq!(crash["message"], "sysrq triggered crash");
+    assert_eq!(crash["panic_message"], "sysrq triggered crash");
+    assert_eq!(crash["cpu"], cpu);
+    assert_eq!(crash["cpu"], report["kernel"]["panic_cpu"]);
+    assert_eq!(crash["pid"], pid);
+    assert_eq!(crash["comm"], comm.as_str());
+    // The task is the one on the task list with that PID.
+    let task = report["kernel"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["pid"] == pid)
+        .expect("the panicking task is listed");
+    assert_eq!(crash["task"], task["address"]);
+    // The vCPU that ran that CPU failed; every vCPU has its control and segment
+    // registers from QEMU's note.
+    let vcpu = crash["vcpu"].as_u64().expect("the panicking vCPU is known");
+    assert_eq!(failure["vcpu"], vcpu);
+    for v in report["vcpus"].as_array().unwrap() {
+        assert_ne!(v["cr3"], "0x0", "{v}");
+        assert_ne!(v["cr0"], "0x0", "{v}");
+        let segments = v["segments"].as_array().expect("segment registers");
+        assert_eq!(segments.len(), 10);
+        assert_eq!(segments[0]["name"], "cs");
+        let expected = if v["vcpu"] == vcpu {
+            "failed"
+        } else {
+            "unknown"
+        };
+        assert_eq!(v["activity"], expected, "{v}");
+    }
+    // QEMU's note and NT_PRSTATUS agree: no finding about the core's notes.
+    assert!(findings(&report, "diagnosis")
+        .iter()
+        .all(|f| f["structure"]["root"] != "core"));
+}
+
+#[test]
+fn the_panicking_tasks_trace_matches_the_kernels_call_trace() {
+    check_traces(dump(), true);
+}
+
+/// A guest whose init is kept off CPU 0 (`isolcpus=0`) panics on CPU 1: the failure,
+/// the vCPU and the trace are that CPU's.
+#[test]
+fn a_panic_on_another_cpu_is_that_cpus() {
+    let d = panicked_dump_of(
+        &fixture(false),
+        &Boot {
+            cpus: 2,
+            cmdline: "isolcpus=0".into(),
+            ..Boot::default()
+        },
+    );
+    let ((cpu, _, _), _) = console_panic_context(&d.console);
+    assert_eq!(cpu, 1, "the kernel kept init off CPU 0");
+    let report = diagnose_core(&d.core, &[]);
+    assert_eq!(report["kernel"]["crash"]["cpu"], 1);
+    assert_eq!(report["kernel"]["panic_cpu"], 1);
+    // QEMU numbers vCPUs as Linux numbers CPUs here; the match is by per-CPU base.
+    assert_eq!(report["kernel"]["crash"]["vcpu"], 1);
+    assert_eq!(report["failure"]["vcpu"], 1);
+    check_traces(&d, false);
+}
+
+/// The panicking CPU's trace against the kernel's own `Call Trace`, and every other
+/// stack complete — from the dump alone and (with `dbg`) with the -dbg vmlinux.
+fn check_traces(d: &Dump, dbg: bool) {
+    let vmlinux = fixture(dbg).join("vmlinux");
+    let with_dbg = ["--debuginfo", vmlinux.to_str().unwrap()];
+    let runs: &[&[&str]] = if dbg { &[&[], &with_dbg] } else { &[&[]] };
+    for extra in runs {
+        let report = diagnose_core(&d.core, extra);
+        let k = &report["kernel"];
+        let ((cpu, pid, _), kernel_trace) = console_panic_context(&d.console);
+        let on_cpu = k["cpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cpu"] == cpu)
+            .expect("the panicking CPU");
+        assert_eq!(on_cpu["pid"], pid);
+        let stack = &on_cpu["stack"];
+        assert_eq!(stack["complete"], true, "{stack}");
+        let ours = symbols(stack);
+        // The kernel printed its trace from dump_stack() inside panic(); ours starts
+        // where the CPU stopped (the panic notifier) and goes through panic() too. From
+        // the caller of panic() on, every reliable entry is the same, in order, to the
+        // system call's entry.
+        let theirs_at = kernel_trace
+            .iter()
+            .position(|s| s.starts_with("panic+"))
+            .expect("panic() in the kernel's trace");
+        let ours_at = ours
+            .iter()
+            .position(|s| s.starts_with("panic+"))
+            .unwrap_or_else(|| panic!("panic() in our trace: {ours:?}"));
+        assert!(
+            kernel_trace.len() - theirs_at > 3,
+            "a real trace: {kernel_trace:?}"
+        );
+        assert_eq!(
+            ours[ours_at + 1..],
+            kernel_trace[theirs_at + 1..],
+            "ours: {ours:?}\nthe kernel's: {kernel_trace:?}"
+        );
+        // The task list gives the running task its CPU's stack.
+        let task = k["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["pid"] == pid)
+            .unwrap();
+        assert_eq!(task["stack"], *stack);
+        // Every other CPU's stack and every sleeping task's reaches the bottom of its
+        // stack, symbolized all the way.
+        for c in k["cpus"].as_array().unwrap() {
+            assert_eq!(c["stack"]["complete"], true, "{c}");
+        }
+        let running: Vec<&Value> = k["cpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| &c["task"])
+            .collect();
+        for t in k["tasks"].as_array().unwrap() {
+            let s = &t["stack"];
+            assert_eq!(s["complete"], true, "{t}");
+            let syms = symbols(s);
+            assert!(
+                !syms.is_empty() && syms.iter().all(|s| s.contains("+0x")),
+                "{t}"
+            );
+            // A task that was not running was switched out in __schedule().
+            if !running.contains(&&t["address"]) {
+                assert!(syms[0].starts_with("__schedule+"), "{t}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_text_report_shows_the_crashed_tasks_trace_first() {
+    let d = dump();
+    let out = ambulance(&[
+        "diagnose",
+        "--core",
+        d.core.to_str().unwrap(),
+        "--format",
+        "text",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ((_, pid, comm), _) = console_panic_context(&d.console);
+    let head = format!(", task {pid} ({comm}): sysrq triggered crash");
+    let at = text.find(&head).unwrap_or_else(|| panic!("{text}"));
+    let stack = text[at..]
+        .find("  Stack:")
+        .expect("a stack under the crash");
+    let trace = &text[at + stack..];
+    let first_task = text.find("Tasks (").expect("the task list");
+    assert!(at + stack < first_task, "{text}");
+    assert!(trace.contains(" panic+0x"), "{text}");
+    assert!(trace.contains("entry_SYSCALL_64_after_hwframe+"), "{text}");
+}
+
+/// Debian's 6.12 kernel (`fixtures/linux/build-other-kernel.sh 6.12`: the same init, the
+/// newest 6.12 cloud kernel apt knows); `None` after a loud skip where apt knows none.
+fn fixture_6_12() -> Option<PathBuf> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/linux/build-other-kernel.sh"
+    );
+    let out = Command::new("bash")
+        .args([script, "6.12"])
+        .output()
+        .expect("bash runs");
+    let dir = out
+        .status
+        .success()
+        .then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .map(|l| PathBuf::from(l.trim()))
+        })
+        .flatten();
+    if !ambulance_testkit::available(
+        &format!(
+            "Debian 6.12 kernel fixture ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        dir.is_some(),
+    ) {
+        return None;
+    }
+    dir
+}
+
+/// Linux 6.12 — its `CPU: N UID: U PID: …` line, `pcpu_hot`, ORC's third format,
+/// `module.mem[]` — under 5-level paging (QEMU's `-cpu max` has LA57), panicking on CPU 1:
+/// the same answers as 6.1 gives, from the dump alone.
+#[test]
+fn linux_6_12_with_five_level_paging_panicking_on_cpu_1() {
+    let Some(fx) = fixture_6_12() else { return };
+    let d = panicked_dump_of(
+        &fx,
+        &Boot {
+            cpus: 2,
+            cmdline: "isolcpus=0".into(),
+            qemu_args: vec!["-cpu".into(), "max".into()],
+            ..Boot::default()
+        },
+    );
+    assert!(
+        d.console.contains(" UID: "),
+        "6.12's CPU line:\n{}",
+        d.console
+    );
+    let ((cpu, pid, comm), _) = console_panic_context(&d.console);
+    assert_eq!(cpu, 1, "the kernel kept init off CPU 0");
+    let report = diagnose_core(&d.core, &[]);
+    let k = &report["kernel"];
+    assert!(
+        k["release"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("6.12.")),
+        "{}",
+        k["release"]
+    );
+    // 5-level paging: CR4.LA57 on the vCPUs, from QEMU's note.
+    for v in report["vcpus"].as_array().unwrap() {
+        let cr4 = u64::from_str_radix(&v["cr4"].as_str().unwrap()[2..], 16).unwrap();
+        assert_ne!(cr4 & (1 << 12), 0, "LA57: {v}");
+    }
+    assert_eq!(
+        k["sources"]["missing"],
+        serde_json::json!([]),
+        "{}",
+        k["sources"]
+    );
+    assert_eq!(report["failure"]["cause"], "panic");
+    assert_eq!(report["failure"]["detail"], "sysrq triggered crash");
+    let crash = &k["crash"];
+    assert_eq!(crash["cpu"], 1);
+    assert_eq!(crash["vcpu"], 1);
+    assert_eq!(crash["pid"], pid);
+    assert_eq!(crash["comm"], comm.as_str());
+    check_traces(&d, false);
 }

@@ -71,7 +71,9 @@ fn qemu_dump_of_a_panicked_linux_guest_reads_back() {
     assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), release);
 
     // Our diagnose command reads the same file: with no registration, it finds the page
-    // tables through VMCOREINFO and reports the failure as an offline diagnosis.
+    // tables through VMCOREINFO, and reports the failure the kernel's own log and
+    // memory show (not merely an offline diagnosis) with every vCPU's control registers
+    // from QEMU's per-CPU note.
     let out = Command::new(env!("CARGO_BIN_EXE_ambulance"))
         .args(["diagnose", "--core"])
         .arg(&core_path)
@@ -83,8 +85,14 @@ fn qemu_dump_of_a_panicked_linux_guest_reads_back() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["failure"]["cause"], "offline");
+    assert_eq!(report["failure"]["cause"], "panic");
+    assert_eq!(report["failure"]["detail"], "sysrq triggered crash");
     assert_eq!(report["vcpus"].as_array().unwrap().len(), 2);
+    for v in report["vcpus"].as_array().unwrap() {
+        let cr3 = u64::from_str_radix(&v["cr3"].as_str().unwrap()[2..], 16).unwrap();
+        assert_ne!(cr3, 0, "{v}");
+        assert_eq!(v["segments"].as_array().map(Vec::len), Some(10), "{v}");
+    }
     assert!(report["registration"].is_null());
     let _ = program.memory().describe();
 }

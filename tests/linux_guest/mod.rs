@@ -245,13 +245,18 @@ pub struct Dump {
 /// Boots the fixture, waits for its sysrq panic (GUEST_PANICKED through pvpanic),
 /// dumps it with `dump-guest-memory` and stops QEMU.
 pub fn panicked_dump(fixture_dir: &Path, memory_mib: u64) -> Dump {
-    let guest = Guest::boot(
+    panicked_dump_of(
         fixture_dir,
         &Boot {
             memory_mib,
             ..Boot::default()
         },
-    );
+    )
+}
+
+/// [`panicked_dump`] of a guest booted as `boot` says.
+pub fn panicked_dump_of(fixture_dir: &Path, boot: &Boot) -> Dump {
+    let guest = Guest::boot(fixture_dir, boot);
     let dir = tempfile::tempdir().unwrap();
     let core = dir.path().join("vmcore");
     runtime().block_on(async {

@@ -159,6 +159,7 @@ impl Capture {
             vmcoreinfo: None,
             vmcoreinfo_origin: None,
             vmcoreinfo_note,
+            core_problems: Vec::new(),
         }
     }
 

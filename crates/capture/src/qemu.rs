@@ -351,30 +351,80 @@ impl QemuGuest {
     }
 }
 
-/// The failure a QMP event reports, if it reports one: `GUEST_PANICKED` (pvpanic) is a
-/// panic.
+/// The failure a QMP event reports, if it reports one:
+///
+/// * `GUEST_PANICKED` (pvpanic) is a `panic`; `GUEST_CRASHLOADED` too (the guest
+///   panicked and its kdump kernel took over);
+/// * `WATCHDOG` (the virtual watchdog, e.g. `-device i6300esb`, expired: the guest
+///   stopped feeding it) is a `watchdog_stall`;
+/// * a `SHUTDOWN` the guest caused (`"guest": true`) is a `reset` (reason
+///   `guest-reset`: a reboot or a triple fault, which QEMU does not tell apart, under
+///   `-no-reboot` or `-action reboot=shutdown`), a `panic` (`guest-panic`) or a
+///   `shutdown` (`guest-shutdown`, the guest powered itself off). Those the host caused
+///   (`quit`, a signal) are not failures.
+///
+/// A `RESET` is never one: the firmware resets the machine itself once more after a
+/// host's `system_reset` (SeaBIOS does), and QEMU reports that as the guest's own, so a
+/// guest that resets and runs on cannot be told from the daemon's own restarts. To have
+/// a triple fault or a reboot reported, and the guest kept for the diagnosis, run QEMU
+/// with `-action reboot=shutdown,shutdown=pause`.
 pub fn failure_of(e: &QmpEvent) -> Option<FailureInfo> {
-    match e.name.as_str() {
-        "GUEST_PANICKED" => {
-            let data: BTreeMap<String, serde_json::Value> = e
-                .data
-                .as_object()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default();
-            let action = data
-                .get("action")
-                .and_then(|a| a.as_str())
-                .unwrap_or("?")
-                .to_string();
-            Some(failure(
-                "panic",
-                format!("QEMU reported GUEST_PANICKED (action {action})"),
-                data,
-                e.time,
-            ))
+    let data: BTreeMap<String, serde_json::Value> = e
+        .data
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .and_then(|a| a.as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let (cause, detail) = match e.name.as_str() {
+        "GUEST_PANICKED" => (
+            "panic",
+            format!("QEMU reported GUEST_PANICKED (action {})", text("action")),
+        ),
+        "GUEST_CRASHLOADED" => (
+            "panic",
+            format!(
+                "the guest panicked and loaded its crash kernel: QEMU reported \
+                 GUEST_CRASHLOADED (action {})",
+                text("action")
+            ),
+        ),
+        "WATCHDOG" => (
+            "watchdog_stall",
+            format!(
+                "the guest stopped feeding its virtual watchdog, which expired: QEMU \
+                 reported WATCHDOG (action {})",
+                text("action")
+            ),
+        ),
+        "SHUTDOWN" => {
+            if data.get("guest").and_then(|g| g.as_bool()) != Some(true) {
+                return None;
+            }
+            let reason = text("reason");
+            let cause = match reason.as_str() {
+                "guest-panic" => "panic",
+                "guest-shutdown" => "shutdown",
+                _ => "reset",
+            };
+            let what = match reason.as_str() {
+                "guest-reset" => "the guest reset itself (a reboot or a triple fault)",
+                "guest-panic" => "the guest panicked",
+                "guest-shutdown" => "the guest powered itself off",
+                _ => "the guest stopped",
+            };
+            (
+                cause,
+                format!("{what}: QEMU reported {} (reason {reason})", e.name),
+            )
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(failure(cause, detail, data, e.time))
 }
 
 /// The report's view of a failure of a guest QEMU runs.
@@ -390,5 +440,73 @@ pub fn failure(
         time: ambulance_report::timestamp(time),
         vcpu: None,
         data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(name: &str, data: serde_json::Value) -> QmpEvent {
+        QmpEvent {
+            name: name.into(),
+            data,
+            time: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn which_events_are_failures() {
+        let cause = |name: &str, data| failure_of(&event(name, data)).map(|f| f.cause);
+        assert_eq!(
+            cause("GUEST_PANICKED", json!({"action": "pause"})).as_deref(),
+            Some("panic")
+        );
+        assert_eq!(
+            cause("GUEST_CRASHLOADED", json!({"action": "run"})).as_deref(),
+            Some("panic")
+        );
+        assert_eq!(
+            cause("WATCHDOG", json!({"action": "pause"})).as_deref(),
+            Some("watchdog_stall")
+        );
+        let guest = |reason: &str| json!({"guest": true, "reason": reason});
+        // The firmware's own reset after a host's system_reset is reported as the
+        // guest's: a RESET alone says nothing.
+        assert_eq!(cause("RESET", guest("guest-reset")), None);
+        assert_eq!(
+            cause("SHUTDOWN", guest("guest-reset")).as_deref(),
+            Some("reset")
+        );
+        assert_eq!(
+            cause("SHUTDOWN", guest("guest-shutdown")).as_deref(),
+            Some("shutdown")
+        );
+        assert_eq!(
+            cause("SHUTDOWN", guest("guest-panic")).as_deref(),
+            Some("panic")
+        );
+        // What the host did is not the guest's failure.
+        for reason in ["host-qmp-system-reset", "host-qmp-quit", "host-signal"] {
+            let host = json!({"guest": false, "reason": reason});
+            assert_eq!(cause("RESET", host.clone()), None, "{reason}");
+            assert_eq!(cause("SHUTDOWN", host), None, "{reason}");
+        }
+        assert_eq!(cause("RESET", json!({})), None);
+        for name in ["STOP", "RESUME", "POWERDOWN", "DEVICE_DELETED"] {
+            assert_eq!(cause(name, json!({})), None, "{name}");
+        }
+        // The detail says what happened; the event's data is kept.
+        let f = failure_of(&event("WATCHDOG", json!({"action": "pause"}))).unwrap();
+        assert!(
+            f.detail.contains("watchdog") && f.detail.contains("pause"),
+            "{}",
+            f.detail
+        );
+        assert_eq!(f.data["action"], "pause");
+        let f = failure_of(&event("SHUTDOWN", guest("guest-reset"))).unwrap();
+        assert!(f.detail.contains("triple fault"), "{}", f.detail);
+        assert_eq!(f.data["reason"], "guest-reset");
     }
 }

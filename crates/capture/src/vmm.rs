@@ -147,6 +147,8 @@ pub fn registers(frozen: &FrozenSummary) -> Vec<VcpuRegisters> {
             efer: Hex(r.efer),
             fs_base: Hex(r.fs_base),
             gs_base: Hex(r.gs_base),
+            kernel_gs_base: None,
+            segments: Vec::new(),
         })
         .collect()
 }

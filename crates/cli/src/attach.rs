@@ -4,7 +4,8 @@
 //! It connects to QEMU's QMP socket (waiting up to `--connect-timeout` for QEMU to come
 //! up), asks QEMU where the guest's RAM is (its `memory-backend-file`, checked against
 //! `--memory` when given) and, with `--registration`, listens for the Linux agent's
-//! registration. On `GUEST_PANICKED` (or at once with `--now`, or when the guest had
+//! registration. On a failure QMP reports (`GUEST_PANICKED` and the others
+//! `ambulance_capture::qemu::failure_of` names; or at once with `--now`, or when the guest had
 //! already panicked) it pauses the guest (with `-action panic=pause` QEMU already has),
 //! takes every vCPU's registers, maps the RAM file read-only, diagnoses, writes the
 //! report to `--report-dir` (JSON and text, and with `--core` an ELF core), prints it and
@@ -141,7 +142,7 @@ async fn attach(args: AttachArgs) -> Result<(), CliError> {
         )
     } else {
         eprintln!(
-            "ambulance: guest {name} is {}; waiting for it to panic (GUEST_PANICKED)",
+            "ambulance: guest {name} is {}; waiting for it to panic or otherwise fail (GUEST_PANICKED, GUEST_CRASHLOADED, WATCHDOG, a shutdown it causes)",
             connected.status.status
         );
         wait_for_failure(&guest, connected.events).await?

@@ -11,13 +11,15 @@
 use std::fs::File;
 use std::path::Path;
 
+use ambulance_elfcore::qemu::SEGMENT_NAMES;
 use ambulance_elfcore::{
     write_core, write_core_into, CoreInput, ElfNote, PrStatus, RamRange, UserRegs, VirtualWindow,
     NT_AMBULANCE_DESCRIPTOR, NT_AMBULANCE_DESCRIPTOR_GPA, NT_AMBULANCE_FAILURE, NT_AMBULANCE_GUEST,
 };
+use ambulance_elfcore::{QemuCpuState, NT_QEMU_CPU_STATE, QEMU_NOTE_NAME};
 use ambulance_introspect::debuginfo::DebugInfo;
 use ambulance_introspect::memory::{LiveMemory, PhysicalMemory};
-use ambulance_report::{Hex, Report, VcpuRegisters};
+use ambulance_report::{Hex, Report, SegmentRegister, VcpuRegisters};
 
 /// `cs` and `ss` written for every vCPU (the kernel's flat code and data selectors).
 const KERNEL_CS: u64 = 0x10;
@@ -179,6 +181,64 @@ pub fn prstatus(index: usize, v: &VcpuRegisters) -> PrStatus {
             gs: 0,
         },
     }
+}
+
+/// A core's vCPUs: each `NT_PRSTATUS` ([`vcpu_registers`]) and, when QEMU wrote the core,
+/// the `n`th `QEMU` note ([`QemuCpuState`]) for the `n`th: its control registers,
+/// segment registers and `MSR_KERNEL_GS_BASE`. A `QEMU` note that does not decode, or
+/// whose `rip`/`rsp` disagree with the `NT_PRSTATUS` it is paired with, is not used and
+/// is said in `problems`.
+pub fn core_vcpus<'a>(
+    prstatus: &[PrStatus],
+    notes: impl Iterator<Item = ambulance_elfcore::CoreNote<'a>>,
+    problems: &mut Vec<String>,
+) -> Vec<VcpuRegisters> {
+    let mut vcpus: Vec<VcpuRegisters> = prstatus.iter().map(vcpu_registers).collect();
+    let states = notes.filter(|n| n.name == QEMU_NOTE_NAME && n.n_type == NT_QEMU_CPU_STATE);
+    for (i, note) in states.enumerate() {
+        let Some(v) = vcpus.get_mut(i) else {
+            problems.push(format!(
+                "QEMU CPU-state note {i} has no NT_PRSTATUS to pair with; not used"
+            ));
+            break;
+        };
+        match QemuCpuState::parse(note.desc) {
+            Ok(s) if s.rip == v.rip.0 && s.rsp() == v.rsp.0 => apply_qemu_state(v, &s),
+            Ok(s) => problems.push(format!(
+                "QEMU CPU-state note {i} (rip {:#x}, rsp {:#x}) disagrees with NT_PRSTATUS {i} \
+                 (rip {}, rsp {}); not used",
+                s.rip,
+                s.rsp(),
+                v.rip,
+                v.rsp
+            )),
+            Err(e) => problems.push(format!("{e}; vCPU {i}'s control registers are unknown")),
+        }
+    }
+    vcpus
+}
+
+/// What a `QEMU` note adds to a vCPU's registers.
+fn apply_qemu_state(v: &mut VcpuRegisters, s: &QemuCpuState) {
+    v.cr0 = Hex(s.cr[0]);
+    v.cr2 = Hex(s.cr[2]);
+    v.cr3 = Hex(s.cr[3]);
+    v.cr4 = Hex(s.cr[4]);
+    v.fs_base = Hex(s.fs_base());
+    v.gs_base = Hex(s.gs_base());
+    v.kernel_gs_base = s.kernel_gs_base.map(Hex);
+    v.segments = s
+        .segments
+        .iter()
+        .zip(SEGMENT_NAMES)
+        .map(|(seg, name)| SegmentRegister {
+            name: name.into(),
+            selector: seg.selector,
+            base: Hex(seg.base),
+            limit: seg.limit,
+            flags: seg.flags,
+        })
+        .collect();
 }
 
 /// The report's view of a core's `NT_PRSTATUS`: vCPU number the note's position, activity

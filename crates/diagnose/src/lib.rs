@@ -95,6 +95,10 @@ pub struct Subject {
     /// given.
     #[serde(default)]
     pub vmcoreinfo_note: Option<NoteAddress>,
+    /// What could not be used of a core file's notes (said in findings of kind
+    /// diagnosis).
+    #[serde(default)]
+    pub core_problems: Vec<String>,
 }
 
 /// The guest-physical address of an ELF note and the size of its buffer, as
@@ -135,11 +139,8 @@ impl Subject {
             d.get(..8)
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
         });
-        let vcpus = core
-            .prstatus()
-            .iter()
-            .map(crate::core::vcpu_registers)
-            .collect();
+        let mut core_problems = Vec::new();
+        let vcpus = crate::core::core_vcpus(core.prstatus(), core.notes(), &mut core_problems);
         Subject {
             report_id: ReportId::mint(&guest.name, ambulance_report::now()),
             guest,
@@ -150,6 +151,7 @@ impl Subject {
             vmcoreinfo: core.vmcoreinfo().map(str::to_string),
             vmcoreinfo_origin: core.vmcoreinfo().map(|_| "core-note".to_string()),
             vmcoreinfo_note: None,
+            core_problems,
         }
     }
 }
@@ -424,6 +426,9 @@ pub fn diagnose(
         ));
     }
     findings.extend(incomplete_memory(program.memory().as_ref(), &about));
+    for p in &subject.core_problems {
+        findings.push(about("core", Severity::Warning, p.clone()));
+    }
     let t = Instant::now();
     let mut log = Vec::new();
     if deadline.start("reading the log") {
@@ -500,14 +505,19 @@ pub fn diagnose(
             .collect(),
     });
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    let mut failure = subject.failure.clone();
+    let mut vcpus = subject.vcpus.clone();
+    if let Some(c) = kernel.as_ref().and_then(|k| k.crash.as_ref()) {
+        what_the_kernel_says(&mut failure, &mut vcpus, c);
+    }
     Ok(Report {
         schema_version: SCHEMA_VERSION,
         id: subject.report_id.clone(),
         tool: ToolInfo::current(),
         guest: subject.guest.clone(),
-        failure: subject.failure.clone(),
+        failure,
         timeline,
-        vcpus: subject.vcpus.clone(),
+        vcpus,
         registration,
         structures,
         findings,
@@ -515,6 +525,41 @@ pub fn diagnose(
         artifacts: Default::default(),
         kernel,
     })
+}
+
+/// What a Linux kernel's own account of its failure adds to the host's: a dump diagnosed
+/// after the fact (`offline`) takes the kernel's cause, message, CPU and task; any
+/// failure gains them in `data`; the failed CPU's vCPU is `failed`.
+fn what_the_kernel_says(
+    failure: &mut ambulance_report::FailureInfo,
+    vcpus: &mut [ambulance_report::VcpuRegisters],
+    c: &ambulance_report::KernelCrash,
+) {
+    if failure.cause == "offline" {
+        failure.cause = c.kind.clone();
+        failure.detail = c.message.clone();
+        failure.vcpu = c.vcpu;
+    }
+    let data = &mut failure.data;
+    data.insert("kernel_cause".into(), c.kind.clone().into());
+    data.insert("kernel_message".into(), c.message.clone().into());
+    if let Some(m) = &c.panic_message {
+        data.insert("panic_message".into(), m.clone().into());
+    }
+    if let Some(cpu) = c.cpu {
+        data.insert("cpu".into(), cpu.into());
+    }
+    if let Some(pid) = c.pid {
+        data.insert("pid".into(), pid.into());
+    }
+    if let Some(comm) = &c.comm {
+        data.insert("comm".into(), comm.clone().into());
+    }
+    if let Some(v) = c.vcpu.and_then(|i| vcpus.iter_mut().find(|v| v.vcpu == i)) {
+        if v.activity == "unknown" {
+            v.activity = "failed".into();
+        }
+    }
 }
 
 /// Most missing ranges a finding lists.

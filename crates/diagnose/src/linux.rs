@@ -16,8 +16,11 @@ use ambulance_introspect::program::Program;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::WalkLimits;
 use ambulance_linux::tasks::{read_task, task_list_root, TaskLayout};
-use ambulance_linux::{panic_cpu, printk, sources};
-use ambulance_report::{DmesgRecord, Hex, KernelInfo, KernelSources, Phase, TaskInfo};
+use ambulance_linux::{crash, orc, panic_cpu, printk, sources, stack};
+use ambulance_report::{
+    CpuInfo, DmesgRecord, Hex, KernelCrash, KernelInfo, KernelSources, Phase, StackFrame,
+    StackTrace, TaskInfo, VcpuRegisters,
+};
 use ambulance_validate::Context;
 
 pub use ambulance_linux::tasks::TASKS_ROOT;
@@ -93,7 +96,9 @@ pub fn kernel_identity(
         dmesg: Vec::new(),
         dmesg_dropped: 0,
         tasks: Vec::new(),
+        cpus: Vec::new(),
         sources,
+        crash: None,
     }
 }
 
@@ -119,7 +124,8 @@ pub fn kernel_info(
             (Vec::new(), 0)
         }
     };
-    let panic_message = printk::panic_message(&dmesg);
+    let panic_message = crash::panic_message(&dmesg);
+    let mut crash = crash_info(program, &dmesg, ctx.vcpus);
     let mut tasks = Vec::new();
     if let Some(root) = ctx.root(TASKS_ROOT) {
         if let Ok(layout) = TaskLayout::of(program) {
@@ -139,6 +145,7 @@ pub fn kernel_info(
                         comm: t.comm,
                         state: t.state.to_string(),
                         address: Hex(t.address),
+                        stack: None,
                     }),
                     Err(err) => sources
                         .missing
@@ -146,6 +153,18 @@ pub fn kernel_info(
                 }
             }
         }
+    }
+    let cpus = stacks(
+        program,
+        vmcoreinfo,
+        ctx.vcpus,
+        &mut tasks,
+        started,
+        limits,
+        &mut sources,
+    );
+    if let Some(c) = crash.as_mut() {
+        oops_registers_from_stack(program, c, &cpus);
     }
     KernelInfo {
         release: vmcoreinfo.osrelease().map(str::to_string),
@@ -164,6 +183,403 @@ pub fn kernel_info(
             .collect(),
         dmesg_dropped,
         tasks,
+        cpus,
         sources,
+        crash,
+    }
+}
+
+/// An oops whose log lost its register dump: the registers of the first full exception
+/// frame on the failed CPU's stack (the fault `die()` reported), read from guest memory.
+fn oops_registers_from_stack(program: &Program, c: &mut KernelCrash, cpus: &[CpuInfo]) {
+    let oops = matches!(
+        c.kind.as_str(),
+        "null_dereference" | "general_protection_fault" | "bug" | "oops"
+    );
+    if !oops || c.registers.contains_key("rsp") {
+        return;
+    }
+    let frame = c
+        .cpu
+        .and_then(|cpu| cpus.iter().find(|x| x.cpu == cpu))
+        .and_then(|x| x.stack.as_ref())
+        .and_then(|s| s.frames.iter().find(|f| f.regs.is_some()));
+    let Some(at) = frame.and_then(|f| f.regs) else {
+        return;
+    };
+    let mut words = [0u8; orc::pt_regs::SIZE as usize];
+    if let Err(e) = program.read_virt(at.0, &mut words) {
+        c.notes
+            .push(format!("the exception frame at {at} is unreadable: {e}"));
+        return;
+    }
+    for (name, w) in orc::pt_regs::NAMES.iter().zip(words.chunks_exact(8)) {
+        let v = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        c.registers.insert((*name).to_string(), Hex(v));
+    }
+    c.notes.push(format!(
+        "registers read from the exception frame (pt_regs) at {at} on CPU {}'s stack",
+        c.cpu.unwrap_or(0)
+    ));
+}
+
+/// Most CPUs whose stacks are read.
+const MAX_STACK_CPUS: u32 = 1024;
+
+/// A vCPU's registers in `pt_regs` order, for the unwinder. `cs` is the dumped selector
+/// when the source gave one, else what the instruction pointer's half of the address
+/// space says.
+fn pt_regs_of(v: &VcpuRegisters) -> orc::Registers {
+    let cs = v
+        .segments
+        .iter()
+        .find(|s| s.name == "cs")
+        .map(|s| u64::from(s.selector))
+        .unwrap_or(if v.rip.0 >> 63 == 1 { 0x10 } else { 0x33 });
+    orc::Registers([
+        v.r15.0,
+        v.r14.0,
+        v.r13.0,
+        v.r12.0,
+        v.rbp.0,
+        v.rbx.0,
+        v.r11.0,
+        v.r10.0,
+        v.r9.0,
+        v.r8.0,
+        v.rax.0,
+        v.rcx.0,
+        v.rdx.0,
+        v.rsi.0,
+        v.rdi.0,
+        u64::MAX,
+        v.rip.0,
+        cs,
+        v.rflags.0,
+        v.rsp.0,
+        0x18,
+    ])
+}
+
+/// An unwind as the report shows it, symbolized.
+fn trace(program: &Program, unwinder: &stack::Unwinder, u: &orc::Unwind) -> StackTrace {
+    StackTrace {
+        frames: u
+            .frames
+            .iter()
+            .map(|f| StackFrame {
+                pc: Hex(f.pc),
+                sp: Hex(f.sp),
+                symbol: unwinder.symbolize(
+                    program,
+                    f.pc,
+                    matches!(
+                        f.source,
+                        orc::FrameSource::Orc | orc::FrameSource::FramePointer
+                    ),
+                ),
+                via: match f.source {
+                    orc::FrameSource::Registers => "registers",
+                    orc::FrameSource::Orc => "orc",
+                    orc::FrameSource::OrcRegs => "pt_regs",
+                    orc::FrameSource::FramePointer => "frame_pointer",
+                }
+                .into(),
+                regs: f.regs.map(Hex),
+            })
+            .collect(),
+        complete: u.end.is_complete(),
+        end: u.end.describe(),
+    }
+}
+
+/// Every CPU's current task and stack (from its vCPU's registers), and every task's
+/// stack: a running task's is its CPU's, a sleeping one's is unwound from its saved
+/// frame. Bounded by the CPU count, the tasks already read and the time budget.
+fn stacks(
+    program: &Program,
+    vmcoreinfo: &Vmcoreinfo,
+    vcpus: &[VcpuRegisters],
+    tasks: &mut [TaskInfo],
+    started: std::time::Instant,
+    limits: WalkLimits,
+    sources: &mut KernelSources,
+) -> Vec<CpuInfo> {
+    let Some(release) = vmcoreinfo.osrelease() else {
+        sources
+            .missing
+            .push("stacks: VMCOREINFO gives no kernel release".into());
+        return Vec::new();
+    };
+    let unwinder = match stack::Unwinder::new(program, release) {
+        Ok(u) => u,
+        Err(e) => {
+            sources.missing.push(format!("stacks: {e}"));
+            return Vec::new();
+        }
+    };
+    sources
+        .missing
+        .extend(unwinder.problems().iter().map(|p| format!("stacks: {p}")));
+    let layout = TaskLayout::of(program).ok();
+    let n = ambulance_linux::nr_cpu_ids(program)
+        .unwrap_or(vcpus.len() as u32)
+        .min(MAX_STACK_CPUS);
+    let mut cpus = Vec::new();
+    for cpu in 0..n {
+        let mut info = CpuInfo {
+            cpu,
+            vcpu: vcpu_of_cpu(program, vcpus, cpu),
+            ..Default::default()
+        };
+        match ambulance_linux::current_task(program, cpu) {
+            Ok(addr) => {
+                info.task = Some(Hex(addr));
+                if let Some(Ok(t)) = layout.as_ref().map(|l| read_task(program, l, addr)) {
+                    info.pid = Some(t.pid);
+                    info.comm = Some(t.comm);
+                }
+            }
+            Err(e) => info.notes.push(format!("current task: {e}")),
+        }
+        match info.vcpu.and_then(|i| vcpus.iter().find(|v| v.vcpu == i)) {
+            Some(v) if v.rip.0 >> 63 == 0 => {
+                info.stack = Some(StackTrace {
+                    frames: Vec::new(),
+                    complete: true,
+                    end: format!("running in user mode at {}", v.rip),
+                });
+            }
+            Some(v) => {
+                let u = unwinder.unwind_registers(program, pt_regs_of(v));
+                info.stack = Some(trace(program, &unwinder, &u));
+            }
+            None => info
+                .notes
+                .push("no vCPU's GS base is this CPU's per-CPU area: registers unknown".into()),
+        }
+        cpus.push(info);
+    }
+    let mut failed = 0usize;
+    let mut first_failure = None;
+    for (i, t) in tasks.iter_mut().enumerate() {
+        if i % 64 == 63 && started.elapsed() > limits.time_budget {
+            sources.missing.push(format!(
+                "stacks: only {i} of {} tasks unwound before the time ran out",
+                tasks.len()
+            ));
+            break;
+        }
+        if let Some(c) = cpus.iter().find(|c| c.task == Some(t.address)) {
+            t.stack = c.stack.clone();
+            continue;
+        }
+        if t.state == "X" || t.state == "Z" {
+            continue;
+        }
+        match unwinder.unwind_sleeping(program, t.address.0) {
+            Ok(u) => t.stack = Some(trace(program, &unwinder, &u)),
+            Err(e) => {
+                failed += 1;
+                first_failure.get_or_insert_with(|| format!("task {} ({}): {e}", t.pid, t.comm));
+            }
+        }
+    }
+    if let Some(first) = first_failure {
+        sources.missing.push(format!(
+            "stacks: {failed} task(s) could not be unwound (the first: {first})"
+        ));
+    }
+    cpus
+}
+
+/// The vCPU that ran Linux CPU `cpu`: the one whose GS base (in the kernel) or kernel GS
+/// base (in user mode) is that CPU's per-CPU area.
+pub fn vcpu_of_cpu(program: &Program, vcpus: &[VcpuRegisters], cpu: u32) -> Option<u32> {
+    let base = ambulance_linux::per_cpu_offset(program, cpu).ok()?;
+    let mut matching = vcpus
+        .iter()
+        .filter(|v| v.gs_base.0 == base || v.kernel_gs_base.is_some_and(|k| k.0 == base));
+    let first = matching.next()?;
+    // Two vCPUs claiming one per-CPU area: neither is trusted.
+    matching.next().is_none().then_some(first.vcpu)
+}
+
+/// Why the kernel died: the log's account ([`crash::crash`]) with what memory says —
+/// the kernel's `panic_cpu`, the task current on that CPU, the vCPU that ran it. `None`
+/// when neither the log nor `panic_cpu` shows a failure.
+pub fn crash_info(
+    program: &Program,
+    dmesg: &[printk::PrintkRecord],
+    vcpus: &[VcpuRegisters],
+) -> Option<KernelCrash> {
+    let from_log = crash::crash(dmesg);
+    let panicked_on = panic_cpu(program);
+    let mut k = match from_log {
+        Some(c) => KernelCrash {
+            kind: c.kind.name().into(),
+            message: c.message,
+            panic_message: c.panic_message,
+            seq: c.seq,
+            cpu: c.cpu,
+            vcpu: None,
+            pid: c.pid,
+            comm: c.comm,
+            task: None,
+            registers: c
+                .registers
+                .into_iter()
+                .map(|(name, v)| (name, Hex(v)))
+                .collect(),
+            rip_symbol: c.rip_symbol,
+            notes: Vec::new(),
+        },
+        None => {
+            let cpu = panicked_on?;
+            KernelCrash {
+                kind: crash::CrashKind::Panic.name().into(),
+                message: format!("panic_cpu is {cpu}, but the log holds no panic message"),
+                cpu: Some(cpu),
+                ..Default::default()
+            }
+        }
+    };
+    // A panic's CPU is the kernel's own panic_cpu; the log names the CPU that printed
+    // the event (for an oops the same; for a hung task, the detector's).
+    if let Some(p) = panicked_on.filter(|_| k.panic_message.is_some() || k.kind == "panic") {
+        if let Some(c) = k.cpu.filter(|&c| c != p) {
+            k.notes.push(format!(
+                "the log names CPU {c}, the kernel's panic_cpu is {p}"
+            ));
+        }
+        k.cpu = Some(p);
+    }
+    let Some(cpu) = k.cpu else {
+        return Some(k);
+    };
+    k.vcpu = vcpu_of_cpu(program, vcpus, cpu);
+    // The task: the CPU's current one, when it is the task the log names (an oops that
+    // did not panic has let the CPU run other tasks since).
+    let layout = TaskLayout::of(program).ok();
+    match ambulance_linux::current_task(program, cpu) {
+        Ok(addr) => match layout.as_ref().map(|l| read_task(program, l, addr)) {
+            Some(Ok(t)) if k.pid.is_none() || k.pid == Some(t.pid) => {
+                k.pid = Some(t.pid);
+                k.comm = Some(t.comm);
+                k.task = Some(Hex(addr));
+            }
+            Some(Ok(t)) if panicked_on == Some(cpu) => k.notes.push(format!(
+                "CPU {cpu}'s current task is {} ({}) at {addr:#x}, the log names PID {}",
+                t.pid,
+                t.comm,
+                k.pid.unwrap_or(0)
+            )),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => k
+                .notes
+                .push(format!("CPU {cpu}'s current task at {addr:#x}: {e}")),
+            None => {}
+        },
+        Err(e) => k
+            .notes
+            .push(format!("CPU {cpu}'s current task unknown: {e}")),
+    }
+    Some(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambulance_introspect::memory::RawImage;
+    use ambulance_introspect::translate::{PageTableBuilder, Paging};
+
+    const STACK: u64 = 0xffff_c900_0001_0000;
+    const STACK_PA: u64 = 0x10_0000;
+
+    /// A program whose one mapped page (at `STACK`) holds `words` from its start.
+    fn program(words: &[u64]) -> Program {
+        let mut b =
+            PageTableBuilder::new(vec![0u8; 0x20_0000], 0x1000, STACK_PA, Paging::Four).unwrap();
+        b.map_range(STACK, STACK_PA, 4096, 4096, true, true)
+            .unwrap();
+        let ram = b.ram_mut();
+        for (i, w) in words.iter().enumerate() {
+            let pa = STACK_PA as usize + i * 8;
+            ram[pa..pa + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        let root = b.root();
+        Program::new(
+            Arc::new(RawImage::from_bytes(b.into_ram(), 0)),
+            root,
+            Paging::Four,
+        )
+    }
+
+    fn cpu_with_frames(frames: Vec<StackFrame>) -> CpuInfo {
+        CpuInfo {
+            cpu: 1,
+            stack: Some(StackTrace {
+                frames,
+                complete: true,
+                end: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_oops_without_a_logged_register_dump_gets_its_exception_frame() {
+        // pt_regs: r15 = 0, r14 = 1, … each word its index; rsp (word 19) a stack value.
+        let mut words: Vec<u64> = (0..21).collect();
+        words[19] = STACK + 0x800;
+        let p = program(&words);
+        let frame = |regs: Option<u64>| StackFrame {
+            via: if regs.is_some() { "pt_regs" } else { "orc" }.into(),
+            regs: regs.map(Hex),
+            ..Default::default()
+        };
+        let cpus = [cpu_with_frames(vec![
+            frame(None),
+            frame(Some(STACK)),
+            frame(None),
+        ])];
+        let mut c = KernelCrash {
+            kind: "null_dereference".into(),
+            cpu: Some(1),
+            ..Default::default()
+        };
+        oops_registers_from_stack(&p, &mut c, &cpus);
+        assert_eq!(c.registers["r15"], Hex(0));
+        assert_eq!(c.registers["rbx"], Hex(5));
+        assert_eq!(c.registers["rip"], Hex(16));
+        assert_eq!(c.registers["rsp"], Hex(STACK + 0x800));
+        assert!(c.notes[0].contains("exception frame"), "{:?}", c.notes);
+
+        // What the kernel printed wins; a bare panic has no registers of its own; an
+        // unreadable frame is said, not guessed.
+        let mut logged = KernelCrash {
+            kind: "oops".into(),
+            cpu: Some(1),
+            registers: [("rsp".to_string(), Hex(7))].into(),
+            ..Default::default()
+        };
+        oops_registers_from_stack(&p, &mut logged, &cpus);
+        assert_eq!(logged.registers.len(), 1);
+        let mut panic = KernelCrash {
+            kind: "panic".into(),
+            cpu: Some(1),
+            ..Default::default()
+        };
+        oops_registers_from_stack(&p, &mut panic, &cpus);
+        assert!(panic.registers.is_empty());
+        let far = [cpu_with_frames(vec![frame(Some(STACK + 0x10_0000))])];
+        let mut c = KernelCrash {
+            kind: "bug".into(),
+            cpu: Some(1),
+            ..Default::default()
+        };
+        oops_registers_from_stack(&p, &mut c, &far);
+        assert!(c.registers.is_empty());
+        assert!(c.notes[0].contains("unreadable"), "{:?}", c.notes);
     }
 }

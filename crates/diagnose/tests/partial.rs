@@ -84,6 +84,7 @@ fn guest() -> (Vec<u8>, Subject, u64) {
         vmcoreinfo: None,
         vmcoreinfo_origin: None,
         vmcoreinfo_note: None,
+        core_problems: Vec::new(),
     };
     (g.ram().to_vec(), subject, node(2))
 }

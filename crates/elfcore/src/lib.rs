@@ -11,6 +11,7 @@
 //!   Ambulance's own ([`NOTE_NAME`], `NT_AMBULANCE_*`) included.
 //! * [`prstatus`]: the `elf_prstatus` layout and its registers, [`UserRegs`] (one struct
 //!   for reader and writer).
+//! * [`qemu`]: QEMU's per-CPU `QEMU` note (control and segment registers).
 //! * [`CoreLayout`]: the reader. Hand-written and bounded: every offset, size and count
 //!   is checked against the file before use, and anything malformed is
 //!   [`CoreError::Malformed`] naming what is wrong. It works on bytes the caller holds
@@ -28,6 +29,7 @@ pub mod elf;
 mod error;
 pub mod note;
 pub mod prstatus;
+pub mod qemu;
 mod reader;
 mod writer;
 
@@ -38,6 +40,7 @@ pub use note::{
     NT_VMCOREINFO, VMCOREINFO_NOTE_NAME,
 };
 pub use prstatus::{PrStatus, UserRegs, PRSTATUS_SIZE, PR_PID_OFFSET, PR_REG_OFFSET, USER_REGS};
+pub use qemu::{QemuCpuState, QemuSegment, NT_QEMU_CPU_STATE, QEMU_NOTE_NAME};
 pub use reader::{CoreLayout, LoadSegment, MissingRange};
 pub use writer::{
     write_core, write_core_into, write_core_to, CoreInput, CoreStats, RamRange, VirtualWindow,

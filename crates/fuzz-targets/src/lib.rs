@@ -52,6 +52,8 @@ pub const TARGETS: &[Target] = &[
     ("btf", btf),
     ("kallsyms", kallsyms),
     ("printk", printk),
+    ("kernel_log", kernel_log),
+    ("orc_unwind", orc_unwind),
     ("qmp_registers", qmp_registers),
     ("worker_protocol", worker_protocol),
     ("rules", rules),
@@ -329,7 +331,92 @@ pub fn printk(data: &[u8]) {
     };
     let program = image.program();
     if let Ok(log) = ambulance_linux::printk::read_log(&program, &v, table_limits()) {
-        let _ = ambulance_linux::printk::panic_message(&log.records);
+        let _ = ambulance_linux::crash::panic_message(&log.records);
+        let _ = ambulance_linux::crash::crash(&log.records);
+    }
+}
+
+/// The kernel's log as lines of text (`linux::crash`): each line a record; the failure
+/// found, and its panic message, must be text the records hold.
+pub fn kernel_log(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let records: Vec<ambulance_linux::printk::PrintkRecord> = text
+        .split('\n')
+        .take(4096)
+        .enumerate()
+        .map(|(i, t)| ambulance_linux::printk::PrintkRecord {
+            seq: i as u64,
+            timestamp_ns: 0,
+            level: 0,
+            facility: 0,
+            caller_id: 0,
+            text: t.to_string(),
+        })
+        .collect();
+    let _ = ambulance_linux::crash::panic_message(&records);
+    if let Some(c) = ambulance_linux::crash::crash(&records) {
+        assert!(records.iter().any(|r| r.seq == c.seq));
+        assert!(text.contains(&c.message));
+        if let Some(m) = &c.panic_message {
+            assert!(text.contains(m.as_str()));
+        }
+    }
+}
+
+/// The ORC unwinder (`linux::orc`) over a table, registers and a stack all taken from
+/// the input: byte 0 the format, byte 1 the entry count; then per entry a `u16` offset
+/// into a 64 KiB text and a six-byte entry; then 21 registers; the rest is the stack,
+/// at a fixed kernel address. Whatever they hold, the unwind must end within its frame
+/// limit.
+pub fn orc_unwind(data: &[u8]) {
+    use ambulance_linux::orc::{self, OrcTable, OrcVersion, Registers, StackMemory, Start};
+    const TEXT: u64 = 0xffff_ffff_8100_0000;
+    const STACK: u64 = 0xffff_c900_0000_0000;
+    struct Stack<'a>(&'a [u8]);
+    impl StackMemory for Stack<'_> {
+        fn read_u64(&self, addr: u64) -> Option<u64> {
+            let at = usize::try_from(addr.checked_sub(STACK)?).ok()?;
+            let b = self.0.get(at..at.checked_add(8)?)?;
+            Some(u64::from_le_bytes(b.try_into().ok()?))
+        }
+    }
+    let Some((&[v, n], rest)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let version = [OrcVersion::V1, OrcVersion::V2, OrcVersion::V3][usize::from(v % 3)];
+    let n = usize::from(n);
+    let Some((table, rest)) = rest.split_at_checked(n * 8) else {
+        return;
+    };
+    let pairs = table
+        .chunks_exact(8)
+        .map(|e| {
+            let ip = TEXT + u64::from(u16::from_le_bytes([e[0], e[1]]));
+            (ip, [e[2], e[3], e[4], e[5], e[6], e[7]])
+        })
+        .collect();
+    let text = std::iter::once(TEXT..TEXT + 0x1_0000).collect();
+    let table = OrcTable::from_parts(version, pairs, text);
+    let Some((regs, stack)) = rest.split_at_checked(21 * 8) else {
+        return;
+    };
+    let mut r = Registers::default();
+    for (slot, w) in r.0.iter_mut().zip(regs.chunks_exact(8)) {
+        *slot = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+    }
+    let is_text = |a: u64| (TEXT..TEXT + 0x1_0000).contains(&a);
+    for start in [
+        Start::Registers(r),
+        Start::Saved {
+            ip: r.ip(),
+            sp: r.sp(),
+            bp: r.bp(),
+            signal: r.cs() & 1 == 1,
+        },
+    ] {
+        let u = orc::unwind(&|ip| table.find(ip), &Stack(stack), start, &is_text, &[]);
+        assert!(u.frames.len() <= orc::MAX_FRAMES);
+        assert!(u.frames.iter().skip(1).all(|f| is_text(f.pc)));
     }
 }
 

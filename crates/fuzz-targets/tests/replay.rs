@@ -74,6 +74,8 @@ replay_tests!(
     btf,
     kallsyms,
     printk,
+    kernel_log,
+    orc_unwind,
     qmp_registers,
     worker_protocol,
     rules,

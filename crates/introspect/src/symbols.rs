@@ -445,6 +445,13 @@ impl Symbols {
         Some((sym.display(), addr - sym.addr))
     }
 
+    /// The lowest symbol address above `addr`: where the symbol at `addr` ends when
+    /// sizes are taken as the kernel's kallsyms takes them (to the next symbol).
+    pub fn next_address_after(&self, addr: u64) -> Option<u64> {
+        let i = self.by_addr.partition_point(|s| s.addr <= addr);
+        self.by_addr.get(i).map(|s| s.addr)
+    }
+
     /// The GNU build ID of the image, if it has one.
     pub fn build_id(&self) -> Option<&[u8]> {
         self.build_id.as_deref()

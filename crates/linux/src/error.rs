@@ -43,4 +43,22 @@ pub enum Error {
         #[source]
         source: ambulance_introspect::Error,
     },
+    /// A per-CPU variable cannot be located.
+    #[error("per-CPU data: {reason}")]
+    PerCpu {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The kernel's ORC unwind tables cannot be used.
+    #[error("ORC unwind tables: {reason}")]
+    Orc {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The kernel's module list cannot be read.
+    #[error("modules: {reason}")]
+    Modules {
+        /// What is wrong.
+        reason: String,
+    },
 }

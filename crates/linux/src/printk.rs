@@ -50,8 +50,6 @@ const MAX_INFO_SIZE: u64 = 1024;
 const MAX_ARRAY_BYTES: u64 = 512 << 20;
 /// Descriptors walked between looks at the clock.
 const CLOCK_EVERY: u64 = 1024;
-/// What precedes the message of a panic.
-const PANIC_MARKER: &str = "Kernel panic - not syncing: ";
 
 /// `state_var`: the id bits and the state shift.
 const ID_MASK: u64 = (1 << 62) - 1;
@@ -606,16 +604,6 @@ pub fn read_log(program: &Program, vmcoreinfo: &Vmcoreinfo, limits: WalkLimits) 
     })
 }
 
-/// The message of the last `Kernel panic - not syncing: …` record: the text after that
-/// marker, up to the end of its line.
-pub fn panic_message(records: &[PrintkRecord]) -> Option<String> {
-    records.iter().rev().find_map(|r| {
-        let at = r.text.find(PANIC_MARKER)?;
-        let rest = &r.text[at + PANIC_MARKER.len()..];
-        Some(rest.lines().next().unwrap_or("").trim_end().to_string())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1159,44 +1147,6 @@ OFFSET(prb_data_ring.tail_lpos)=24
         );
     }
 
-    #[test]
-    fn panic_messages() {
-        let rec = |seq, text: &str| PrintkRecord {
-            seq,
-            timestamp_ns: 0,
-            level: 0,
-            facility: 0,
-            caller_id: 0,
-            text: text.to_string(),
-        };
-        assert_eq!(panic_message(&[]), None);
-        assert_eq!(panic_message(&[rec(0, "all is well")]), None);
-        let records = [
-            rec(0, "Kernel panic - not syncing: first"),
-            rec(
-                1,
-                "Kernel panic - not syncing: Fatal exception in interrupt  \nsecond line",
-            ),
-            rec(
-                2,
-                "---[ end Kernel panic - not syncing: Fatal exception in interrupt ]---",
-            ),
-        ];
-        assert_eq!(
-            panic_message(&records[..2]).as_deref(),
-            Some("Fatal exception in interrupt")
-        );
-        // The end marker repeats it: the last record wins.
-        assert_eq!(
-            panic_message(&records).as_deref(),
-            Some("Fatal exception in interrupt ]---")
-        );
-        assert_eq!(
-            panic_message(&[rec(0, "Kernel panic - not syncing: ")]).as_deref(),
-            Some("")
-        );
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
 
@@ -1251,7 +1201,7 @@ OFFSET(prb_data_ring.tail_lpos)=24
             let limits = WalkLimits::new(1 << 16, Duration::from_secs(5));
             if let Ok(log) = read_log(&p, &vmcoreinfo(), limits) {
                 prop_assert!(log.records.len() as u64 + log.dropped <= 1 << 16);
-                let _ = panic_message(&log.records);
+                let _ = crate::crash::crash(&log.records);
             }
         }
     }

@@ -144,6 +144,8 @@ fn vcpu(index: u32, lines: &[&str]) -> Result<VcpuRegisters> {
         efer: hex(&["EFER"])?,
         fs_base: hex(&["FS.base"])?,
         gs_base: hex(&["GS.base"])?,
+        kernel_gs_base: None,
+        segments: Vec::new(),
     })
 }
 

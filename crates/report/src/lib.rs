@@ -161,7 +161,8 @@ pub struct KernelInfo {
     pub build_id: Option<String>,
     /// The KASLR slide of the kernel image (VMCOREINFO `KERNELOFFSET`).
     pub kaslr_offset: Option<Hex>,
-    /// The text after `Kernel panic - not syncing: `, when the kernel panicked.
+    /// The text after `Kernel panic - not syncing: `, when the kernel panicked (never
+    /// the `---[ end Kernel panic … ]---` trailer).
     pub panic_message: Option<String>,
     /// The CPU that panicked (the kernel's `panic_cpu`), when it did.
     pub panic_cpu: Option<u32>,
@@ -174,6 +175,53 @@ pub struct KernelInfo {
     pub tasks: Vec<TaskInfo>,
     /// Where symbols, types and VMCOREINFO came from, and what was missing.
     pub sources: KernelSources,
+    /// Every CPU: its current task and its stack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpus: Vec<CpuInfo>,
+    /// Why the kernel died, as its log and memory say, when they say it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash: Option<KernelCrash>,
+}
+
+/// The failure a Linux kernel's own log and memory describe.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KernelCrash {
+    /// `panic`, `init_killed`, `null_dereference`, `general_protection_fault`, `bug`,
+    /// `oops`, `soft_lockup`, `hard_lockup`, `hung_task` or `rcu_stall`.
+    pub kind: String,
+    /// The line that says what happened, as the kernel wrote it (for a bare panic, the
+    /// panic's message).
+    pub message: String,
+    /// The panic's message, when the kernel panicked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic_message: Option<String>,
+    /// Sequence number of the dmesg record where the event starts.
+    pub seq: u64,
+    /// The CPU that failed: the kernel's `panic_cpu`, else the CPU its log names.
+    pub cpu: Option<u32>,
+    /// The vCPU that CPU ran on (matched by its per-CPU base), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu: Option<u32>,
+    /// The task that failed: PID.
+    pub pid: Option<i32>,
+    /// The task that failed: command.
+    pub comm: Option<String>,
+    /// The task that failed: its `task_struct` (the CPU's current task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Hex>,
+    /// The registers the kernel saved for an oops (by the kernel's names, lower case:
+    /// `rsp`, `eflags`, `rax` … `r15`, `cr2`, …): as it printed them, else read from the
+    /// exception frame (`pt_regs`) on the failed CPU's stack.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registers: BTreeMap<String, Hex>,
+    /// Where the oops happened as the kernel printed it (`func+0x16/0x20`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rip_symbol: Option<String>,
+    /// Where the facts disagree or could not be read (the log's CPU against
+    /// `panic_cpu`, a current task that could not be read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One printk record.
@@ -204,6 +252,65 @@ pub struct TaskInfo {
     pub state: String,
     /// Address of the `task_struct`.
     pub address: Hex,
+    /// Its kernel stack, innermost frame first: unwound from its CPU's registers when it
+    /// was running, else from its saved `thread.sp`; absent when not unwound (a dead
+    /// task, no unwind information).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<StackTrace>,
+}
+
+/// One CPU of a Linux guest as the diagnosis found it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CpuInfo {
+    /// The kernel's CPU number.
+    pub cpu: u32,
+    /// The vCPU that ran it (matched by its per-CPU base), when known.
+    pub vcpu: Option<u32>,
+    /// Its current task's `task_struct`.
+    pub task: Option<Hex>,
+    /// Its current task's PID (0 for the idle task).
+    pub pid: Option<i32>,
+    /// Its current task's command.
+    pub comm: Option<String>,
+    /// Its kernel stack from its registers, innermost frame first.
+    pub stack: Option<StackTrace>,
+    /// Why something is missing (no vCPU for this CPU, an unreadable current task).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A kernel stack trace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StackTrace {
+    /// Innermost first.
+    pub frames: Vec<StackFrame>,
+    /// Whether the unwind reached the bottom of the stack (user mode, or the first
+    /// frame of a kernel thread).
+    pub complete: bool,
+    /// How the unwind ended, for people.
+    pub end: String,
+}
+
+/// One frame of a [`StackTrace`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StackFrame {
+    /// Instruction address (a return address, except for the first frame and frames
+    /// reached through an exception frame).
+    pub pc: Hex,
+    /// Stack pointer in the frame.
+    pub sp: Hex,
+    /// `function+0xoff/0xsize`, as the kernel prints it; absent outside known symbols.
+    pub symbol: Option<String>,
+    /// How it was found: `registers` (where the unwind started), `orc`, `pt_regs` (an
+    /// interrupt or exception frame), `frame_pointer`.
+    pub via: String,
+    /// The `struct pt_regs` the frame's registers were read from, for a frame reached
+    /// through an exception or interrupt frame that saved them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regs: Option<Hex>,
 }
 
 /// Where the facts of a [`KernelInfo`] came from.
@@ -303,7 +410,8 @@ pub struct GuestInfo {
 #[serde(deny_unknown_fields)]
 pub struct FailureInfo {
     /// `panic`, `triple_fault`, `internal_error`, `watchdog_stall`, `degraded`, `reset`,
-    /// `operator`, or `offline` for a core file diagnosed after the fact.
+    /// `shutdown` (a guest that powered itself off), `operator`; for a core file diagnosed after the fact, the Linux kernel's own cause
+    /// when the dump shows one (see [`KernelCrash::kind`]), else `offline`.
     pub cause: String,
     /// Details for people.
     pub detail: String,
@@ -360,6 +468,29 @@ pub struct VcpuRegisters {
     pub efer: Hex,
     pub fs_base: Hex,
     pub gs_base: Hex,
+    /// `MSR_KERNEL_GS_BASE` (the `swapgs` partner of `gs_base`), when the source gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_gs_base: Option<Hex>,
+    /// Segment and descriptor-table registers (`cs`, `ds`, `es`, `fs`, `gs`, `ss`,
+    /// `ldt`, `tr`, `gdt`, `idt`), when the source gave them (QEMU's per-CPU note).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<SegmentRegister>,
+}
+
+/// One segment or descriptor-table register as the CPU holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentRegister {
+    /// `cs`, `ds`, `es`, `fs`, `gs`, `ss`, `ldt`, `tr`, `gdt` or `idt`.
+    pub name: String,
+    /// The selector (0 for `gdt` and `idt`).
+    pub selector: u32,
+    /// The base address.
+    pub base: Hex,
+    /// The limit.
+    pub limit: u32,
+    /// The descriptor's attribute bits, as QEMU keeps them.
+    pub flags: u32,
 }
 
 /// What the guest registered at boot.

@@ -199,7 +199,52 @@ fn kernel_summary(s: &mut String, k: &KernelInfo) {
             .map(|o| format!(", KASLR offset {o}"))
             .unwrap_or_default()
     );
-    if let Some(m) = &k.panic_message {
+    if let Some(c) = &k.crash {
+        let cpu = c.cpu.map(|c| format!(" on CPU {c}")).unwrap_or_default();
+        let task = match (c.pid, &c.comm) {
+            (Some(pid), Some(comm)) => format!(", task {pid} ({comm})"),
+            (Some(pid), None) => format!(", task {pid}"),
+            _ => String::new(),
+        };
+        let what = match c.kind.as_str() {
+            "panic" => "Kernel panic",
+            other => other,
+        };
+        let _ = writeln!(s, "  {what}{cpu}{task}: {}", c.message);
+        if let Some(m) = c.panic_message.as_ref().filter(|m| **m != c.message) {
+            let _ = writeln!(s, "  Kernel panic: {m}");
+        }
+        if let Some(rip) = &c.rip_symbol {
+            let _ = writeln!(s, "  RIP: {rip}");
+        }
+        if !c.registers.is_empty() {
+            let regs: Vec<String> = c
+                .registers
+                .iter()
+                .map(|(name, v)| format!("{name} {v}"))
+                .collect();
+            for chunk in regs.chunks(4) {
+                let _ = writeln!(s, "    {}", chunk.join("  "));
+            }
+        }
+        for n in &c.notes {
+            let _ = writeln!(s, "  note: {n}");
+        }
+        // The crashed task's trace first, as `crash`'s `bt` shows it: from its CPU when
+        // it was running there, else its own.
+        let on_cpu = c
+            .cpu
+            .and_then(|cpu| k.cpus.iter().find(|x| x.cpu == cpu))
+            .and_then(|x| x.stack.as_ref());
+        let own = c
+            .task
+            .and_then(|a| k.tasks.iter().find(|t| t.address == a))
+            .and_then(|t| t.stack.as_ref());
+        if let Some(st) = on_cpu.or(own) {
+            let _ = writeln!(s, "  Stack:");
+            stack_lines(s, st, "    ");
+        }
+    } else if let Some(m) = &k.panic_message {
         let cpu = k
             .panic_cpu
             .map(|c| format!(" on CPU {c}"))
@@ -219,8 +264,41 @@ fn kernel_summary(s: &mut String, k: &KernelInfo) {
     }
 }
 
-/// Tasks and the tail of dmesg.
+/// A stack trace, one frame a line, and how it ended.
+fn stack_lines(s: &mut String, st: &crate::StackTrace, indent: &str) {
+    for (i, f) in st.frames.iter().enumerate() {
+        let sym = f.symbol.as_deref().unwrap_or("?");
+        let via = match f.via.as_str() {
+            "pt_regs" => " [exception frame]",
+            "frame_pointer" => " [frame pointer]",
+            _ => "",
+        };
+        let _ = writeln!(s, "{indent}#{i:<2} {sym} ({}){via}", f.pc);
+    }
+    if !st.complete {
+        let _ = writeln!(s, "{indent}({})", st.end);
+    }
+}
+
+/// CPUs, tasks (with their stacks) and the tail of dmesg.
 fn kernel_details(s: &mut String, k: &KernelInfo) {
+    if !k.cpus.is_empty() {
+        let _ = writeln!(s, "\nCPUs ({}):", k.cpus.len());
+        for c in &k.cpus {
+            let vcpu = c.vcpu.map(|v| format!(" (vCPU {v})")).unwrap_or_default();
+            let task = match (c.pid, &c.comm) {
+                (Some(p), Some(comm)) => format!("{p} ({comm})"),
+                _ => "unknown".into(),
+            };
+            let _ = writeln!(s, "  CPU {}{vcpu}: task {task}", c.cpu);
+            if let Some(st) = &c.stack {
+                stack_lines(s, st, "    ");
+            }
+            for n in &c.notes {
+                let _ = writeln!(s, "    note: {n}");
+            }
+        }
+    }
     if !k.tasks.is_empty() {
         let _ = writeln!(s, "\nTasks ({}):", k.tasks.len());
         let _ = writeln!(
@@ -234,6 +312,15 @@ fn kernel_details(s: &mut String, k: &KernelInfo) {
                 "  {:>7} {:>7} {:<2} {:<16} {}",
                 t.pid, t.tgid, t.state, t.comm, t.address
             );
+        }
+        if k.tasks.iter().any(|t| t.stack.is_some()) {
+            let _ = writeln!(s, "\nTask stacks:");
+            for t in &k.tasks {
+                if let Some(st) = &t.stack {
+                    let _ = writeln!(s, "  PID {} ({}):", t.pid, t.comm);
+                    stack_lines(s, st, "    ");
+                }
+            }
         }
     }
     let _ = writeln!(

@@ -121,6 +121,26 @@ pub fn sample() -> Report {
                 comm: "init".into(),
                 state: "S".into(),
                 address: Hex(0xffff_8a3c_0110_0000),
+                stack: Some(StackTrace {
+                    frames: vec![StackFrame {
+                        pc: Hex(0xffff_ffff_8109_2a3c),
+                        sp: Hex(0xffff_c900_0001_3e60),
+                        symbol: Some("__schedule+0x33c/0x9a0".into()),
+                        via: "orc".into(),
+                        regs: None,
+                    }],
+                    complete: false,
+                    end: "a test".into(),
+                }),
+            }],
+            cpus: vec![CpuInfo {
+                cpu: 0,
+                vcpu: Some(0),
+                task: Some(Hex(0xffff_8a3c_0110_0000)),
+                pid: Some(1),
+                comm: Some("init".into()),
+                stack: None,
+                notes: vec![],
             }],
             sources: KernelSources {
                 vmcoreinfo: Some("core-note".into()),
@@ -128,6 +148,16 @@ pub fn sample() -> Report {
                 types: vec!["btf".into(), "vmcoreinfo".into()],
                 missing: vec![],
             },
+            crash: Some(KernelCrash {
+                kind: "panic".into(),
+                message: "sysrq triggered crash".into(),
+                panic_message: Some("sysrq triggered crash".into()),
+                seq: 412,
+                cpu: Some(0),
+                pid: Some(1),
+                comm: Some("init".into()),
+                ..Default::default()
+            }),
         }),
     }
 }
@@ -233,7 +263,7 @@ fn text_puts_the_worst_findings_first_and_ends_with_the_log() {
     // A Linux guest's identity and panic come right under the failure, its tasks and
     // dmesg before the log.
     assert!(
-        text.contains("Linux 6.1.0-56-cloud-amd64, KASLR offset 0x30e00000\n  Kernel panic on CPU 0: sysrq triggered crash"),
+        text.contains("Linux 6.1.0-56-cloud-amd64, KASLR offset 0x30e00000\n  Kernel panic on CPU 0, task 1 (init): sysrq triggered crash"),
         "{text}"
     );
     assert!(

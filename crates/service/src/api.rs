@@ -19,9 +19,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -92,34 +91,7 @@ fn invalid_route() -> ApiError {
 
 /// The routes behind a bearer-token check (for TCP listeners).
 pub fn router_with_token(svc: Arc<Service>, token: String) -> Router {
-    router(svc).layer(middleware::from_fn_with_state(
-        Arc::new(token),
-        require_token,
-    ))
-}
-
-async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => next.run(req).await,
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({ "error": "this listener requires `Authorization: Bearer <token>` (api.bearer_token)" })),
-        )
-            .into_response(),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::listen::with_bearer_token(router(svc), token)
 }
 
 async fn guests(State(svc): State<Arc<Service>>) -> impl IntoResponse {

@@ -68,11 +68,7 @@ pub async fn serve_with(
         }
     };
     let outcome = listeners
-        .serve_until_signal(
-            api::router(svc.clone()),
-            |token| api::router_with_token(svc.clone(), token),
-            companion,
-        )
+        .serve_until_signal(api::router(svc.clone()), companion)
         .await;
     tracing::info!("ambulance stopping");
     svc.shutdown();

@@ -7,7 +7,11 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::ApiConfig;
@@ -110,30 +114,29 @@ impl Listeners {
         out
     }
 
-    /// Serves `open` on the Unix socket (its mode is the access control) and
-    /// `guarded(token)` on TCP, until SIGINT or SIGTERM (`Ok`), a listener fails, or
+    /// Serves `app` on the Unix socket (its mode is the access control) and, behind the
+    /// bearer token, on TCP, until SIGINT or SIGTERM (`Ok`), a listener fails, or
     /// `companion` ends (its result). The socket file is removed on the way out.
     pub async fn serve_until_signal(
         self,
-        open: Router,
-        guarded: impl FnOnce(String) -> Router,
+        app: Router,
         companion: impl Future<Output = Result<()>>,
     ) -> Result<()> {
         let Self { socket, unix, tcp } = self;
         let mut servers = tokio::task::JoinSet::new();
-        servers.spawn(async move { axum::serve(unix, open).await });
         if let Some(Tcp {
             listener,
             token,
             tls,
         }) = tcp
         {
-            let app = guarded(token);
+            let app = with_bearer_token(app.clone(), token);
             match tls {
                 Some(config) => servers.spawn(tls::serve(listener, config, app)),
                 None => servers.spawn(async move { axum::serve(listener, app).await }),
             };
         }
+        servers.spawn(async move { axum::serve(unix, app).await });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| ServiceError::Invalid(format!("cannot handle SIGTERM: {e}")))?;
         let outcome = tokio::select! {
@@ -150,4 +153,37 @@ impl Listeners {
         let _ = std::fs::remove_file(&socket);
         outcome
     }
+}
+
+/// `app` behind a bearer-token check (TCP listeners): a request without
+/// `Authorization: Bearer <token>` gets 401 and `{"error": …}`, the APIs' convention.
+pub fn with_bearer_token(app: Router, token: String) -> Router {
+    app.layer(middleware::from_fn_with_state(
+        Arc::new(token),
+        require_token,
+    ))
+}
+
+async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => next.run(req).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(serde_json::json!({
+                "error": "this listener requires `Authorization: Bearer <token>` (api.bearer_token)"
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// Whether `a` and `b` are equal, in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

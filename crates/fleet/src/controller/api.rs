@@ -31,9 +31,8 @@ use std::sync::Arc;
 use ambulance_service::listen;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -121,34 +120,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
 
 /// The routes behind a bearer-token check (for TCP listeners).
 pub fn router_with_token(ctl: Arc<Controller>, token: String) -> Router {
-    router(ctl).layer(middleware::from_fn_with_state(
-        Arc::new(token),
-        require_token,
-    ))
-}
-
-async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = given.is_some_and(|t| {
-        t.len() == token.len()
-            && t.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0
-    });
-    if ok {
-        return next.run(req).await;
-    }
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer")],
-        Json(json!({ "error": "this listener requires `Authorization: Bearer <token>` (api.bearer_token)" })),
-    )
-        .into_response()
+    listen::with_bearer_token(router(ctl), token)
 }
 
 async fn view(ctl: &Controller, record: crate::model::HostRecord) -> HostView {
@@ -515,11 +487,7 @@ pub async fn serve(ctl: Arc<Controller>) -> crate::Result<()> {
     let listeners = listen::Listeners::bind(api, "controller").await?;
     tracing::info!(api = %listeners.describe(), "fleet API serving");
     listeners
-        .serve_until_signal(
-            router(ctl.clone()),
-            |token| router_with_token(ctl.clone(), token),
-            std::future::pending(),
-        )
+        .serve_until_signal(router(ctl.clone()), std::future::pending())
         .await?;
     Ok(())
 }

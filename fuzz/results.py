@@ -32,6 +32,8 @@ TARGETS = [
     ("printk", 1_000_000),
     ("worker_protocol", 1_000_000),
     ("report_json", 1_000_000),
+    ("kernel_log", 1_000_000),
+    ("orc_unwind", 1_000_000),
 ]
 STATUS = re.compile(
     r"^(?:last status: )?#(\d+)\s+(INITED|DONE|NEW|REDUCE|pulse|RELOAD)\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)"

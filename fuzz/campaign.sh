@@ -11,6 +11,12 @@
 #
 #   fuzz/campaign.sh TARGET RUNS [SECONDS]     # e.g. fuzz/campaign.sh descriptor 10000000 3600
 #
+# Environment: FUZZ_SANITIZER (cargo-fuzz's -s: address, the default, or none: the
+# targets' code is safe Rust, so a campaign after the ASan runs may trade the sanitizer
+# for three to five times the executions; debug assertions and overflow checks stay on
+# either way), FUZZ_NICE (default 19), FUZZ_MAX_LEN (default 2097152). The log records
+# all three.
+#
 # A crash ends the run with libFuzzer's report in the log and the input in
 # fuzz/artifacts/<target>/; fix the bug, copy the input to fuzz/regressions/<target>/
 # (the workspace test replays it), commit, and run again.
@@ -21,6 +27,9 @@ target="${1:?usage: fuzz/campaign.sh TARGET RUNS [SECONDS]}"
 runs="${2:?usage: fuzz/campaign.sh TARGET RUNS [SECONDS]}"
 seconds="${3:-0}"
 cache="${FUZZ_CACHE:-$HOME/.cache/ambulance/fuzz}"
+sanitizer="${FUZZ_SANITIZER:-address}"
+niceness="${FUZZ_NICE:-19}"
+max_len="${FUZZ_MAX_LEN:-2097152}"
 
 cargo_fuzz="$(fuzz/setup.sh)"
 export PATH="$(dirname "$cargo_fuzz"):$PATH"
@@ -35,26 +44,26 @@ mkdir -p "$cache/corpus/$target" "$cache/logs" "fuzz/logs/$target"
 full="$cache/logs/$target-$stamp.log"
 summary="fuzz/logs/$target/$stamp.log"
 
-nice -n 19 cargo +nightly fuzz build --fuzz-dir fuzz "$target"
+nice -n "$niceness" cargo +nightly fuzz build --fuzz-dir fuzz -s "$sanitizer" "$target"
 
 dirs=("$cache/corpus/$target")
 for d in "fuzz/seeds/$target" "fuzz/regressions/$target"; do
     [[ -d $d ]] && dirs+=("$d")
 done
-args=(-runs="$runs" -max_total_time="$seconds" -timeout=10 -max_len=2097152
+args=(-runs="$runs" -max_total_time="$seconds" -timeout=10 -max_len="$max_len"
     -print_final_stats=1 -print_pcs=0)
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 {
     echo "# target: $target"
     echo "# commit: $commit"
     echo "# started: $stamp"
-    echo "# machine: $(uname -srm), $(nproc) cores ($cpu), $(awk '/MemTotal/ {printf "%d GiB", $2/1048576}' /proc/meminfo), shared, nice 19"
+    echo "# machine: $(uname -srm), $(nproc) cores ($cpu), $(awk '/MemTotal/ {printf "%d GiB", $2/1048576}' /proc/meminfo), shared, nice $niceness"
     echo "# toolchain: $(rustc +nightly --version), $("$cargo_fuzz" --version)"
-    echo "# command: cargo +nightly fuzz run --fuzz-dir fuzz $target ${dirs[*]} -- ${args[*]}"
+    echo "# command: cargo +nightly fuzz run --fuzz-dir fuzz -s $sanitizer $target ${dirs[*]} -- ${args[*]}"
 } >"$summary"
 
 status=0
-nice -n 19 cargo +nightly fuzz run --fuzz-dir fuzz "$target" "${dirs[@]}" -- "${args[@]}" \
+nice -n "$niceness" cargo +nightly fuzz run --fuzz-dir fuzz -s "$sanitizer" "$target" "${dirs[@]}" -- "${args[@]}" \
     >"$full" 2>&1 || status=$?
 
 # libFuzzer's own lines that say what happened: how it started (seed, corpus), INITED

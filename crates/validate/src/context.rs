@@ -331,10 +331,19 @@ impl<'a> Context<'a> {
         self.roots().iter().find(|r| r.name == name)
     }
 
-    /// The elements of `root`, enumerated (and walked, for lists) once.
+    /// The elements of `root`, enumerated (and walked, for lists) once. The first list
+    /// asked for has every list root walked with it, interleaved ([`walk::walk_lists`]:
+    /// several cache misses in flight rather than one), since validators go through them
+    /// all.
     pub fn elements(&self, root: &Root) -> Rc<RootElements> {
         if let Some(e) = self.cache.borrow().get(&root.name) {
             return e.clone();
+        }
+        if root.kind == RootKind::List {
+            self.walk_lists();
+            if let Some(e) = self.cache.borrow().get(&root.name) {
+                return e.clone();
+            }
         }
         let e = Rc::new(self.enumerate(root));
         self.cache.borrow_mut().insert(root.name.clone(), e.clone());
@@ -401,22 +410,10 @@ impl<'a> Context<'a> {
             }
             RootKind::List => {
                 let singly = root.has_flag(root_flags::SINGLY_LINKED);
-                let w = walk::walk_list(self.program, root.address, singly, limits);
-                let elements = w
-                    .links
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &link)| Element {
-                        index: i as u64,
-                        addr: link.wrapping_sub(root.link_offset as u64),
-                    })
-                    .collect();
-                let end = report_end(&w.end, root);
-                RootElements {
-                    elements,
-                    list: Some(w),
-                    end,
-                }
+                list_elements(
+                    root,
+                    walk::walk_list(self.program, root.address, singly, limits),
+                )
             }
             RootKind::Tree => {
                 let limits = WalkLimits {
@@ -440,7 +437,38 @@ impl<'a> Context<'a> {
                 }
             }
         };
-        // Say which budget cut a walk short.
+        self.say_why_cut(&mut e);
+        e
+    }
+
+    /// Walks every list root not walked yet, together, into the cache.
+    fn walk_lists(&self) {
+        if self.stop_reason().is_some() {
+            return; // `enumerate` says so, root by root.
+        }
+        let lists: Vec<&Root> = {
+            let cache = self.cache.borrow();
+            self.roots()
+                .iter()
+                .filter(|r| r.kind == RootKind::List && !cache.contains_key(&r.name))
+                .collect()
+        };
+        let heads: Vec<(u64, bool)> = lists
+            .iter()
+            .map(|r| (r.address, r.has_flag(root_flags::SINGLY_LINKED)))
+            .collect();
+        let walks = walk::walk_lists(self.program, &heads, self.walk_limits());
+        for (root, w) in lists.into_iter().zip(walks) {
+            let mut e = list_elements(root, w);
+            self.say_why_cut(&mut e);
+            self.cache
+                .borrow_mut()
+                .insert(root.name.clone(), Rc::new(e));
+        }
+    }
+
+    /// Says which budget cut a walk short.
+    fn say_why_cut(&self, e: &mut RootElements) {
         if e.end.kind == "timed_out" {
             let why = self.stop_reason().unwrap_or_else(|| {
                 format!(
@@ -450,7 +478,6 @@ impl<'a> Context<'a> {
             });
             e.end.detail = format!("{}: {why}", e.end.detail);
         }
-        e
     }
 
     /// The lock protecting `root`, if it was held when the guest was frozen (read once
@@ -608,6 +635,25 @@ impl<'a> Context<'a> {
             String::new(),
             message,
         )
+    }
+}
+
+/// A list root's elements from its walk.
+fn list_elements(root: &Root, w: ListWalk) -> RootElements {
+    let elements = w
+        .links
+        .iter()
+        .enumerate()
+        .map(|(i, &link)| Element {
+            index: i as u64,
+            addr: link.wrapping_sub(root.link_offset as u64),
+        })
+        .collect();
+    let end = report_end(&w.end, root);
+    RootElements {
+        elements,
+        list: Some(w),
+        end,
     }
 }
 

@@ -714,6 +714,21 @@ fn traces_match_drgns_with_the_debug_info() {
         tasks += 1;
     }
     eprintln!("compared with drgn: {tasks} sleeping tasks, {frames} frames, {lines} lines");
+    // What the source lines cost: the `kernel` phase (stacks included) with and without.
+    let kernel_us = |r: &Value| {
+        r["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "kernel")
+            .unwrap()["duration_us"]
+            .clone()
+    };
+    eprintln!(
+        "kernel phase: {} us with the source lines, {} us from the dump alone",
+        kernel_us(&report),
+        kernel_us(&diagnose_core(&d.core, &[]))
+    );
     assert!(
         tasks > 10 && frames > 5 * tasks && lines > 0,
         "{tasks} {frames} {lines}"
@@ -742,6 +757,35 @@ fn the_text_report_shows_the_crashed_tasks_trace_first() {
     assert!(at + stack < first_task, "{text}");
     assert!(trace.contains(" panic+0x"), "{text}");
     assert!(trace.contains("entry_SYSCALL_64_after_hwframe+"), "{text}");
+    assert!(!trace.contains("(inlined)"), "{text}");
+
+    // With the debug info, frames show their source line, and inlined functions are
+    // frames of their own, marked.
+    let vmlinux = fixture(true).join("vmlinux");
+    let out = ambulance(&[
+        "diagnose",
+        "--core",
+        d.core.to_str().unwrap(),
+        "--debuginfo",
+        vmlinux.to_str().unwrap(),
+        "--format",
+        "text",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find(&head).unwrap_or_else(|| panic!("{text}"));
+    let trace = &text[at..text.find("Tasks (").expect("the task list")];
+    let panic_line = trace
+        .lines()
+        .find(|l| l.contains(" panic+0x"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(panic_line.contains("kernel/panic.c:"), "{panic_line}");
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains(" do_syscall_x64 (inlined)  ")
+                && l.contains("arch/x86/entry/common.c:")),
+        "{text}"
+    );
 }
 
 /// Debian's 6.12 kernel (`fixtures/linux/build-other-kernel.sh 6.12`: the same init, the

@@ -2,7 +2,9 @@
 //! path or by build ID in a debuginfod-style directory (`.build-id/xx/rest.debug`).
 //!
 //! [`DebugInfo::open`] maps the file read-only and reads its section headers, symbol table
-//! and build ID; DWARF is indexed lazily by [`DwarfTypes`] on first lookup. A file
+//! and build ID; DWARF is indexed lazily by [`DwarfTypes`] on first lookup, and its line
+//! programs and inlined subroutines are read by [`SourceLines`] on the first source
+//! lookup ([`DebugInfo::source_frames`]), one unit at a time. A file
 //! without DWARF (a stripped vmlinux) still opens: its symbols are usable and
 //! [`DebugInfo::types`] says why there are no types.
 //!

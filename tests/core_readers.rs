@@ -9,7 +9,7 @@
 
 mod linux_guest;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 

@@ -9,30 +9,16 @@
 
 mod linux_guest;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use linux_guest::{connect, fixture, runtime, wait_for_panic, Boot, Guest};
+use linux_guest::{connect, drgn_python, fixture, runtime, wait_for_panic, Boot, Guest};
 use serde_json::json;
 
 /// The repository's root.
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Python with drgn, from the project's script.
-fn drgn_python() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("fixtures/ensure-drgn.sh"))
-        .output()
-        .expect("bash runs");
-    assert!(
-        out.status.success(),
-        "fixtures/ensure-drgn.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// What drgn reads from `core` with `vmlinux`: tasks, log records and the crashed

@@ -14,7 +14,9 @@ use ambulance_diagnose::{diagnose, Options, Subject};
 use ambulance_introspect::memory::ElfCore;
 use ambulance_introspect::program::Program;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
-use linux_guest::{check_against_console, fixture, panicked_dump, panicked_dump_of, Boot, Dump};
+use linux_guest::{
+    check_against_console, drgn_python, fixture, panicked_dump, panicked_dump_of, Boot, Dump,
+};
 use serde_json::Value;
 
 /// One panicked guest's dump, shared by the tests of this file.
@@ -141,11 +143,24 @@ fn offline_with_the_debug_info_package() {
     let sources = &with["kernel"]["sources"];
     assert_eq!(sources["symbols"][0], "dwarf");
     assert_eq!(sources["types"][0], "dwarf");
-    // The same answers as without it.
+    // The same answers as without it; the stacks only gain source lines and the
+    // functions inlined into their frames.
     let without = diagnose_core(&d.core, &[]);
-    for key in ["release", "panic_message", "panic_cpu", "dmesg", "tasks"] {
+    for key in ["release", "panic_message", "panic_cpu", "dmesg"] {
         assert_eq!(with["kernel"][key], without["kernel"][key], "kernel.{key}");
     }
+    let mut tasks = with["kernel"]["tasks"].clone();
+    for t in tasks.as_array_mut().unwrap() {
+        let frames = t["stack"]["frames"].as_array_mut().unwrap();
+        frames.retain(|f| f["inlined"] != true);
+        for f in frames {
+            let f = f.as_object_mut().unwrap();
+            for key in ["function", "file", "line", "column"] {
+                f.remove(key);
+            }
+        }
+    }
+    assert_eq!(tasks, without["kernel"]["tasks"]);
     // Found by the build ID VMCOREINFO gives, in a debuginfod-style directory.
     let build_id = with["kernel"]["build_id"].as_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -370,12 +385,14 @@ fn console_panic_context(console: &str) -> ((u64, i64, String), Vec<String>) {
     ((u64::from(cpu), i64::from(pid), comm), trace)
 }
 
-/// A stack's symbols, innermost first.
+/// A stack's symbols, innermost first: its real frames, not the functions the debug
+/// info says were inlined into them.
 fn symbols(stack: &Value) -> Vec<String> {
     stack["frames"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|f| f["inlined"] != true)
         .map(|f| f["symbol"].as_str().unwrap_or("?").to_string())
         .collect()
 }
@@ -497,6 +514,27 @@ fn check_traces(d: &Dump, dbg: bool) {
             kernel_trace[theirs_at + 1..],
             "ours: {ours:?}\nthe kernel's: {kernel_trace:?}"
         );
+        // With the debug info, frames have source lines and the functions inlined into
+        // them; without it, neither.
+        let frames: Vec<&Value> = k["cpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(k["tasks"].as_array().unwrap())
+            .flat_map(|x| x["stack"]["frames"].as_array().unwrap())
+            .collect();
+        let with_lines = frames.iter().filter(|f| f["line"].is_u64()).count();
+        let inlined = frames.iter().filter(|f| f["inlined"] == true).count();
+        if extra.is_empty() {
+            assert_eq!((with_lines, inlined), (0, 0));
+        } else {
+            assert!(
+                with_lines * 10 > frames.len() * 9,
+                "{with_lines} of {}",
+                frames.len()
+            );
+            assert!(inlined > 0);
+        }
         // The task list gives the running task its CPU's stack.
         let task = k["tasks"]
             .as_array()
@@ -532,6 +570,184 @@ fn check_traces(d: &Dump, dbg: bool) {
     }
 }
 
+/// drgn's traces of `core` read with `vmlinux` (tests/tools/drgn_traces.py).
+fn drgn_traces(core: &Path, vmlinux: &Path) -> Value {
+    let out = Command::new(drgn_python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/drgn_traces.py"))
+        .arg(core)
+        .arg(vmlinux)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "drgn could not read {}:\n{}",
+        core.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from drgn_traces.py")
+}
+
+/// A frame's function as drgn names it: the debug info's name, else the symbol's.
+fn frame_name(f: &Value) -> String {
+    if let Some(name) = f["function"].as_str().or(f["name"].as_str()) {
+        return name.to_string();
+    }
+    let symbol = f["symbol"].as_str().unwrap_or("?");
+    symbol.split('+').next().unwrap_or(symbol).to_string()
+}
+
+/// Whether our frame `o` names the function drgn's frame `t` does. Where neither has
+/// the debug info's name, the two may name the code differently, and both are right:
+/// drgn has no symbols for modules (it names their code by address), and drgn takes the
+/// sized ELF symbol holding the address (`entry_SYSCALL_64`) where we, like the
+/// kernel's own traces, take the nearest label before it
+/// (`entry_SYSCALL_64_after_hwframe`).
+fn same_function(o: &Value, t: &Value) -> bool {
+    let name = frame_name(t);
+    if frame_name(o) == name {
+        return true;
+    }
+    if o["function"].is_string() || o["inlined"] == true {
+        return false;
+    }
+    let pc = t["pc"].as_u64().unwrap();
+    if name == format!("{pc:#x}") {
+        return true;
+    }
+    // Our symbol's start: the pc less the offset shown (`name+0xoff/0xsize`).
+    let ours = o["symbol"].as_str().unwrap_or("?");
+    let Some(off) = ours
+        .split_once("+0x")
+        .and_then(|(_, rest)| u64::from_str_radix(rest.split('/').next()?, 16).ok())
+    else {
+        return false;
+    };
+    let start = pc - off;
+    let (Some(at), Some(size)) = (
+        t["symbol"]["address"].as_u64(),
+        t["symbol"]["size"].as_u64(),
+    ) else {
+        return false;
+    };
+    (at..at + size).contains(&start)
+}
+
+/// Our trace (`stack`, a report's) against drgn's frames (`theirs`): the same functions
+/// in the same order, inlined where drgn says so, and the same line (and file) wherever
+/// drgn has one. Where ours ends at the user-mode registers the system call saved, drgn
+/// goes on into the user program's stack (the instruction pointer saved there, then
+/// what its frame pointers give): from its first frame in the lower half of the address
+/// space on, drgn's frames are left out. The number of frames whose line was compared.
+fn same_trace(what: &str, stack: &Value, theirs: &Value) -> usize {
+    let ours = stack["frames"].as_array().unwrap();
+    let mut theirs: Vec<&Value> = theirs.as_array().unwrap().iter().collect();
+    if stack["end"].as_str().unwrap().contains("user mode") {
+        if let Some(user) = theirs
+            .iter()
+            .position(|f| f["pc"].as_u64().unwrap() >> 63 == 0)
+        {
+            theirs.truncate(user);
+        }
+    }
+    let show = |frames: &mut dyn Iterator<Item = &Value>| -> Vec<String> {
+        frames
+            .map(|f| {
+                let inline = f["inlined"] == true || f["inline"] == true;
+                format!(
+                    "{}{}",
+                    frame_name(f),
+                    if inline { " (inlined)" } else { "" }
+                )
+            })
+            .collect()
+    };
+    let differ = format!(
+        "{what}:\n ours: {:?}\ndrgn: {:?}",
+        show(&mut ours.iter()),
+        show(&mut theirs.iter().copied())
+    );
+    assert_eq!(ours.len(), theirs.len(), "{differ}");
+    let mut lines = 0;
+    for (o, t) in ours.iter().zip(theirs) {
+        assert!(same_function(o, t), "{differ}");
+        assert_eq!(o["inlined"] == true, t["inline"] == true, "{differ}");
+        let (Some(file), Some(line)) = (t["file"].as_str(), t["line"].as_u64()) else {
+            continue;
+        };
+        let at = format!("{what}: {} at {file}:{line}, ours {o}", frame_name(t));
+        assert_eq!(o["line"].as_u64(), Some(line), "{at}");
+        let ours_file = o["file"].as_str().unwrap_or_else(|| panic!("{at}"));
+        let plain = |p: &str| p.trim_start_matches("./").to_string();
+        assert!(
+            plain(file).ends_with(&plain(ours_file)) || plain(ours_file).ends_with(&plain(file)),
+            "{at}"
+        );
+        lines += 1;
+    }
+    lines
+}
+
+/// With the -dbg vmlinux, the crashed thread's trace and every sleeping task's are
+/// drgn's: functions, inlined frames, files and lines.
+#[test]
+fn traces_match_drgns_with_the_debug_info() {
+    let d = dump();
+    let vmlinux = fixture(true).join("vmlinux");
+    let report = diagnose_core(&d.core, &["--debuginfo", vmlinux.to_str().unwrap()]);
+    let theirs = drgn_traces(&d.core, &vmlinux);
+    let k = &report["kernel"];
+    let cpu = &k["crash"]["cpu"];
+    let on_cpu = k["cpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cpu"] == *cpu)
+        .expect("the crashed CPU");
+    let crashed = &on_cpu["stack"];
+    let lines = same_trace("the crashed thread", crashed, &theirs["crashed"]);
+    assert!(lines > 5, "only {lines} lines compared: {crashed}");
+    let running: Vec<&Value> = k["cpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["task"])
+        .collect();
+    let (mut tasks, mut frames, mut lines) = (0, 0, 0);
+    for t in k["tasks"].as_array().unwrap() {
+        if running.contains(&&t["address"]) {
+            continue;
+        }
+        let address = t["address"].as_str().unwrap();
+        let drgn = &theirs["tasks"][address];
+        assert_eq!(drgn["pid"], t["pid"], "{address}: {drgn}");
+        assert_eq!(drgn["on_cpu"], false, "{t}");
+        let what = format!("task {} ({})", t["pid"], t["comm"]);
+        lines += same_trace(&what, &t["stack"], &drgn["frames"]);
+        frames += t["stack"]["frames"].as_array().unwrap().len();
+        tasks += 1;
+    }
+    eprintln!("compared with drgn: {tasks} sleeping tasks, {frames} frames, {lines} lines");
+    // What the source lines cost: the `kernel` phase (stacks included) with and without.
+    let kernel_us = |r: &Value| {
+        r["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "kernel")
+            .unwrap()["duration_us"]
+            .clone()
+    };
+    eprintln!(
+        "kernel phase: {} us with the source lines, {} us from the dump alone",
+        kernel_us(&report),
+        kernel_us(&diagnose_core(&d.core, &[]))
+    );
+    assert!(
+        tasks > 10 && frames > 5 * tasks && lines > 0,
+        "{tasks} {frames} {lines}"
+    );
+}
+
 #[test]
 fn the_text_report_shows_the_crashed_tasks_trace_first() {
     let d = dump();
@@ -554,6 +770,35 @@ fn the_text_report_shows_the_crashed_tasks_trace_first() {
     assert!(at + stack < first_task, "{text}");
     assert!(trace.contains(" panic+0x"), "{text}");
     assert!(trace.contains("entry_SYSCALL_64_after_hwframe+"), "{text}");
+    assert!(!trace.contains("(inlined)"), "{text}");
+
+    // With the debug info, frames show their source line, and inlined functions are
+    // frames of their own, marked.
+    let vmlinux = fixture(true).join("vmlinux");
+    let out = ambulance(&[
+        "diagnose",
+        "--core",
+        d.core.to_str().unwrap(),
+        "--debuginfo",
+        vmlinux.to_str().unwrap(),
+        "--format",
+        "text",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find(&head).unwrap_or_else(|| panic!("{text}"));
+    let trace = &text[at..text.find("Tasks (").expect("the task list")];
+    let panic_line = trace
+        .lines()
+        .find(|l| l.contains(" panic+0x"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(panic_line.contains("kernel/panic.c:"), "{panic_line}");
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains(" do_syscall_x64 (inlined)  ")
+                && l.contains("arch/x86/entry/common.c:")),
+        "{text}"
+    );
 }
 
 /// Debian's 6.12 kernel (`fixtures/linux/build-other-kernel.sh 6.12`: the same init, the

@@ -18,6 +18,20 @@ pub fn fixture(dbg: bool) -> PathBuf {
     ambulance_testkit::linux_fixture(dbg)
 }
 
+/// The Python with drgn, from the project's script (`fixtures/ensure-drgn.sh`).
+pub fn drgn_python() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ensure-drgn.sh"))
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "fixtures/ensure-drgn.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// A runtime for the async QMP client ([`ambulance_qemu::Qmp`]) in synchronous tests.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

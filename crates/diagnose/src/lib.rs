@@ -459,7 +459,12 @@ pub fn diagnose(
         let t = Instant::now();
         let mut sources = sources;
         let k = if deadline.start("reading the kernel's dmesg and tasks") {
-            let k = linux::kernel_info(&ctx, v, sources, deadline.limit(load_limits));
+            let lines = options.debuginfo.as_deref().and_then(|d| {
+                let slide = ambulance_linux::sources::usable_debuginfo(d, v).ok()?;
+                Some(linux::SourceLines::new(d, slide))
+            });
+            let limits = deadline.limit(load_limits);
+            let k = linux::kernel_info(&ctx, v, sources, limits, lines.as_ref());
             deadline.check("reading the kernel's dmesg and tasks");
             k
         } else {

@@ -13,6 +13,7 @@ use ambulance_abi::descriptor::Root;
 use ambulance_introspect::debuginfo::{hex, DebugInfo};
 use ambulance_introspect::memory::PhysicalMemory;
 use ambulance_introspect::program::Program;
+use ambulance_introspect::types::dwarf::SourceFrame;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::WalkLimits;
 use ambulance_linux::tasks::{read_task, task_list_root, TaskLayout};
@@ -102,12 +103,49 @@ pub fn kernel_identity(
     }
 }
 
-/// The report's `kernel` section, from what the validators' context already walked.
+/// Source lines of the kernel's code from its debug info, whose link-time addresses the
+/// guest's code runs `slide` bytes away from (KASLR). Remembers the first failed lookup,
+/// for the report's `sources.missing`.
+pub struct SourceLines<'a> {
+    debuginfo: &'a DebugInfo,
+    slide: i64,
+    first_error: std::cell::RefCell<Option<String>>,
+}
+
+impl<'a> SourceLines<'a> {
+    /// Lines from `debuginfo`, the kernel's (checked by build ID), slid by `slide`.
+    pub fn new(debuginfo: &'a DebugInfo, slide: i64) -> SourceLines<'a> {
+        SourceLines {
+            debuginfo,
+            slide,
+            first_error: Default::default(),
+        }
+    }
+
+    /// The source frames at guest code address `at`, innermost first; none when the
+    /// debug info has none (an error is kept to be reported once).
+    fn frames(&self, at: u64) -> Vec<SourceFrame> {
+        let link = at.wrapping_sub(self.slide as u64);
+        match self.debuginfo.source_frames(link) {
+            Ok(f) => f,
+            Err(e) => {
+                self.first_error
+                    .borrow_mut()
+                    .get_or_insert_with(|| e.to_string());
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// The report's `kernel` section, from what the validators' context already walked;
+/// with `lines`, each kernel frame gets its source line and the functions inlined there.
 pub fn kernel_info(
     ctx: &Context<'_>,
     vmcoreinfo: &Vmcoreinfo,
     sources: KernelSources,
     limits: WalkLimits,
+    lines: Option<&SourceLines<'_>>,
 ) -> KernelInfo {
     let started = std::time::Instant::now();
     let program = ctx.program;
@@ -161,8 +199,12 @@ pub fn kernel_info(
         &mut tasks,
         started,
         limits,
+        lines,
         &mut sources,
     );
+    if let Some(e) = lines.and_then(|l| l.first_error.borrow_mut().take()) {
+        sources.missing.push(format!("source lines: {e}"));
+    }
     if let Some(c) = crash.as_mut() {
         oops_registers_from_stack(program, c, &cpus);
     }
@@ -261,33 +303,67 @@ fn pt_regs_of(v: &VcpuRegisters) -> orc::Registers {
     ])
 }
 
-/// An unwind as the report shows it, symbolized.
-fn trace(program: &Program, unwinder: &stack::Unwinder, u: &orc::Unwind) -> StackTrace {
+/// An unwind as the report shows it, symbolized; with `lines`, each frame in the
+/// kernel's own code (not a module's: their DWARF is not here) gets its source line and
+/// is preceded by the functions inlined at its address. `saved` says the first frame's
+/// address is a return address too (a sleeping task's, saved by the switch).
+fn trace(
+    program: &Program,
+    unwinder: &stack::Unwinder,
+    u: &orc::Unwind,
+    lines: Option<&SourceLines<'_>>,
+    saved: bool,
+) -> StackTrace {
+    let mut frames = Vec::with_capacity(u.frames.len());
+    for (i, f) in u.frames.iter().enumerate() {
+        let return_address = (i == 0 && saved)
+            || matches!(
+                f.source,
+                orc::FrameSource::Orc | orc::FrameSource::FramePointer
+            );
+        let mut frame = StackFrame {
+            pc: Hex(f.pc),
+            sp: Hex(f.sp),
+            symbol: unwinder.symbolize(program, f.pc, return_address),
+            via: match f.source {
+                orc::FrameSource::Registers => "registers",
+                orc::FrameSource::Orc => "orc",
+                orc::FrameSource::OrcRegs => "pt_regs",
+                orc::FrameSource::FramePointer => "frame_pointer",
+            }
+            .into(),
+            regs: f.regs.map(Hex),
+            ..Default::default()
+        };
+        // A return address is looked up one byte back, in the call.
+        let at = f.pc.wrapping_sub(u64::from(return_address));
+        let source = match lines {
+            Some(l) if !unwinder.modules().any(|m| m.text.contains(&at)) => l.frames(at),
+            _ => Vec::new(),
+        };
+        for s in source {
+            let located = StackFrame {
+                function: s.function,
+                file: s.file,
+                line: s.line,
+                column: s.column,
+                inlined: s.inlined,
+                ..frame.clone()
+            };
+            if s.inlined {
+                frames.push(StackFrame {
+                    symbol: None,
+                    regs: None,
+                    ..located
+                });
+            } else {
+                frame = located;
+            }
+        }
+        frames.push(frame);
+    }
     StackTrace {
-        frames: u
-            .frames
-            .iter()
-            .map(|f| StackFrame {
-                pc: Hex(f.pc),
-                sp: Hex(f.sp),
-                symbol: unwinder.symbolize(
-                    program,
-                    f.pc,
-                    matches!(
-                        f.source,
-                        orc::FrameSource::Orc | orc::FrameSource::FramePointer
-                    ),
-                ),
-                via: match f.source {
-                    orc::FrameSource::Registers => "registers",
-                    orc::FrameSource::Orc => "orc",
-                    orc::FrameSource::OrcRegs => "pt_regs",
-                    orc::FrameSource::FramePointer => "frame_pointer",
-                }
-                .into(),
-                regs: f.regs.map(Hex),
-            })
-            .collect(),
+        frames,
         complete: u.end.is_complete(),
         end: u.end.describe(),
     }
@@ -296,6 +372,7 @@ fn trace(program: &Program, unwinder: &stack::Unwinder, u: &orc::Unwind) -> Stac
 /// Every CPU's current task and stack (from its vCPU's registers), and every task's
 /// stack: a running task's is its CPU's, a sleeping one's is unwound from its saved
 /// frame. Bounded by the CPU count, the tasks already read and the time budget.
+#[allow(clippy::too_many_arguments)] // the kernel_info's state, passed apart
 fn stacks(
     program: &Program,
     vmcoreinfo: &Vmcoreinfo,
@@ -303,6 +380,7 @@ fn stacks(
     tasks: &mut [TaskInfo],
     started: std::time::Instant,
     limits: WalkLimits,
+    lines: Option<&SourceLines<'_>>,
     sources: &mut KernelSources,
 ) -> Vec<CpuInfo> {
     let Some(release) = vmcoreinfo.osrelease() else {
@@ -352,7 +430,7 @@ fn stacks(
             }
             Some(v) => {
                 let u = unwinder.unwind_registers(program, pt_regs_of(v));
-                info.stack = Some(trace(program, &unwinder, &u));
+                info.stack = Some(trace(program, &unwinder, &u, lines, false));
             }
             None => info
                 .notes
@@ -378,7 +456,7 @@ fn stacks(
             continue;
         }
         match unwinder.unwind_sleeping(program, t.address.0) {
-            Ok(u) => t.stack = Some(trace(program, &unwinder, &u)),
+            Ok(u) => t.stack = Some(trace(program, &unwinder, &u, lines, true)),
             Err(e) => {
                 failed += 1;
                 first_failure.get_or_insert_with(|| format!("task {} ({}): {e}", t.pid, t.comm));

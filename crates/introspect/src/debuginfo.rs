@@ -2,7 +2,9 @@
 //! path or by build ID in a debuginfod-style directory (`.build-id/xx/rest.debug`).
 //!
 //! [`DebugInfo::open`] maps the file read-only and reads its section headers, symbol table
-//! and build ID; DWARF is indexed lazily by [`DwarfTypes`] on first lookup. A file
+//! and build ID; DWARF is indexed lazily by [`DwarfTypes`] on first lookup, and its line
+//! programs and inlined subroutines are read by [`SourceLines`] on the first source
+//! lookup ([`DebugInfo::source_frames`]), one unit at a time. A file
 //! without DWARF (a stripped vmlinux) still opens: its symbols are usable and
 //! [`DebugInfo::types`] says why there are no types.
 //!
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::symbols::{elf_build_id, parse_elf, Symbols};
-use crate::types::dwarf::{DwarfTypes, ElfBytes};
+use crate::types::dwarf::{DwarfTypes, ElfBytes, SourceFrame, SourceLines};
 use crate::types::TypeSource;
 use crate::{Error, Result};
 
@@ -44,6 +46,8 @@ pub struct DebugInfo {
     /// changes between diagnoses, and rebuilding a vmlinux's table takes tens of ms.
     slid: std::sync::Mutex<Vec<(i64, Arc<Symbols>)>>,
     dwarf: std::result::Result<Arc<DwarfTypes>, String>,
+    /// Source lines and inlined frames, read at the first lookup and kept.
+    lines: SourceLines,
     build_id: Option<Vec<u8>>,
 }
 
@@ -101,6 +105,7 @@ impl DebugInfo {
             .map_err(|e| e.to_string());
         Ok(DebugInfo {
             path: PathBuf::from(name),
+            lines: SourceLines::new(bytes.clone(), name),
             bytes,
             symbols,
             slid: Default::default(),
@@ -220,6 +225,14 @@ impl DebugInfo {
             offset: 0,
             reason: reason.clone(),
         })
+    }
+
+    /// The source frames at link-time (unslid) code address `address`, innermost first:
+    /// the functions inlined there, then the one whose code it is, each with its file
+    /// and line ([`SourceLines::frames`]). The first call reads the units' ranges; each
+    /// unit's line program and functions are read once, at its first lookup.
+    pub fn source_frames(&self, address: u64) -> Result<Vec<SourceFrame>> {
+        self.lines.frames(address)
     }
 
     /// The DWARF types as a [`TypeSource`], or why there are none.

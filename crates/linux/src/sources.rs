@@ -120,9 +120,9 @@ pub fn load(
     (program, sources)
 }
 
-/// The KASLR slide to apply to the debug info's symbols, when it belongs to this kernel;
-/// else why it cannot be used.
-fn usable_debuginfo(d: &DebugInfo, vmcoreinfo: &Vmcoreinfo) -> Result<i64, String> {
+/// The KASLR slide to apply to the debug info's addresses, when it belongs to this
+/// kernel; else why it cannot be used.
+pub fn usable_debuginfo(d: &DebugInfo, vmcoreinfo: &Vmcoreinfo) -> Result<i64, String> {
     // Only when both say which build they are; a file without the note is taken on trust.
     if let (Some(guest), Some(_)) = (vmcoreinfo.build_id(), d.build_id()) {
         d.check_build_id(guest)

@@ -311,6 +311,26 @@ pub struct StackFrame {
     /// through an exception or interrupt frame that saved them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regs: Option<Hex>,
+    /// The function's name from the debug info (DWARF): the subprogram's, or for an
+    /// `inlined` frame the inlined function's. Absent without debug info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// The source file, from the debug info's line program (for a frame that called an
+    /// inlined function, the file of the call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The line in `file` (of the instruction, or of the call for a return address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// The column in `line`, when the compiler recorded one (0 is the left edge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
+    /// A function the compiler inlined into the next frame's at this address (from
+    /// DWARF's inlined subroutines): `pc` and `sp` are the next frame's, `symbol` is
+    /// absent. Such frames come before the frame they were inlined into, innermost
+    /// first, as gdb and drgn show them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
 }
 
 /// Where the facts of a [`KernelInfo`] came from.

@@ -267,13 +267,24 @@ fn kernel_summary(s: &mut String, k: &KernelInfo) {
 /// A stack trace, one frame a line, and how it ended.
 fn stack_lines(s: &mut String, st: &crate::StackTrace, indent: &str) {
     for (i, f) in st.frames.iter().enumerate() {
-        let sym = f.symbol.as_deref().unwrap_or("?");
+        // Where in the source, with the debug info: `  file:line`.
+        let at = match (&f.file, f.line) {
+            (Some(file), Some(line)) => format!("  {file}:{line}"),
+            (Some(file), None) => format!("  {file}"),
+            _ => String::new(),
+        };
+        if f.inlined {
+            let name = f.function.as_deref().unwrap_or("?");
+            let _ = writeln!(s, "{indent}#{i:<2} {name} (inlined){at}");
+            continue;
+        }
+        let sym = f.symbol.as_deref().or(f.function.as_deref()).unwrap_or("?");
         let via = match f.via.as_str() {
             "pt_regs" => " [exception frame]",
             "frame_pointer" => " [frame pointer]",
             _ => "",
         };
-        let _ = writeln!(s, "{indent}#{i:<2} {sym} ({}){via}", f.pc);
+        let _ = writeln!(s, "{indent}#{i:<2} {sym} ({}){via}{at}", f.pc);
     }
     if !st.complete {
         let _ = writeln!(s, "{indent}({})", st.end);

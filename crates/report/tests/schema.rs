@@ -122,13 +122,29 @@ pub fn sample() -> Report {
                 state: "S".into(),
                 address: Hex(0xffff_8a3c_0110_0000),
                 stack: Some(StackTrace {
-                    frames: vec![StackFrame {
-                        pc: Hex(0xffff_ffff_8109_2a3c),
-                        sp: Hex(0xffff_c900_0001_3e60),
-                        symbol: Some("__schedule+0x33c/0x9a0".into()),
-                        via: "orc".into(),
-                        regs: None,
-                    }],
+                    frames: vec![
+                        StackFrame {
+                            pc: Hex(0xffff_ffff_8109_2a3c),
+                            sp: Hex(0xffff_c900_0001_3e60),
+                            via: "orc".into(),
+                            function: Some("context_switch".into()),
+                            file: Some("kernel/sched/core.c".into()),
+                            line: Some(5238),
+                            column: Some(2),
+                            inlined: true,
+                            ..Default::default()
+                        },
+                        StackFrame {
+                            pc: Hex(0xffff_ffff_8109_2a3c),
+                            sp: Hex(0xffff_c900_0001_3e60),
+                            symbol: Some("__schedule+0x33c/0x9a0".into()),
+                            via: "orc".into(),
+                            function: Some("__schedule".into()),
+                            file: Some("kernel/sched/core.c".into()),
+                            line: Some(6557),
+                            ..Default::default()
+                        },
+                    ],
                     complete: false,
                     end: "a test".into(),
                 }),
@@ -268,6 +284,14 @@ fn text_puts_the_worst_findings_first_and_ends_with_the_log() {
     );
     assert!(
         text.contains("      1       1 S  init             0xffff8a3c01100000"),
+        "{text}"
+    );
+    // A frame with debug info shows its source line; an inlined one is marked.
+    assert!(
+        text.contains(
+            "#0  context_switch (inlined)  kernel/sched/core.c:5238\n    \
+             #1  __schedule+0x33c/0x9a0 (0xffffffff81092a3c)  kernel/sched/core.c:6557\n"
+        ),
         "{text}"
     );
     assert!(

@@ -57,6 +57,7 @@
 
 mod convert;
 mod index;
+mod lines;
 mod location;
 mod sections;
 #[cfg(test)]
@@ -73,6 +74,7 @@ use parking_lot::Mutex;
 use super::{Type, TypeId, TypeSource};
 use crate::{Error, Result};
 use index::{split_tag, Index};
+pub use lines::{SourceFrame, SourceLines};
 pub use sections::ElfBytes;
 use sections::R;
 use units::Units;
@@ -130,7 +132,7 @@ impl DwarfTypes {
                     .to_string(),
             });
         }
-        let dwarf = sections::load(&bytes, &elf, path)?;
+        let dwarf = sections::load(&bytes, &elf, path, sections::for_types)?;
         if gimli::Section::reader(&dwarf.debug_info).is_empty() {
             return Err(Error::Dwarf {
                 path: path.to_string(),

@@ -206,24 +206,45 @@ fn section_bytes(owner: &Arc<ElfBytes>, elf: &Elf<'_>, id: SectionId, path: &str
     })
 }
 
-/// The DWARF sections this reader uses, as gimli readers over `bytes` (inflated where
-/// compressed); the sections it does not use are left empty.
-pub(super) fn load(bytes: &Arc<ElfBytes>, elf: &Elf<'_>, path: &str) -> Result<gimli::Dwarf<R>> {
+/// The sections types are read from.
+pub(super) fn for_types(id: SectionId) -> bool {
+    matches!(
+        id,
+        SectionId::DebugInfo
+            | SectionId::DebugAbbrev
+            | SectionId::DebugStr
+            | SectionId::DebugStrOffsets
+            | SectionId::DebugLineStr
+            | SectionId::DebugAddr
+    )
+}
+
+/// The sections source lines and inlined frames are read from: those of types, the line
+/// programs, and the address ranges of units and functions.
+pub(super) fn for_lines(id: SectionId) -> bool {
+    for_types(id)
+        || matches!(
+            id,
+            SectionId::DebugLine
+                | SectionId::DebugAranges
+                | SectionId::DebugRanges
+                | SectionId::DebugRngLists
+        )
+}
+
+/// The DWARF sections `wanted` (one of [`for_types`], [`for_lines`]), as gimli readers
+/// over `bytes` (inflated where compressed); the others are left empty, so nothing is
+/// inflated that is not read.
+pub(super) fn load(
+    bytes: &Arc<ElfBytes>,
+    elf: &Elf<'_>,
+    path: &str,
+    wanted: fn(SectionId) -> bool,
+) -> Result<gimli::Dwarf<R>> {
     let endian = if elf.little_endian {
         RunTimeEndian::Little
     } else {
         RunTimeEndian::Big
-    };
-    let wanted = |id: SectionId| {
-        matches!(
-            id,
-            SectionId::DebugInfo
-                | SectionId::DebugAbbrev
-                | SectionId::DebugStr
-                | SectionId::DebugStrOffsets
-                | SectionId::DebugLineStr
-                | SectionId::DebugAddr
-        )
     };
     gimli::Dwarf::load(|id| -> Result<R> {
         let sect = if wanted(id) {

@@ -9,6 +9,11 @@
 //!   random order (every node a cache miss: the walk runs at the machine's memory
 //!   latency) and in address order (as a slab fills), each reached through the direct map
 //!   and through the vmalloc area.
+//!   The same nodes also carry 16 shorter lists (64 Ki nodes each, random order) for
+//!   walking many lists at once: [`walk_lists`] interleaved against one list after the
+//!   other, against the bare pointer chase, and against the machine's parallel memory
+//!   limit (bare chases of 1 to 16 lists interleaved: the most nodes per second the
+//!   memory system serves to one core).
 //! * With /dev/kvm: the test kernel itself, booted with 64 tasks, frozen and mapped
 //!   read-only; its run queue and task table are walked and translated.
 //!
@@ -22,7 +27,7 @@ use ambulance_abi::boot::{DIRECT_MAP_BASE, VMALLOC_BASE};
 use ambulance_introspect::memory::{LiveMemory, RawImage};
 use ambulance_introspect::program::Program;
 use ambulance_introspect::translate::{PageTableBuilder, Paging};
-use ambulance_introspect::walk::{walk_list, WalkEnd, WalkLimits};
+use ambulance_introspect::walk::{walk_list, walk_lists, WalkEnd, WalkLimits};
 use ambulance_vmm::{GuestConfig, Vmm};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 
@@ -39,12 +44,18 @@ const NODES: u64 = 16 << 20;
 const NODE_COUNT: u64 = 1 << 20;
 const NODE_SIZE: u64 = 128;
 const LINK: u64 = 32;
+/// The many-lists case: this many lists, each of `NODE_COUNT / MANY` random nodes,
+/// linked through the field at `MANY_LINK`.
+const MANY: u64 = 16;
+const MANY_LINK: u64 = LINK + 64;
 
 struct Synthetic {
     prog: Program,
     /// List heads: random order through the direct map (2 MiB pages) and through the
     /// vmalloc area (4 KiB pages), then address order through each.
     heads: [u64; 4],
+    /// The heads of the `MANY` lists.
+    many: Vec<u64>,
     /// Sample addresses for translation.
     small_pages: Vec<u64>,
     large_pages: Vec<u64>,
@@ -112,6 +123,22 @@ fn synthetic() -> Synthetic {
         put(prev_pa, head_va);
         put(head_pa + 8, prev_va);
     }
+    // The random order cut into MANY lists, through the direct map.
+    let mut many = Vec::new();
+    for (k, part) in order.chunks((NODE_COUNT / MANY) as usize).enumerate() {
+        let head_pa = HEADS + (8 + k as u64) * 64;
+        let head_va = DIRECT_MAP_BASE + head_pa;
+        let (mut prev_pa, mut prev_va) = (head_pa, head_va);
+        for &i in part {
+            let pa = NODES + i * NODE_SIZE + MANY_LINK;
+            put(prev_pa, DIRECT_MAP_BASE + pa);
+            put(pa + 8, prev_va);
+            (prev_pa, prev_va) = (pa, DIRECT_MAP_BASE + pa);
+        }
+        put(prev_pa, head_va);
+        put(head_pa + 8, prev_va);
+        many.push(head_va);
+    }
     let root = b.root();
     let mut seed = 12345u64;
     let small_pages = (0..4096)
@@ -128,6 +155,7 @@ fn synthetic() -> Synthetic {
     Synthetic {
         prog,
         heads: [0, 1, 2, 3].map(|k| DIRECT_MAP_BASE + HEADS + k * 64),
+        many,
         small_pages,
         large_pages,
     }
@@ -212,8 +240,106 @@ fn baseline_chase(
     });
 }
 
+/// Median nodes per second of `runs` runs of `walk` (which returns the nodes it visited).
+fn nodes_per_sec(runs: usize, mut walk: impl FnMut() -> u64) -> f64 {
+    let mut rates: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            let n = walk();
+            n as f64 / t.elapsed().as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
+/// Walking many lists at once (issue 12, item 5): the walker one list after the other
+/// and interleaved, the bare chase likewise, and the machine's parallel memory limit.
+fn many_lists(s: &Synthetic) {
+    const RUNS: usize = 7;
+    let ram = s
+        .prog
+        .memory()
+        .slice(0, RAM as usize)
+        .expect("one contiguous buffer");
+    let word = |va: u64| {
+        let at = (va - DIRECT_MAP_BASE) as usize;
+        u64::from_le_bytes(ram[at..at + 8].try_into().expect("8 bytes"))
+    };
+    // Bare chases of `heads`, interleaved (one node of each in turn).
+    let chase = |heads: &[u64]| -> u64 {
+        let mut cur: Vec<u64> = heads.iter().map(|&h| word(h)).collect();
+        let mut n = 0u64;
+        let mut live = heads.len();
+        while live > 0 {
+            live = 0;
+            for (c, &h) in cur.iter_mut().zip(heads) {
+                if *c != h {
+                    *c = word(*c);
+                    n += 1;
+                    live += 1;
+                }
+            }
+        }
+        n
+    };
+    let mut limit = (0usize, 0f64);
+    for width in [1usize, 2, 4, 8, 16] {
+        let rate = nodes_per_sec(RUNS, || {
+            s.many
+                .chunks(width)
+                .map(|group| std::hint::black_box(chase(group)))
+                .sum()
+        });
+        println!(
+            "result: many lists | bare chase, {width} list(s) interleaved | {:.2} M nodes/s | – | {MANY} lists of {} random nodes, no translation or checks",
+            rate / 1e6,
+            NODE_COUNT / MANY
+        );
+        if rate > limit.1 {
+            limit = (width, rate);
+        }
+    }
+    println!(
+        "result: many lists | the machine's parallel memory limit (one core) | {:.2} M nodes/s | – | the best of the bare chases above, at {} lists interleaved",
+        limit.1 / 1e6,
+        limit.0
+    );
+    let lone_chase = nodes_per_sec(RUNS, || s.many.iter().map(|&h| chase(&[h])).sum());
+    let limits = WalkLimits::new(1 << 24, Duration::from_secs(60));
+    let heads: Vec<(u64, bool)> = s.many.iter().map(|&h| (h, false)).collect();
+    for w in walk_lists(&s.prog, &heads, limits) {
+        assert_eq!(w.end, WalkEnd::Complete, "a many-lists list");
+    }
+    let one_by_one = nodes_per_sec(RUNS, || {
+        s.many
+            .iter()
+            .map(|&h| walk_list(&s.prog, h, false, limits).links.len() as u64)
+            .sum()
+    });
+    let together = nodes_per_sec(RUNS, || {
+        walk_lists(&s.prog, &heads, limits)
+            .iter()
+            .map(|w| w.links.len() as u64)
+            .sum()
+    });
+    println!(
+        "result: many lists | walker, {MANY} lists one after the other (`walk_list`) | {:.2} M nodes/s | – | {:.0} % of the bare chase of one list at a time ({:.2} M nodes/s)",
+        one_by_one / 1e6,
+        one_by_one / lone_chase * 100.0,
+        lone_chase / 1e6
+    );
+    println!(
+        "result: many lists | walker, {MANY} lists interleaved (`walk_lists`) | {:.2} M nodes/s | – | {:.2}x one after the other; {:.0} % of the machine's parallel memory limit",
+        together / 1e6,
+        together / one_by_one,
+        together / limit.1 * 100.0
+    );
+}
+
 fn synthetic_benches(c: &mut Criterion) {
     let s = synthetic();
+    many_lists(&s);
     let mut g = c.benchmark_group("synthetic");
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     // A working set that fits the translation cache: 64 pages, over and over.

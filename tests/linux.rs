@@ -801,45 +801,14 @@ fn the_text_report_shows_the_crashed_tasks_trace_first() {
     );
 }
 
-/// Debian's 6.12 kernel (`fixtures/linux/build-other-kernel.sh 6.12`: the same init, the
-/// newest 6.12 cloud kernel apt knows); `None` after a loud skip where apt knows none.
-fn fixture_6_12() -> Option<PathBuf> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/linux/build-other-kernel.sh"
-    );
-    let out = Command::new("bash")
-        .args([script, "6.12"])
-        .output()
-        .expect("bash runs");
-    let dir = out
-        .status
-        .success()
-        .then(|| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .last()
-                .map(|l| PathBuf::from(l.trim()))
-        })
-        .flatten();
-    if !ambulance_testkit::available(
-        &format!(
-            "Debian 6.12 kernel fixture ({})",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        dir.is_some(),
-    ) {
-        return None;
-    }
-    dir
-}
-
 /// Linux 6.12 — its `CPU: N UID: U PID: …` line, `pcpu_hot`, ORC's third format,
 /// `module.mem[]` — under 5-level paging (QEMU's `-cpu max` has LA57), panicking on CPU 1:
 /// the same answers as 6.1 gives, from the dump alone.
 #[test]
 fn linux_6_12_with_five_level_paging_panicking_on_cpu_1() {
-    let Some(fx) = fixture_6_12() else { return };
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.12", "cloud-amd64") else {
+        return;
+    };
     let d = panicked_dump_of(
         &fx,
         &Boot {
@@ -884,4 +853,106 @@ fn linux_6_12_with_five_level_paging_panicking_on_cpu_1() {
     assert_eq!(crash["pid"], pid);
     assert_eq!(crash["comm"], comm.as_str());
     check_traces(&d, false);
+}
+
+/// Another Debian kernel's dump, diagnosed from the dump alone: its release, nothing
+/// missing among the sources, and the crash — kind, message as the console printed it,
+/// CPU, task — as the kernel itself told it on the console; every CPU's and task's stack
+/// unwound to its bottom.
+fn check_other_kernel(d: &Dump, series: &str, kind: &str) -> Value {
+    let report = diagnose_core(&d.core, &[]);
+    let k = &report["kernel"];
+    let release = k["release"].as_str().unwrap_or_default();
+    assert!(
+        release.starts_with(&format!("{series}.")),
+        "{release} is not a {series} kernel"
+    );
+    assert_eq!(
+        k["sources"]["missing"],
+        serde_json::json!([]),
+        "{}",
+        k["sources"]
+    );
+    let ((cpu, pid, comm), _) = console_panic_context(&d.console);
+    let message = d
+        .console
+        .lines()
+        .find_map(|l| l.split_once("Kernel panic - not syncing: ").map(|x| x.1))
+        .expect("the console shows the panic")
+        .trim_end_matches('\r');
+    let crash = &k["crash"];
+    assert_eq!(crash["kind"], kind, "{crash}");
+    assert_eq!(k["panic_message"], message, "{crash}");
+    assert_eq!(crash["cpu"], cpu, "{crash}");
+    assert_eq!(crash["pid"], pid, "{crash}");
+    assert_eq!(crash["comm"], comm.as_str(), "{crash}");
+    assert_eq!(report["failure"]["cause"], "panic");
+    // The processes init listed are the report's tasks.
+    let tasks: Vec<(i64, &str)> = k["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["pid"].as_i64().unwrap(), t["comm"].as_str().unwrap()))
+        .collect();
+    for (p, c) in linux_guest::console_processes(&d.console) {
+        if c != "ps" {
+            assert!(
+                tasks.contains(&(i64::from(p), c.as_str())),
+                "{p} {c}: {tasks:?}"
+            );
+        }
+    }
+    for c in k["cpus"].as_array().unwrap() {
+        assert_eq!(c["stack"]["complete"], true, "{c}");
+    }
+    for t in k["tasks"].as_array().unwrap() {
+        assert_eq!(t["stack"]["complete"], true, "{t}");
+    }
+    report
+}
+
+/// Debian's generic 6.1 kernel (`linux-image-amd64`: another configuration than the
+/// cloud kernel's), panicked by sysrq, from its dump alone.
+#[test]
+fn linux_6_1_generic() {
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.1", "amd64") else {
+        return;
+    };
+    let d = panicked_dump_of(&fx, &Boot::default());
+    check_other_kernel(&d, "6.1", "panic");
+}
+
+/// Debian's PREEMPT_RT 6.1 kernel with four CPUs, where PID 1 exits: "Attempted to kill
+/// init!", from its dump alone.
+#[test]
+fn linux_6_1_rt_with_four_cpus_where_init_exits() {
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.1", "rt-amd64") else {
+        return;
+    };
+    let d = panicked_dump_of(
+        &fx,
+        &Boot {
+            cpus: 4,
+            panic_after: None,
+            cmdline: "ambulance.fail=exit ambulance.fail_after=1".into(),
+            ..Boot::default()
+        },
+    );
+    assert!(d.console.contains("PREEMPT_RT"), "{}", d.console);
+    let report = check_other_kernel(&d, "6.1", "init_killed");
+    assert_eq!(report["kernel"]["cpus"].as_array().unwrap().len(), 4);
+    assert!(report["kernel"]["panic_message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Attempted to kill init! exitcode=0x00000000"));
+}
+
+/// Debian's generic 6.12 kernel (bookworm-backports), from its dump alone.
+#[test]
+fn linux_6_12_generic() {
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.12", "amd64") else {
+        return;
+    };
+    let d = panicked_dump_of(&fx, &Boot::default());
+    check_other_kernel(&d, "6.12", "panic");
 }

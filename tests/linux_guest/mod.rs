@@ -5,9 +5,10 @@
 //! registration port; QMP through the product's client (`ambulance_qemu`).
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ambulance_qemu::{ConnectOptions, Qmp, QmpEvents};
 use serde_json::{json, Value};
@@ -82,6 +83,9 @@ pub struct Boot {
     pub qemu_args: Vec<String>,
     /// `-no-reboot`: QEMU exits when the guest (or QMP's `system_reset`) resets it.
     pub no_reboot: bool,
+    /// The fixture's initramfs to boot (`initramfs.cpio.gz`; `initramfs-kdump.img` also
+    /// holds a crash kernel).
+    pub initrd: &'static str,
 }
 
 impl Default for Boot {
@@ -94,6 +98,7 @@ impl Default for Boot {
             cmdline: String::new(),
             qemu_args: Vec::new(),
             no_reboot: true,
+            initrd: "initramfs.cpio.gz",
         }
     }
 }
@@ -193,7 +198,7 @@ impl Guest {
             .arg("-kernel")
             .arg(fixture_dir.join("vmlinuz"))
             .arg("-initrd")
-            .arg(fixture_dir.join("initramfs.cpio.gz"))
+            .arg(fixture_dir.join(boot.initrd))
             .args(["-append", &cmdline])
             .args(["-device", "pvpanic", "-device", "vmcoreinfo"])
             .arg("-qmp")
@@ -471,4 +476,134 @@ pub fn check_vcpus(report: &Value, in_kernel: bool) {
             );
         }
     }
+}
+
+/// What one `ambulance attach` run produced.
+pub struct Attached {
+    /// The report it printed (JSON).
+    pub report: Value,
+    /// What it said on standard error.
+    pub stderr: String,
+    /// The guest's serial console.
+    pub console: String,
+    /// Where it wrote the report.
+    pub report_dir: tempfile::TempDir,
+    /// The guest RAM file's allocated bytes once attach was done, and its size.
+    pub ram_allocated: u64,
+    pub ram_size: u64,
+}
+
+impl Attached {
+    /// The report file for the printed report's id.
+    pub fn report_file(&self, ext: &str) -> PathBuf {
+        let id = self.report["id"].as_str().expect("a report id");
+        self.report_dir.path().join(format!("{id}.{ext}"))
+    }
+}
+
+/// Starts `ambulance attach --json --report-dir DIR --core` on a guest that is not up
+/// yet, boots the fixture in `fixture` as `boot` says (with the Linux agent when
+/// `register`), and returns what attach printed once the guest failed.
+pub fn attach(fixture: &Path, boot: Boot, register: bool) -> Attached {
+    let paths = GuestPaths::new();
+    let report_dir = tempfile::tempdir().unwrap();
+    let registration = paths.dir.path().join("reg.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ambulance"));
+    cmd.arg("attach")
+        .arg("--qmp")
+        .arg(&paths.qmp)
+        .arg("--memory")
+        .arg(&paths.ram)
+        .arg("--json")
+        .arg("--report-dir")
+        .arg(report_dir.path())
+        .arg("--core")
+        .args(["--connect-timeout", "60", "--name", "debian"]);
+    if register {
+        cmd.arg("--registration").arg(&registration);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ambulance attach starts");
+    if register {
+        // QEMU connects the agent's port to the socket attach listens on (it would
+        // retry every second, but then the agent's first attempt could go unheard).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !registration.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "attach did not listen on {}",
+                registration.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let guest = Guest::boot_at(
+        paths,
+        fixture,
+        &Boot {
+            registration: register.then(|| registration.clone()),
+            ..boot
+        },
+    );
+    let (stdout, stderr) = wait_with_output(&mut child, Duration::from_secs(240), &guest);
+    let console = guest.console_text();
+    let status = child.wait().unwrap();
+    let ram_allocated = allocated(&guest.paths.ram);
+    let ram_size = std::fs::metadata(&guest.paths.ram).unwrap().len();
+    assert!(
+        status.success(),
+        "ambulance attach failed ({status}):\n{stderr}\nconsole:\n{console}"
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("stdout is not a JSON report ({e}):\n{stdout}\nstderr:\n{stderr}")
+    });
+    Attached {
+        report,
+        stderr,
+        console,
+        report_dir,
+        ram_allocated,
+        ram_size,
+    }
+}
+
+/// Bytes of `path` the file system has allocated.
+pub fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Reads the child's output until it exits, at most `timeout` (then kills it and fails
+/// with what it and the guest said).
+pub fn wait_with_output(
+    child: &mut std::process::Child,
+    timeout: Duration,
+    guest: &Guest,
+) -> (String, String) {
+    fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    }
+    let out = reader(child.stdout.take().unwrap());
+    let err = reader(child.stderr.take().unwrap());
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ambulance attach did not finish within {timeout:?}; stderr:\n{}\nconsole:\n{}",
+                err.join().unwrap(),
+                guest.console_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (out.join().unwrap(), err.join().unwrap())
 }

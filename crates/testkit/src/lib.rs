@@ -65,6 +65,40 @@ pub fn linux_fixture(dbg: bool) -> PathBuf {
     )
 }
 
+/// The fixture for another Debian kernel than [`linux_fixture`]'s — `series` (`6.1`,
+/// `6.12`) and `flavour` (`cloud-amd64`, `amd64`, `rt-amd64`) — built once per machine
+/// by `fixtures/linux/build-other-kernel.sh` (the same init, that kernel's modules); or
+/// `None` after a loud skip (see [`available`]) when apt knows no such kernel. Panics
+/// with the script's output when it fails otherwise.
+pub fn other_linux_fixture(series: &str, flavour: &str) -> Option<PathBuf> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/linux/build-other-kernel.sh"
+    );
+    let out = Command::new("bash")
+        .args([script, series, flavour])
+        .output()
+        .expect("bash runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(2) {
+        available(
+            &format!("Debian {series} {flavour} kernel ({})", stderr.trim()),
+            false,
+        );
+        return None;
+    }
+    assert!(
+        out.status.success(),
+        "fixtures/linux/build-other-kernel.sh {series} {flavour} failed:\n{stderr}"
+    );
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(|l| PathBuf::from(l.trim()))
+        .expect("build-other-kernel.sh prints the fixture directory");
+    Some(dir)
+}
+
 /// The NATS server binary (2.10 or newer) from `fixtures/ensure-nats.sh` — which
 /// installs the pinned, hash-checked build once per machine, or answers
 /// `AMBULANCE_NATS_SERVER` — or `None` after a loud skip (see [`available`]) when it cannot

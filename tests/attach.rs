@@ -90,7 +90,7 @@ fn attach_to_a_panicking_guest(register: bool) -> Attached {
     let (stdout, stderr) = wait_with_output(&mut child, Duration::from_secs(240), &guest);
     let console = guest.console_text();
     let status = child.wait().unwrap();
-    let ram_allocated = allocated(&guest.paths.ram);
+    let ram_allocated = linux_guest::allocated(&guest.paths.ram);
     let ram_size = std::fs::metadata(&guest.paths.ram).unwrap().len();
     assert!(
         status.success(),
@@ -107,12 +107,6 @@ fn attach_to_a_panicking_guest(register: bool) -> Attached {
         ram_allocated,
         ram_size,
     }
-}
-
-/// Bytes of `path` the file system has allocated.
-fn allocated(path: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).unwrap().blocks() * 512
 }
 
 /// Reads the child's output until it exits, at most `timeout` (then kills it and fails

@@ -9,7 +9,7 @@
 
 mod linux_guest;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,20 +19,6 @@ use serde_json::json;
 /// The repository's root.
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Python with drgn, from the project's script.
-fn drgn_python() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("fixtures/ensure-drgn.sh"))
-        .output()
-        .expect("bash runs");
-    assert!(
-        out.status.success(),
-        "fixtures/ensure-drgn.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// What drgn reads from `core` with `vmlinux`: tasks, log records and the crashed
@@ -100,7 +86,9 @@ fn drgn_and_crash_read_our_core_as_they_read_qemus() {
     if !ambulance_testkit::available("crash (Debian's package)", ensure.success()) {
         return;
     }
-    let python = drgn_python();
+    let Some(python) = linux_guest::drgn_python() else {
+        return;
+    };
 
     let guest = Guest::boot(
         &fixture,

@@ -18,6 +18,23 @@ pub fn fixture(dbg: bool) -> PathBuf {
     ambulance_testkit::linux_fixture(dbg)
 }
 
+/// The Python with drgn (the pinned release, `fixtures/ensure-drgn.sh`), or `None` after a
+/// loud skip when it cannot be had (see [`ambulance_testkit::available`]).
+pub fn drgn_python() -> Option<PathBuf> {
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ensure-drgn.sh"))
+        .output()
+        .expect("bash runs");
+    if !out.status.success() {
+        eprintln!(
+            "fixtures/ensure-drgn.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ambulance_testkit::available("drgn (fixtures/ensure-drgn.sh)", out.status.success())
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
 /// A runtime for the async QMP client ([`ambulance_qemu::Qmp`]) in synchronous tests.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -294,6 +311,13 @@ pub fn console_printk_lines(console: &str) -> Vec<(String, String)> {
             })
         })
         .collect()
+}
+
+/// Bytes of `path` the file system has allocated (`st_blocks` × 512): how much of a sparse
+/// RAM file is no longer a hole.
+pub fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
 }
 
 /// The PIDs and commands init printed (`ps -o pid,comm` between its markers).

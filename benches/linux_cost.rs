@@ -6,10 +6,6 @@
 //! from `wait4`, as each stored report's `tool.cost` says. Goal: ≤ 64 MiB, independent of
 //! guest RAM.
 //!
-//! While each diagnosis runs, the worker's `/proc/<pid>/smaps_rollup` is sampled; the
-//! sample with the largest Rss is printed, split into anonymous, file and shared-memory
-//! (the guest's RAM mapping) pages, to show where the peak comes from.
-//!
 //! Run with `cargo bench --bench linux_cost`. Needs qemu-system-x86_64 (installed by the
 //! fixture script) but not KVM.
 
@@ -19,8 +15,6 @@ mod linux_guest;
 mod figures;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ambulance_service::{Service, ServiceConfig};
@@ -47,47 +41,6 @@ fn config(dir: &Path, paths: &GuestPaths, registration: &Path) -> ServiceConfig 
     cfg.api.socket = dir.join("api.sock");
     cfg.worker.executable = Some(env!("CARGO_BIN_EXE_ambulance").into());
     cfg
-}
-
-/// The fields of a `smaps_rollup` (kB), by name.
-fn rollup(pid: u32) -> Option<Vec<(String, u64)>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let fields: Vec<(String, u64)> = text
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            let kb = rest.trim().strip_suffix(" kB")?.trim().parse().ok()?;
-            Some((name.to_string(), kb))
-        })
-        .collect();
-    (!fields.is_empty()).then_some(fields)
-}
-
-fn field(fields: &[(String, u64)], name: &str) -> u64 {
-    fields
-        .iter()
-        .find(|(n, _)| n == name)
-        .map_or(0, |(_, kb)| kb * 1024)
-}
-
-/// Samples the worker diagnosing `name` until `stop`; the `smaps_rollup` with the
-/// largest Rss seen.
-fn sample_worker(svc: Arc<Service>, stop: Arc<AtomicBool>) -> Option<Vec<(String, u64)>> {
-    let mut best: Option<Vec<(String, u64)>> = None;
-    while !stop.load(Ordering::Relaxed) {
-        if let Some(pid) = svc.guest("debian").and_then(|g| g.worker_pid) {
-            if let Some(r) = rollup(pid) {
-                if best
-                    .as_ref()
-                    .is_none_or(|b| field(&r, "Rss") > field(b, "Rss"))
-                {
-                    best = Some(r);
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    best
 }
 
 /// Peak RSS of `RUNS` diagnoses of a `memory_mib` guest; the worst.
@@ -119,30 +72,14 @@ fn cost(fixture: &Path, memory_mib: u64, rt: &tokio::runtime::Runtime) -> u64 {
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut costs = Vec::new();
-    let mut peak_rollup: Option<Vec<(String, u64)>> = None;
     for _ in 0..RUNS {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = {
-            let (svc, stop) = (svc.clone(), stop.clone());
-            std::thread::spawn(move || sample_worker(svc, stop))
-        };
         let e = rt.block_on(svc.diagnose_now("debian")).expect("diagnosis");
-        stop.store(true, Ordering::Relaxed);
-        let sample = sampler.join().expect("the sampler");
         assert_eq!(e.status, ambulance_service::store::Status::Ok, "{e:?}");
         let text = std::fs::read_to_string(e.json.expect("a report")).unwrap();
         let r = ambulance_report::Report::from_json(&text).unwrap();
         let k = r.kernel.as_ref().expect("a Linux report");
         assert!(!k.tasks.is_empty(), "the diagnosis read the tasks");
         costs.push(r.tool.cost.expect("the service measured the worker"));
-        if let Some(s) = sample {
-            if peak_rollup
-                .as_ref()
-                .is_none_or(|b| field(&s, "Rss") > field(b, "Rss"))
-            {
-                peak_rollup = Some(s);
-            }
-        }
     }
     svc.shutdown();
     guest.quit();
@@ -168,23 +105,6 @@ fn cost(fixture: &Path, memory_mib: u64, rt: &tokio::runtime::Runtime) -> u64 {
             human(Duration::from_micros(wall))
         ),
     );
-    match peak_rollup {
-        Some(r) => result(
-            SECTION,
-            &format!("{size}: worker smaps_rollup at its largest sample"),
-            &format!(
-                "Rss {}: anonymous {}, file {}, shared memory {}",
-                mib(field(&r, "Rss")),
-                mib(field(&r, "Pss_Anon")),
-                mib(field(&r, "Pss_File")),
-                mib(field(&r, "Pss_Shmem"))
-            ),
-            "–",
-            "sampled every 0.5 ms while the worker ran; shared memory is the guest's RAM \
-             mapping's pages the worker touched (the guest's own, not a copy)",
-        ),
-        None => eprintln!("{size}: the worker's smaps_rollup could not be sampled"),
-    }
     worst
 }
 

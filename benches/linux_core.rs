@@ -29,15 +29,8 @@ use figures::{goal, human, median, mib, ratio, result};
 use linux_guest::{allocated, connect, runtime, Boot, Guest};
 use serde_json::json;
 
-/// Paired rounds per guest: QEMU's first dump of a 4 GiB guest alone takes minutes under
-/// TCG on a busy 2-core host (it allocates and writes all 4 GiB), so that guest gets two.
-fn rounds(memory_mib: u64) -> usize {
-    if memory_mib > 2048 {
-        2
-    } else {
-        3
-    }
-}
+/// Paired rounds per guest (odd: the median is a round's own figure).
+const ROUNDS: usize = 3;
 /// How much the RAM file may grow around our core and still count as "holes stayed
 /// holes": the guest runs meanwhile and may touch a few pages of its own.
 const SLACK: u64 = 16 << 20;
@@ -170,8 +163,7 @@ fn paired(fixture: &Path, memory_mib: u64, rt: &tokio::runtime::Runtime) {
     let on_tmpfs = guest.ram.starts_with("/dev/shm");
     let dir = tempfile::tempdir().unwrap();
     let (mut our_runs, mut their_runs) = (Vec::new(), Vec::new());
-    let rounds = rounds(memory_mib);
-    for round in 0..rounds {
+    for round in 0..ROUNDS {
         let o = ours(&guest, &dir.path().join(format!("reports-{round}")));
         let q = qemus(&guest, rt, &dir.path().join(format!("qemu-{round}.vmcore")));
         eprintln!(
@@ -192,17 +184,17 @@ fn paired(fixture: &Path, memory_mib: u64, rt: &tokio::runtime::Runtime) {
     let times = |runs: &[Run]| median(&runs.iter().map(|r| r.time).collect::<Vec<_>>());
     let (o, q) = (&our_runs[0], &their_runs[0]);
     let (ot, qt) = (times(&our_runs), times(&their_runs));
-    let later: Vec<Duration> = our_runs[1..].iter().map(|r| r.time).collect();
+    let later: Vec<String> = our_runs[1..].iter().map(|r| human(r.time)).collect();
     result(
         SECTION,
         &format!("{size}: ambulance attach --now --core"),
         &human(ot),
         "–",
         &format!(
-            "median of {rounds} rounds; round 1 (RAM file sparse) {}, later rounds (RAM file \
-             filled by QEMU's dump) median {}; a whole process: QMP, pause, diagnosis, core, resume",
+            "median of {ROUNDS} rounds; round 1 (RAM file sparse) {}, later rounds (RAM file \
+             filled by QEMU's dump) {}; a whole process: QMP, pause, diagnosis, core, resume",
             human(o.time),
-            human(median(&later))
+            later.join(", ")
         ),
     );
     let core_phase = |r: &Run| {
@@ -221,7 +213,7 @@ fn paired(fixture: &Path, memory_mib: u64, rt: &tokio::runtime::Runtime) {
         &human(core_only),
         "–",
         &format!(
-            "median of {rounds} rounds; round 1 {}; round 1's phases: {}",
+            "median of {ROUNDS} rounds; round 1 {}; round 1's phases: {}",
             human(core_phase(o)),
             phases.join(", ")
         ),
@@ -231,7 +223,7 @@ fn paired(fixture: &Path, memory_mib: u64, rt: &tokio::runtime::Runtime) {
         &format!("{size}: QMP dump-guest-memory (paging=false)"),
         &human(qt),
         "–",
-        &format!("median of {rounds} rounds; QMP connect and the synchronous command"),
+        &format!("median of {ROUNDS} rounds; QMP connect and the synchronous command"),
     );
     result(
         SECTION,

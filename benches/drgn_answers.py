@@ -1,43 +1,61 @@
-"""drgn's answers to the questions `benches/linux.rs` times Ambulance on: the dmesg
-records, the task list (pid, comm) and the panic message of a Linux vmcore.
+"""drgn answering what `ambulance diagnose --core` answers on a Linux vmcore: the dmesg
+records, the task list (pid, comm) and the panic message; with --traces, also the stack
+trace of every task (`stack_trace()`), as the report's `kernel.tasks[].stack` holds.
 
-Usage: python3 drgn_answers.py VMCORE [VMLINUX]
-Prints one JSON line: the counts, the panic message, and the seconds spent opening
-(core + debug info) and answering.
+Usage: python drgn_answers.py [--traces] VMCORE [VMLINUX]
+
+benches/linux.rs runs this as a whole process under the drgn venv's Python
+(fixtures/ensure-drgn.sh) and times it from outside, Python's start-up and imports
+included; it measures `python -c pass` and `python -c 'import drgn'` apart.
+
+Prints one JSON line: the counts and the panic message, or `error` with what drgn raised
+(then the exit status is 1). Without VMLINUX drgn looks for debug info where it usually
+does (`load_default_debug_info`).
 """
 import json
 import sys
-import time
 
-t0 = time.perf_counter()
+args = sys.argv[1:]
+traces = args[:1] == ["--traces"]
+if traces:
+    args = args[1:]
+if len(args) not in (1, 2):
+    sys.exit(__doc__)
+
 import drgn  # noqa: E402
 from drgn.helpers.linux.pid import for_each_task  # noqa: E402
 from drgn.helpers.linux.printk import get_printk_records  # noqa: E402
 
-prog = drgn.Program()
-prog.set_core_dump(sys.argv[1])
-error = None
+result = {}
 try:
-    if len(sys.argv) > 2:
-        prog.load_debug_info([sys.argv[2]])
+    prog = drgn.Program()
+    prog.set_core_dump(args[0])
+    if len(args) == 2:
+        prog.load_debug_info([args[1]])
     else:
-        prog.load_debug_info(main=True)
-except Exception as e:  # drgn raises when it finds no debug info
-    error = str(e)
-t1 = time.perf_counter()
-result = {"open_s": t1 - t0}
-try:
+        prog.load_default_debug_info()
     records = get_printk_records(prog)
-    tasks = [(t.pid.value_(), t.comm.string_().decode()) for t in for_each_task(prog)]
+    tasks = list(for_each_task(prog))
+    names = [(t.pid.value_(), t.comm.string_().decode(errors="replace")) for t in tasks]
     panic = [r.text.decode() for r in records if b"Kernel panic - not syncing: " in r.text]
-    t2 = time.perf_counter()
     result.update(
         records=len(records),
-        tasks=len(tasks),
+        tasks=len(names),
         panic=panic[-1].split("not syncing: ", 1)[1] if panic else None,
-        answer_s=t2 - t1,
-        total_s=t2 - t0,
     )
-except Exception as e:
-    result["error"] = f"{type(e).__name__}: {e}" + (f" (debug info: {error})" if error else "")
+    if traces:
+        traced = frames = 0
+        failed = []
+        for t in tasks:
+            try:
+                n = len(prog.stack_trace(t))
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                failed.append(f"{t.pid.value_()}: {type(e).__name__}: {e}")
+                continue
+            traced += n > 0
+            frames += n
+        result.update(traced=traced, frames=frames, trace_failures=failed[:3])
+except Exception as e:  # noqa: BLE001 - reported as drgn printed it
+    result["error"] = f"{type(e).__name__}: {e}"
 print(json.dumps(result))
+sys.exit(1 if "error" in result else 0)

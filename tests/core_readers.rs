@@ -86,7 +86,9 @@ fn drgn_and_crash_read_our_core_as_they_read_qemus() {
     if !ambulance_testkit::available("crash (Debian's package)", ensure.success()) {
         return;
     }
-    let python = drgn_python();
+    let Some(python) = linux_guest::drgn_python() else {
+        return;
+    };
 
     let guest = Guest::boot(
         &fixture,

@@ -19,18 +19,21 @@ pub fn fixture(dbg: bool) -> PathBuf {
     ambulance_testkit::linux_fixture(dbg)
 }
 
-/// The Python with drgn, from the project's script (`fixtures/ensure-drgn.sh`).
-pub fn drgn_python() -> PathBuf {
+/// The Python with drgn (the pinned release, `fixtures/ensure-drgn.sh`), or `None` after a
+/// loud skip when it cannot be had (see [`ambulance_testkit::available`]).
+pub fn drgn_python() -> Option<PathBuf> {
     let out = Command::new("bash")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ensure-drgn.sh"))
         .output()
         .expect("bash runs");
-    assert!(
-        out.status.success(),
-        "fixtures/ensure-drgn.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    if !out.status.success() {
+        eprintln!(
+            "fixtures/ensure-drgn.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ambulance_testkit::available("drgn (fixtures/ensure-drgn.sh)", out.status.success())
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 /// A runtime for the async QMP client ([`ambulance_qemu::Qmp`]) in synchronous tests.
@@ -315,6 +318,13 @@ pub fn console_printk_lines(console: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Bytes of `path` the file system has allocated (`st_blocks` × 512): how much of a sparse
+/// RAM file is no longer a hole.
+pub fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
 /// The PIDs and commands init printed (`ps -o pid,comm` between its markers).
 pub fn console_processes(console: &str) -> Vec<(i32, String)> {
     let Some(start) = console.find("AMBULANCE-PS-BEGIN") else {
@@ -568,12 +578,6 @@ pub fn attach(fixture: &Path, boot: Boot, register: bool) -> Attached {
         ram_allocated,
         ram_size,
     }
-}
-
-/// Bytes of `path` the file system has allocated.
-pub fn allocated(path: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).unwrap().blocks() * 512
 }
 
 /// Reads the child's output until it exits, at most `timeout` (then kills it and fails

@@ -20,6 +20,8 @@ struct Layout {
     run_node: u64,
     key: u64,
     key_name: &'static str,
+    /// `rq.__lock` (Linux ≥ 5.14) or `rq.lock`.
+    lock: Option<u64>,
 }
 
 impl Layout {
@@ -39,6 +41,10 @@ impl Layout {
             run_node: program.offset_of("sched_entity", "run_node")?,
             key,
             key_name,
+            lock: program
+                .offset_of("rq", "__lock")
+                .or_else(|_| program.offset_of("rq", "lock"))
+                .ok(),
         })
     }
 }
@@ -65,6 +71,7 @@ pub fn check(program: &Program, budget: &mut Budget) -> Vec<Checked> {
                 continue;
             }
         };
+        c.lock = layout.lock.map(|l| rq.wrapping_add(l));
         let tree = check_rbtree(
             program,
             &layout.rb,
@@ -78,11 +85,9 @@ pub fn check(program: &Program, budget: &mut Budget) -> Vec<Checked> {
             for &node in &tree.in_order {
                 let at = node.wrapping_sub(layout.run_node).wrapping_add(layout.key);
                 let Ok(key) = program.read_u64(at) else {
-                    c.problem(
+                    c.unreadable(
                         at,
                         "sched_entity key",
-                        "readable".into(),
-                        "unreadable".into(),
                         format!(
                             "the {} of the entity at node {node:#x} cannot be read",
                             layout.key_name

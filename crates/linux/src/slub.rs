@@ -265,7 +265,7 @@ fn freelist(
             Some(e) => format!("{p:#x} (stored as {e:#x})"),
             None => format!("{p:#x}"),
         };
-        if slab == 0 || p < first || p >= end || (p - first) % cache.size.max(1) != 0 {
+        if slab == 0 || p < first || p >= end || !(p - first).is_multiple_of(cache.size.max(1)) {
             c.problem(
                 at,
                 "freelist pointer",

@@ -33,6 +33,10 @@ pub struct Problem {
     pub found: String,
     /// What is wrong, for people.
     pub message: String,
+    /// Whether it is garbage no update could have written (memory that cannot be read, a
+    /// pointer that is not canonical): corruption even while the structure's lock was
+    /// held.
+    pub garbage: bool,
 }
 
 /// One structure checked.
@@ -50,6 +54,9 @@ pub struct Checked {
     pub incomplete: Option<String>,
     /// Why this kernel cannot be checked this way (a symbol or type it does not have).
     pub unsupported: Option<String>,
+    /// The lock word of the lock the structure's writers hold, when known: an
+    /// inconsistency while it was held is most likely an update in progress.
+    pub lock: Option<u64>,
 }
 
 impl Checked {
@@ -85,7 +92,18 @@ impl Checked {
             expected,
             found,
             message,
+            garbage: false,
         });
+    }
+
+    /// Adds a problem that is garbage whatever the lock says: the pointer or memory at
+    /// `address` cannot be followed or read.
+    pub fn unreadable(&mut self, address: u64, field: &str, message: String) {
+        let found = "unreadable".to_string();
+        self.problem(address, field, "readable".into(), found, message);
+        if let Some(p) = self.problems.last_mut() {
+            p.garbage = true;
+        }
     }
 
     /// Says the check stopped early (the first reason given stands).
@@ -120,7 +138,7 @@ impl Budget {
             return Err(format!("the budget of {} nodes is spent", self.max_nodes));
         }
         self.nodes_left -= 1;
-        if self.nodes_left % 256 == 0 && self.until.is_some_and(|u| Instant::now() >= u) {
+        if self.nodes_left.is_multiple_of(256) && self.until.is_some_and(|u| Instant::now() >= u) {
             self.nodes_left = 0;
             return Err(format!("the time budget of {:?} ran out", self.time));
         }
@@ -204,13 +222,14 @@ pub fn check_rbtree(
             out.stop(why);
             break;
         }
-        if !paging.is_canonical(node) || node % 4 != 0 {
-            out.problem(
+        if !paging.is_canonical(node) || !node.is_multiple_of(4) {
+            out.unreadable(
                 from,
                 "rb_node child",
-                "a canonical, aligned rb_node pointer".into(),
-                format!("{node:#x}"),
-                format!("the pointer at {from:#x} to a child node ({node:#x}) cannot be followed"),
+                format!(
+                    "the pointer at {from:#x} to a child node ({node:#x}) is not canonical and \
+                     aligned: it cannot be followed"
+                ),
             );
             continue;
         }
@@ -239,11 +258,9 @@ pub fn check_rbtree(
                 right,
             },
             _ => {
-                out.problem(
+                out.unreadable(
                     from,
                     "rb_node child",
-                    "a readable rb_node".into(),
-                    format!("{node:#x}"),
                     format!("the node {node:#x} that {from:#x} points to cannot be read"),
                 );
                 continue;

@@ -74,6 +74,7 @@ pub fn check(program: &Program, budget: &mut Budget) -> Checked {
         Err(e) => return Checked::unsupported(VMAP_TREE, "tree", e.to_string()),
     };
     let mut c = Checked::new(VMAP_TREE, "tree");
+    c.lock = program.symbol("vmap_area_lock").ok();
     let tree = check_rbtree(
         program,
         &rb,
@@ -90,11 +91,9 @@ pub fn check(program: &Program, budget: &mut Budget) -> Checked {
         let va = node.wrapping_sub(node_off);
         let (start_at, end_at) = (va.wrapping_add(start_off), va.wrapping_add(end_off));
         let (Ok(start), Ok(end)) = (program.read_u64(start_at), program.read_u64(end_at)) else {
-            c.problem(
+            c.unreadable(
                 start_at,
                 "vmap_area.va_start",
-                "readable".into(),
-                "unreadable".into(),
                 format!("the vmap area at {va:#x} cannot be read"),
             );
             continue;

@@ -5,6 +5,7 @@
 //! was walked is in the report's "structures walked"; a structure this kernel does not
 //! have is said there (`unsupported`), not found wrong.
 
+use ambulance_abi::descriptor::{Root, RootKind};
 use ambulance_linux::modules::{check_module, CheckLayout, MODULES_ROOT};
 use ambulance_linux::structures::{Budget, Checked};
 use ambulance_linux::{runqueue, slub, vmap};
@@ -72,6 +73,7 @@ fn check_modules(ctx: &Context<'_>, budget: &mut Budget) -> Vec<Checked> {
         Ok(l) => l,
         Err(e) => return vec![Checked::unsupported(c.structure, "list", e.to_string())],
     };
+    c.lock = Some(root.lock).filter(|&l| l != 0);
     for e in &ctx.elements(root).elements {
         if let Err(why) = budget.take() {
             c.stop(why);
@@ -134,9 +136,24 @@ fn report(ctx: &Context<'_>, name: &str, c: Checked, out: &mut Vec<Finding>) {
             detail: end.2,
         },
     });
+    // The structure as a root only says which lock its writers hold, for
+    // [`Context::structural`].
+    let locked = c.lock.map(|lock| Root {
+        name: c.structure.clone(),
+        type_name: String::new(),
+        kind: RootKind::Object,
+        flags: 0,
+        address: 0,
+        element_size: 0,
+        link_offset: 0,
+        max_count: 0,
+        aux: 0,
+        lock,
+        hints: Vec::new(),
+    });
     let mut found = RootFindings::new(out);
     for p in c.problems {
-        found.push(ctx.finding(
+        let f = ctx.finding(
             name,
             Severity::Critical,
             &c.structure,
@@ -146,7 +163,11 @@ fn report(ctx: &Context<'_>, name: &str, c: Checked, out: &mut Vec<Finding>) {
             p.expected,
             p.found,
             format!("{}: {}", c.structure, p.message),
-        ));
+        );
+        found.push(match &locked {
+            Some(root) => ctx.structural(&[root], f, p.garbage),
+            None => f,
+        });
     }
     if let Some(why) = &c.incomplete {
         found.push(ctx.budget_note_because(name, &c.structure, "the rest", why));

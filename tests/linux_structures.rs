@@ -85,6 +85,15 @@ fn check_healthy(report: &Value) {
     assert_eq!(walked(report, "modules")["count"], 3);
     assert_eq!(walked(report, "modules (state, name)")["count"], 3);
     assert!(walked(report, "slab_caches")["count"].as_u64().unwrap() > 100);
+    // What the checks cost, for people reading the test's output.
+    for phase in report["timeline"].as_array().unwrap() {
+        if VALIDATORS
+            .iter()
+            .any(|v| phase["name"] == format!("validator:{v}"))
+        {
+            eprintln!("{}: {} us", phase["name"], phase["duration_us"]);
+        }
+    }
     let areas = walked(report, "vmap_area_root")["count"].as_u64().unwrap();
     assert!(areas > 10, "{areas} vmap areas");
     assert_eq!(walked(report, "vmap_area_list")["count"], areas);

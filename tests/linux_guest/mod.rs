@@ -8,7 +8,12 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use ambulance_introspect::memory::ElfCore;
+use ambulance_introspect::program::Program;
+use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 
 use ambulance_qemu::{ConnectOptions, Qmp, QmpEvents};
 use serde_json::{json, Value};
@@ -610,4 +615,81 @@ pub fn wait_with_output(
         std::thread::sleep(Duration::from_millis(50));
     }
     (out.join().unwrap(), err.join().unwrap())
+
+/// Runs the `ambulance` binary.
+pub fn ambulance(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ambulance"))
+        .args(args)
+        .output()
+        .expect("ambulance runs")
+}
+
+/// `ambulance diagnose --core CORE EXTRA…`'s JSON report.
+pub fn diagnose_core(core: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["diagnose", "--core", core.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = ambulance(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON report")
+}
+
+/// A copy of the dump to corrupt, edited by guest-virtual address: the guest is read
+/// through the same Linux program the diagnosis builds (kallsyms, BTF), and each edit
+/// lands at the file offset that holds the translated byte.
+pub struct Patched {
+    core: Arc<ElfCore>,
+    /// The guest as the diagnosis reads it (kallsyms, BTF).
+    pub program: Program,
+    bytes: Vec<u8>,
+    path: PathBuf,
+}
+
+impl Patched {
+    /// A copy of `d`'s core named `name`.
+    pub fn new(d: &Dump, name: &str) -> Patched {
+        let core = Arc::new(ElfCore::open(&d.core).unwrap());
+        let info = Vmcoreinfo::parse(core.vmcoreinfo().unwrap()).unwrap();
+        let mut sources = Default::default();
+        let program =
+            ambulance_diagnose::linux::program(core.clone(), &info, None, &mut sources).unwrap();
+        Patched {
+            core,
+            program,
+            bytes: std::fs::read(&d.core).unwrap(),
+            path: d.dir.path().join(name),
+        }
+    }
+
+    /// Overwrites the guest's bytes at `va` in the copy.
+    pub fn write(&mut self, va: u64, value: &[u8]) {
+        let pa = self.program.translate(va).unwrap();
+        let at = self.core.file_offset(pa).expect("the dump holds the byte") as usize;
+        self.bytes[at..at + value.len()].copy_from_slice(value);
+    }
+
+    /// The report on the copy as it stands.
+    pub fn diagnose(&self) -> Value {
+        std::fs::write(&self.path, &self.bytes).unwrap();
+        diagnose_core(&self.path, &[])
+    }
+}
+
+impl Drop for Patched {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A report's findings from one validator.
+pub fn findings<'a>(report: &'a Value, validator: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["validator"] == validator)
+        .collect()
 }

@@ -2,8 +2,10 @@
 //! for a registration, and its results become the report's `kernel` section.
 //!
 //! * [`load`] gives the program its symbols and types ([`ambulance_linux::sources`]);
-//! * [`roots`] gives the roots a registration would have declared: the task list, so
-//!   the list and stack validators check it like any other root;
+//! * [`roots`] gives the roots a registration would have declared: the task list, the
+//!   module list and the vmap-area list, so the list and stack validators check them
+//!   like any other root (the validators of Linux's own structures, in
+//!   `ambulance_validate`, check the rest);
 //! * [`kernel_info`] reads the report's `kernel` section: release, dmesg from the printk
 //!   ring, the panic message and CPU, the tasks.
 
@@ -17,7 +19,7 @@ use ambulance_introspect::types::dwarf::SourceFrame;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::WalkLimits;
 use ambulance_linux::tasks::{read_task, task_list_root, TaskLayout};
-use ambulance_linux::{crash, orc, panic_cpu, printk, sources, stack};
+use ambulance_linux::{crash, modules, orc, panic_cpu, printk, sources, stack, vmap};
 use ambulance_report::{
     CpuInfo, DmesgRecord, Hex, KernelCrash, KernelInfo, KernelSources, Phase, StackFrame,
     StackTrace, TaskInfo, VcpuRegisters,
@@ -70,15 +72,23 @@ pub fn load(
 }
 
 /// The roots a Linux guest would have registered: its task list, when `task_struct`'s
-/// layout is known.
+/// layout is known; its module list and its list of vmap areas, when the kernel has
+/// them.
 pub fn roots(program: &Program, limits: WalkLimits, sources: &mut KernelSources) -> Vec<Root> {
+    let mut roots = Vec::new();
     match task_list_root(program, limits.max_nodes) {
-        Ok(root) => vec![root],
-        Err(e) => {
-            sources.missing.push(format!("task list: {e}"));
-            Vec::new()
-        }
+        Ok(root) => roots.push(root),
+        Err(e) => sources.missing.push(format!("task list: {e}")),
     }
+    match modules::module_list_root(program, limits.max_nodes) {
+        Ok(root) => roots.push(root),
+        Err(e) => sources.missing.push(format!("module list: {e}")),
+    }
+    // Linux 6.9 and later keep vmap areas per node, with no global list: nothing missing.
+    if let Ok(root) = vmap::vmap_list_root(program, limits.max_nodes) {
+        roots.push(root);
+    }
+    roots
 }
 
 /// The report's `kernel` section with only what VMCOREINFO and the symbols say at once

@@ -13,6 +13,8 @@
 //! * [`printk`]: the kernel's log from the printk ring buffer;
 //! * [`crash`]: why the kernel died, from that log (panic, oops, lockups, stalls);
 //! * [`tasks`]: the task list, and the root a registration would have declared for it;
+//! * [`modules`]: the module list; [`runqueue`], [`slub`], [`vmap`]: checks of the CFS
+//!   run queues, the SLUB freelists and the vmap areas ([`structures`]);
 //! * [`panic_cpu`]: which CPU panicked.
 //!
 //! Results are this crate's own types; turning them into a report is the caller's
@@ -32,9 +34,13 @@ pub mod kallsyms;
 pub mod modules;
 pub mod orc;
 pub mod printk;
+pub mod runqueue;
+pub mod slub;
 pub mod sources;
 pub mod stack;
+pub mod structures;
 pub mod tasks;
+pub mod vmap;
 pub mod vmcoreinfo;
 
 pub use error::{Error, Result};

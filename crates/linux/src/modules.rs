@@ -9,9 +9,19 @@
 
 use std::ops::Range;
 
+use ambulance_abi::descriptor::{Root, RootKind};
+use ambulance_introspect::object::MemberLayout;
 use ambulance_introspect::program::Program;
 
+use crate::structures::Checked;
 use crate::{Error, Result};
+
+/// The name of the module-list root in findings and "structures walked".
+pub const MODULES_ROOT: &str = "modules";
+
+/// `MODULE_STATE_UNFORMED`, the last of `enum module_state` (`LIVE`, `COMING`, `GOING`,
+/// `UNFORMED`).
+pub const MODULE_STATE_MAX: u32 = 3;
 
 /// Most modules read.
 pub const MAX_MODULES: usize = 4096;
@@ -264,4 +274,99 @@ fn read_symbols(
         s.1 = end - s.0;
     }
     Ok(out)
+}
+
+/// The root a registration would have declared for the module list: `modules`, a list
+/// of `struct module`s linked through `list`, of at most `max_count` elements, whose
+/// writers hold `module_mutex` (a mutex's first word, its owner, is non-zero while held).
+pub fn module_list_root(program: &Program, max_count: u64) -> Result<Root> {
+    let head = program.symbol("modules")?;
+    let list = program.offset_of("module", "list")?;
+    let size = program
+        .find_type("module")
+        .ok()
+        .and_then(|(types, id)| types.get(id).ok()?.size)
+        .unwrap_or(0);
+    Ok(Root {
+        name: MODULES_ROOT.into(),
+        type_name: "module".into(),
+        kind: RootKind::List,
+        flags: 0,
+        address: head,
+        element_size: size.min(u32::MAX as u64) as u32,
+        link_offset: list.min(u32::MAX as u64) as u32,
+        max_count: max_count.min(MAX_MODULES as u64) as u32,
+        aux: 0,
+        lock: program.symbol("module_mutex").unwrap_or(0),
+        hints: Vec::new(),
+    })
+}
+
+/// Where `struct module`'s state and name are, for [`check_module`].
+pub struct CheckLayout {
+    state: MemberLayout,
+    name: MemberLayout,
+}
+
+impl CheckLayout {
+    /// `struct module` from the program's types.
+    pub fn of(program: &Program) -> Result<CheckLayout> {
+        Ok(CheckLayout {
+            state: program.member_layout("module", "state")?,
+            name: program.member_layout("module", "name")?,
+        })
+    }
+}
+
+/// Checks the `struct module` at `module`: its `state` is one of `enum module_state`
+/// and its `name` a printable, NUL-terminated module name. Problems go to `out`.
+pub fn check_module(program: &Program, layout: &CheckLayout, module: u64, out: &mut Checked) {
+    out.count += 1;
+    let state = layout.state.object(program, module);
+    match state.read_u32().map(u64::from) {
+        Ok(s) if s <= u64::from(MODULE_STATE_MAX) => {}
+        Ok(s) => out.problem(
+            state.address(),
+            "module.state",
+            format!("0 to {MODULE_STATE_MAX} (enum module_state)"),
+            s.to_string(),
+            format!("the module at {module:#x} has state {s}, which is no module state"),
+        ),
+        Err(e) => out.problem(
+            state.address(),
+            "module.state",
+            "readable".into(),
+            "unreadable".into(),
+            format!("the state of the module at {module:#x} cannot be read: {e}"),
+        ),
+    }
+    let name = layout.name.object(program, module);
+    let mut raw = [0u8; MODULE_NAME_LEN];
+    let problem = match program.read_virt(name.address(), &mut raw) {
+        Err(e) => Some(("unreadable".to_string(), format!("cannot be read: {e}"))),
+        Ok(()) => {
+            let len = raw.iter().position(|&b| b == 0);
+            let shown = String::from_utf8_lossy(&raw[..len.unwrap_or(raw.len())]).into_owned();
+            match len {
+                None => Some((
+                    shown,
+                    format!("is not NUL-terminated within {MODULE_NAME_LEN} bytes"),
+                )),
+                Some(0) => Some((shown, "is empty".into())),
+                Some(n) if !raw[..n].iter().all(|b| b.is_ascii_graphic()) => {
+                    Some((format!("{:02x?}", &raw[..n]), "is not printable".into()))
+                }
+                Some(_) => None,
+            }
+        }
+    };
+    if let Some((found, why)) = problem {
+        out.problem(
+            name.address(),
+            "module.name",
+            "a printable module name".into(),
+            found,
+            format!("the name of the module at {module:#x} {why}"),
+        );
+    }
 }

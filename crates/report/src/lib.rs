@@ -537,7 +537,7 @@ pub struct RegistrationSummary {
 pub struct RootSummary {
     /// Its name.
     pub name: String,
-    /// list, array, object, ring, tree.
+    /// list, array, object, ring, tree, or `freelists` (a Linux guest's SLUB free lists).
     pub kind: String,
     /// Its address.
     pub address: Hex,
@@ -555,7 +555,7 @@ pub struct RootSummary {
 pub struct StructureWalk {
     /// Root name (or a Linux structure such as `init_task.tasks`).
     pub structure: String,
-    /// list, array, object, ring, tree.
+    /// list, array, object, ring, tree, or `freelists` (a Linux guest's SLUB free lists).
     pub kind: String,
     /// Elements visited.
     pub count: u64,
@@ -567,7 +567,9 @@ pub struct StructureWalk {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WalkOutcome {
-    /// `complete`, `cycle`, `limit`, `unreadable`, `timed_out`.
+    /// `complete`, `cycle`, `limit`, `unreadable`, `timed_out`, or `unsupported` (a Linux
+    /// structure this kernel does not have in the form the check knows; `detail` says
+    /// why).
     pub kind: String,
     /// The address involved (cycle-closing node, unreadable node), if any.
     pub at: Option<Hex>,

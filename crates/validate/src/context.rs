@@ -112,6 +112,8 @@ pub struct Context<'a> {
     /// [`Registry::run`](crate::Registry::run) runs.
     budget: Cell<Option<(Instant, u64)>>,
     cache: RefCell<BTreeMap<String, Rc<RootElements>>>,
+    /// Walks validators made of structures that are not roots (Linux's run queues, …).
+    walks: RefCell<Vec<StructureWalk>>,
     locks: RefCell<BTreeMap<u64, Option<HeldLock>>>,
 }
 
@@ -230,6 +232,7 @@ impl<'a> Context<'a> {
             deadline: None,
             budget: Cell::new(None),
             cache: RefCell::new(BTreeMap::new()),
+            walks: RefCell::new(Vec::new()),
             locks: RefCell::new(BTreeMap::new()),
         }
     }
@@ -350,9 +353,17 @@ impl<'a> Context<'a> {
         e
     }
 
-    /// Every root enumerated so far, as the report's "structures walked".
+    /// Says that a validator walked a structure that is not a root, for the report's
+    /// "structures walked".
+    pub fn record_walk(&self, walk: StructureWalk) {
+        self.walks.borrow_mut().push(walk);
+    }
+
+    /// Every root enumerated so far, and every other structure a validator walked
+    /// ([`record_walk`](Self::record_walk)), as the report's "structures walked".
     pub fn structures(&self) -> Vec<StructureWalk> {
         let cache = self.cache.borrow();
+        let walks = self.walks.borrow();
         self.roots()
             .iter()
             .filter_map(|r| {
@@ -363,6 +374,7 @@ impl<'a> Context<'a> {
                     end: e.end.clone(),
                 })
             })
+            .chain(walks.iter().cloned())
             .collect()
     }
 

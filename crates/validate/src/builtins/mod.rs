@@ -5,6 +5,7 @@ mod cpu;
 mod descriptor;
 mod freelist;
 mod heartbeat;
+mod kernel;
 mod lists;
 mod locks;
 mod magic;
@@ -20,6 +21,7 @@ pub use cpu::CpuState;
 pub use descriptor::DescriptorIntegrity;
 pub use freelist::FreeLists;
 pub use heartbeat::Heartbeat;
+pub use kernel::KernelStructures;
 pub use lists::ListIntegrity;
 pub use locks::Locks;
 pub use magic::Magic;
@@ -39,6 +41,10 @@ pub fn all() -> Vec<Box<dyn Validator>> {
         Box::new(Locks),
         Box::new(CpuState),
         Box::new(Heartbeat),
+        Box::new(KernelStructures::runqueues()),
+        Box::new(KernelStructures::modules()),
+        Box::new(KernelStructures::slub()),
+        Box::new(KernelStructures::vmap()),
     ]
 }
 

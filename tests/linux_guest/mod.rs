@@ -615,6 +615,7 @@ pub fn wait_with_output(
         std::thread::sleep(Duration::from_millis(50));
     }
     (out.join().unwrap(), err.join().unwrap())
+}
 
 /// Runs the `ambulance` binary.
 pub fn ambulance(args: &[&str]) -> std::process::Output {

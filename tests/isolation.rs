@@ -102,3 +102,51 @@ fn crashing_one_guest_leaves_the_others_running() {
         assert!(last[i] > first[i], "heartbeats advanced before the failure");
     }
 }
+
+/// The work counter (`work=1`) counts units of CPU-bound work, not time: it advances while
+/// the guest runs, stands still while it is frozen (where a clock-set heartbeat would
+/// jump ahead on resume), and advances again once resumed. Without `work=1` it stays 0.
+#[test]
+fn the_work_counter_counts_units_and_stops_while_frozen() {
+    let Some(vmm) = vmm() else { return };
+    let busy = vmm
+        .start(test_guest("worker", "fault=none work=1"))
+        .expect("guest starts");
+    let idle = vmm
+        .start(test_guest("idler", "fault=none"))
+        .expect("guest starts");
+    for g in [&busy, &idle] {
+        poll_registered(g, Duration::from_secs(20));
+    }
+    let advanced = |g: &ambulance_vmm::Guest, what: &str| {
+        let before = g.work_units().expect("the work root is registered");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = g.work_units().unwrap();
+            if now > before {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "{what}: work stuck at {before}");
+        }
+    };
+    advanced(&busy, "running");
+
+    busy.freeze().expect("freeze");
+    let frozen_at = busy.work_units().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        busy.work_units().unwrap(),
+        frozen_at,
+        "a frozen guest completes no work"
+    );
+    busy.resume().expect("resume");
+    let after = advanced(&busy, "resumed");
+    assert!(after > frozen_at);
+
+    assert_eq!(
+        idle.work_units(),
+        Some(0),
+        "without work=1 the counter stays 0"
+    );
+}

@@ -321,3 +321,34 @@ fn a_worker_out_of_time_answers_with_a_partial_report() {
         deadline.message
     );
 }
+
+/// The peak memory a report says is the worker's own: not the daemon's, which a worker
+/// started by `posix_spawn` inherits as its `ru_maxrss` at `execve` (and which grows with
+/// the RAM of the guests the daemon runs).
+#[test]
+fn the_peak_memory_a_report_says_is_the_workers_not_the_daemons() {
+    const DAEMON: usize = 384 << 20;
+    let Some(vmm) = vmm() else { return };
+    let (_guest, capture) = frozen(&vmm, "heavy-daemon");
+    // This process plays the daemon: make its resident peak far larger than a worker's.
+    let ballast = vec![0x5au8; DAEMON];
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("kernel.elf");
+    std::fs::write(&kernel, ambulance_test_kernel::ELF).unwrap();
+    let report = worker::run(
+        program(),
+        &limits(),
+        &request(&capture, Some(kernel), None, None),
+        &capture.ram,
+        |_| {},
+    )
+    .expect("a jailed worker diagnoses");
+    std::hint::black_box(&ballast);
+    let cost = report.tool.cost.expect("the daemon measured the worker");
+    assert!(
+        cost.peak_rss_bytes > 1 << 20 && cost.peak_rss_bytes < (DAEMON / 2) as u64,
+        "peak {} MiB with a {} MiB daemon: {cost:?}",
+        cost.peak_rss_bytes >> 20,
+        DAEMON >> 20
+    );
+}

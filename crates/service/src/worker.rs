@@ -7,7 +7,9 @@
 //! 1. daemon → worker: one byte with the RAM descriptor attached (`SCM_RIGHTS`), which the
 //!    worker refuses unless it is `O_RDONLY`;
 //! 2. daemon → worker: a [`Request`] as JSON, framed by a little-endian `u32` length;
-//! 3. worker → daemon: a [`Reply`], framed the same way; then the worker exits.
+//! 3. worker → daemon: a [`Reply`], framed the same way; then the worker waits for the
+//!    daemon to close the socket (meanwhile the daemon reads its peak memory, see
+//!    [`peak_rss`]) and exits.
 //!
 //! The worker limits itself before reading anything (`RLIMIT_AS`: the guest RAM plus a
 //! budget; `RLIMIT_CPU`), and the daemon enforces a wall-clock timeout, killing the worker
@@ -180,10 +182,13 @@ fn spawn_and_talk(
         .map_err(|e| format!("cannot start the worker {}: {e}", program.display()))?;
     on_spawn(child.id());
     let result = talk(&mut ours, request, memory, deadline, started);
+    // The worker waits for the socket to close after answering: measure it while it lives.
+    let peak = result.as_ref().ok().and_then(|_| peak_rss(child.id()));
+    drop(ours);
     match result {
         Ok(mut report) => {
             // Ours to say, whatever the worker wrote there.
-            report.tool.cost = reap(&child).map(|(_, usage)| cost(&usage, started.elapsed()));
+            report.tool.cost = reap(&child).map(|(_, usage)| cost(&usage, peak, started.elapsed()));
             Ok(report)
         }
         Err(Talk::TimedOut) => {
@@ -305,8 +310,48 @@ fn reap(child: &Child) -> Option<(std::process::ExitStatus, libc::rusage)> {
     }
 }
 
-/// A diagnosis's cost from its worker's resource usage and wall-clock time.
-fn cost(u: &libc::rusage, wall: Duration) -> ambulance_report::DiagnosisCost {
+/// Most processes [`peak_rss`] looks at: the worker and the PID-1 child it forks (its
+/// seccomp filter forbids any other).
+const MAX_WORKER_PROCESSES: usize = 4;
+
+/// The peak resident memory (bytes) of the worker `pid` and its descendants — the PID-1
+/// child that diagnoses inside a PID namespace — while they live: the largest `VmHWM` in
+/// their `/proc/<pid>/status`. `None` when the worker's own cannot be read.
+///
+/// Not `wait4`'s `ru_maxrss`: a process started by `posix_spawn` (a vfork) shares the
+/// daemon's memory until it executes, and Linux folds that memory's peak into the new
+/// program's `ru_maxrss` at `execve`. So `ru_maxrss` says at least the daemon's own peak,
+/// which grows with the RAM of the guests whose memory the VMM maps; `VmHWM` belongs to
+/// the worker's own address space, which starts afresh at `execve`.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let hwm = |pid: u32| -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+        let kib: u64 = kib.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        Some(kib.saturating_mul(1024))
+    };
+    let mut peak = hwm(pid)?;
+    let mut todo = vec![pid];
+    let mut looked = 1;
+    while let Some(p) = todo.pop() {
+        let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) else {
+            continue;
+        };
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            if looked == MAX_WORKER_PROCESSES {
+                return Some(peak);
+            }
+            looked += 1;
+            peak = peak.max(hwm(child).unwrap_or(0));
+            todo.push(child);
+        }
+    }
+    Some(peak)
+}
+
+/// A diagnosis's cost from its worker's resource usage, peak memory ([`peak_rss`]; else
+/// `ru_maxrss`, which may say the daemon's) and wall-clock time.
+fn cost(u: &libc::rusage, peak: Option<u64>, wall: Duration) -> ambulance_report::DiagnosisCost {
     let us = |t: libc::timeval| {
         (t.tv_sec.max(0) as u64)
             .saturating_mul(1_000_000)
@@ -314,7 +359,7 @@ fn cost(u: &libc::rusage, wall: Duration) -> ambulance_report::DiagnosisCost {
     };
     ambulance_report::DiagnosisCost {
         // ru_maxrss is in KiB on Linux.
-        peak_rss_bytes: (u.ru_maxrss.max(0) as u64).saturating_mul(1024),
+        peak_rss_bytes: peak.unwrap_or_else(|| (u.ru_maxrss.max(0) as u64).saturating_mul(1024)),
         user_cpu_us: us(u.ru_utime),
         system_cpu_us: us(u.ru_stime),
         wall_us: wall.as_micros() as u64,
@@ -392,7 +437,11 @@ fn worker(address_space: u64, cpu_seconds: u64, deadline: Option<Instant>) -> Re
         Err(e) => Reply::Error(format!("the request is not valid: {e}")),
     };
     let body = serde_json::to_vec(&reply).map_err(|e| format!("cannot encode the reply: {e}"))?;
-    send_frame(&mut s, &body).map_err(|e| format!("cannot send the reply: {e}"))
+    send_frame(&mut s, &body).map_err(|e| format!("cannot send the reply: {e}"))?;
+    // Live on until the daemon closes the socket: it reads this process's peak memory
+    // meanwhile, which it cannot once the process is gone (see `peak_rss`).
+    let _ = s.read(&mut [0u8; 1]);
+    Ok(())
 }
 
 fn receive_fd(s: &UnixStream) -> Result<File, String> {

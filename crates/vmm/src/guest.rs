@@ -9,6 +9,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ambulance_abi::descriptor::{RootKind, FLAG_LA57};
 use ambulance_abi::ports::RegistrationStatus;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{VcpuFd, VmFd};
@@ -27,6 +28,8 @@ use ambulance_ram::GuestRam;
 
 /// How long [`Guest::freeze`] waits for every vCPU to stop.
 pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The name of the object root holding a guest's work counter ([`Guest::work_units`]).
+pub const WORK_ROOT: &str = "work";
 /// How often a waiting freeze kicks vCPUs that have not stopped yet (belt and braces: one
 /// kick suffices).
 const REKICK_INTERVAL: Duration = Duration::from_millis(20);
@@ -712,6 +715,24 @@ impl Guest {
         let i = self.instance().ok()?;
         let gpa = i.reg.lock().latest.as_ref()?.descriptor.heartbeat_gpa;
         i.ram.load_u64(gpa)
+    }
+
+    /// The guest's work counter, read now: the `u64` it registered as the object root
+    /// named [`WORK_ROOT`] (the test kernel's `WORK`, with `work=1`: units of a CPU-bound
+    /// workload completed, not time), its guest-virtual address translated through the
+    /// registered page tables. `None` before registration or without such a root.
+    pub fn work_units(&self) -> Option<u64> {
+        let i = self.instance().ok()?;
+        let (va, root, levels) = {
+            let reg = i.reg.lock();
+            let d = &reg.latest.as_ref()?.descriptor;
+            let r = d.roots.iter().find(|r| {
+                r.name == WORK_ROOT && r.kind == RootKind::Object && r.element_size == 8
+            })?;
+            let levels = if d.flags & FLAG_LA57 != 0 { 5 } else { 4 };
+            (r.address, d.page_table_root, levels)
+        };
+        i.ram.load_u64(i.ram.translate(root, va, levels)?)
     }
 
     /// Copies guest-physical memory into `buf`.

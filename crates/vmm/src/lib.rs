@@ -63,7 +63,7 @@ pub use event::{
     EventKind, FailureCause, FrozenRegisters, FrozenState, FrozenSummary, GuestState, VcpuActivity,
     VcpuState, VmmEvent,
 };
-pub use guest::{Guest, FREEZE_TIMEOUT};
+pub use guest::{Guest, FREEZE_TIMEOUT, WORK_ROOT};
 
 /// How many events may wait in the channel; beyond that new events are dropped (and
 /// counted, see [`Vmm::dropped_events`]) rather than stall a vCPU.

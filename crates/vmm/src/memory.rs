@@ -139,6 +139,32 @@ impl Ram {
             .ok()
     }
 
+    /// Guest-virtual → guest-physical through the `levels`-level (4 or 5) page tables at
+    /// guest-physical `root`, honouring present bits and 1 GiB / 2 MiB pages; `None` when
+    /// `va` is not mapped or a table lies outside RAM. One read per level at most, so the
+    /// walk ends whatever the guest wrote into its tables.
+    pub(crate) fn translate(&self, root: u64, va: u64, levels: u32) -> Option<u64> {
+        const ADDR: u64 = 0x000f_ffff_ffff_f000;
+        const PRESENT: u64 = 1;
+        const LARGE: u64 = 1 << 7;
+        let mut table = root & ADDR;
+        for level in (0..levels).rev() {
+            let shift = 12 + 9 * level;
+            let entry = self.load_u64(table + ((va >> shift) & 0x1ff) * 8)?;
+            if entry & PRESENT == 0 {
+                return None;
+            }
+            // A leaf: a page table entry, or a large page at the PD (2 MiB) or PDPT
+            // (1 GiB) level.
+            if level == 0 || ((1..=2).contains(&level) && entry & LARGE != 0) {
+                let offset = (1u64 << shift) - 1;
+                return Some((entry & ADDR & !offset) | (va & offset));
+            }
+            table = entry & ADDR;
+        }
+        None
+    }
+
     /// A new `O_RDONLY` descriptor of the memfd and the layout.
     ///
     /// The descriptor is the memfd reopened through `/proc/self/fd`; the memfd is sealed

@@ -8,7 +8,8 @@
 //! own read-only memory, keeps a heartbeat, and registers all of it with the host through
 //! the Ambulance ABI. A fault catalogue (see [`faults`]) breaks one thing on purpose.
 //!
-//! Command line: `fault=NAME fault_after_ms=N seed=S tasks=N register=MODE mode=MODE`.
+//! Command line: `fault=NAME fault_after_ms=N seed=S tasks=N register=MODE mode=MODE
+//! work=0|1`.
 
 #![no_std]
 #![no_main]
@@ -24,6 +25,7 @@ mod registration;
 mod sched;
 mod slab;
 mod sync;
+mod work;
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -59,6 +61,7 @@ struct Config {
     tasks: usize,
     register: registration::Mode,
     maintenance: bool,
+    work: bool,
 }
 
 static mut CMDLINE: [u8; CMDLINE_MAX] = [0; CMDLINE_MAX];
@@ -73,6 +76,7 @@ fn parse_cmdline(text: &str) -> Config {
         tasks: 16,
         register: registration::Mode::Good,
         maintenance: false,
+        work: false,
     };
     for word in text.split_ascii_whitespace() {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -89,6 +93,14 @@ fn parse_cmdline(text: &str) -> Config {
             "register" => registration::Mode::parse(value)
                 .map(|m| cfg.register = m)
                 .is_some(),
+            "work" => match value {
+                "1" => {
+                    cfg.work = true;
+                    true
+                }
+                "0" => true,
+                _ => false,
+            },
             "mode" => match value {
                 "maintenance" => {
                     cfg.maintenance = true;
@@ -227,6 +239,9 @@ fn boot(boot_info_gpa: u64) -> ! {
     BOOT_DONE.store(true, Ordering::Release);
     if cfg.maintenance {
         maintenance();
+    }
+    if cfg.work {
+        work::enable();
     }
     faults::arm(cfg.plan);
     sched::scheduler_loop(0)

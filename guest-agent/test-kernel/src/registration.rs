@@ -18,6 +18,7 @@ use crate::mem::image_to_phys;
 use crate::sched::{self, Task, MAX_TASKS, OBJECT_SLOTS, STACK_END_MAGIC, TASK_MAGIC};
 use crate::slab::{self, FreeObject, KObject, SlabCache, FREE_POISON, KOBJECT_MAGIC, SLAB_MAGIC};
 use crate::sync::{lock, lock_id, PerCpu, Spinlock, LOCKS, LOCK_MAGIC, PERCPU, PERCPU_MAGIC};
+use crate::work::WORK;
 use crate::{kprint, HEARTBEAT};
 
 const DESCRIPTOR_BYTES: usize = 64 * 1024;
@@ -324,6 +325,21 @@ fn write(
             kind: RootKind::Object,
             flags: 0,
             address: &HEARTBEAT as *const _ as u64,
+            element_size: 8,
+            link_offset: 0,
+            max_count: 1,
+            aux: 0,
+            lock: 0,
+        },
+        &[],
+    )?;
+    w.push_root(
+        &RootSpec {
+            name: "work",
+            type_name: "AtomicU64",
+            kind: RootKind::Object,
+            flags: 0,
+            address: &WORK as *const _ as u64,
             element_size: 8,
             link_offset: 0,
             max_count: 1,

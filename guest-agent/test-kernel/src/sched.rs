@@ -263,6 +263,7 @@ pub fn scheduler_loop(cpu: u32) -> ! {
         stop_if_panicking(cpu);
         pc.ticks.fetch_add(1, Ordering::Relaxed);
         crate::faults::on_scheduler_tick(cpu);
+        crate::work::on_scheduler_tick(cpu);
         let t = pick_next(cpu);
         if t.is_null() {
             core::hint::spin_loop();

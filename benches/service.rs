@@ -414,7 +414,7 @@ fn interference(rt: &tokio::runtime::Runtime) {
         .collect();
     wait_registered(&svc, "target");
 
-    let (mut losses, mut diagnoses) = (Vec::new(), 0u64);
+    let (mut losses, mut quiets, mut diagnoses) = (Vec::new(), Vec::new(), 0u64);
     let (mut storm_daemon_us, mut storm_workers_us, mut storm_secs) = (0u64, 0u64, 0.0);
     let (mut quiet_daemon_us, mut quiet_secs) = (0u64, 0.0);
     for pair in 1..=PAIRS {
@@ -448,6 +448,7 @@ fn interference(rt: &tokio::runtime::Runtime) {
 
         let loss = (quiet - storm) / quiet * 100.0;
         losses.push(loss);
+        quiets.push(quiet);
         result(
             SECTION,
             &format!("pair {pair}: 3 guests' work, quiet / storm"),
@@ -460,11 +461,23 @@ fn interference(rt: &tokio::runtime::Runtime) {
         );
     }
     let median = median_f64(&losses);
+    // A 1 % loss can only be told from the machine's own noise when the quiet windows
+    // agree with each other to better than that.
+    let q = median_f64(&quiets);
+    let noise = quiets.iter().map(|x| (x - q).abs()).fold(0.0, f64::max) / q * 100.0;
+    let verdict = if noise > 1.0 {
+        format!(
+            "inconclusive (the quiet windows alone differ from their median by up to \
+             {noise:.1} %: the machine's noise hides a 1 % loss)"
+        )
+    } else {
+        goal(median <= 1.0, || "goal ≤ 1 %".into())
+    };
     result(
         SECTION,
         "work lost during a diagnosis storm: median over the pairs",
         &format!("{median:.2} %"),
-        &goal(median <= 1.0, || "goal ≤ 1 %".into()),
+        &verdict,
         &format!(
             "{PAIRS} quiet/storm pairs in one run; 3 busy 256 MiB guests, 1 vCPU each, on {} host CPUs",
             std::thread::available_parallelism().map_or(0, |n| n.get())

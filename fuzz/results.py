@@ -50,8 +50,8 @@ def header(lines, key):
 
 def run_of(path):
     lines = path.read_text(errors="replace").splitlines()
-    execs = sum(int(m.group(1)) for l in lines if (m := re.match(r"^stat::number_of_executed_units: (\d+)", l)))
-    per_sec = [int(m.group(1)) for l in lines if (m := re.match(r"^stat::average_exec_per_sec: (\d+)", l))]
+    execs = sum(int(m.group(1)) for l in lines if (m := re.match(r"^stat::number_of_executed_units:\s+(\d+)", l)))
+    per_sec = [int(m.group(1)) for l in lines if (m := re.match(r"^stat::average_exec_per_sec:\s+(\d+)", l))]
     status = [m for l in lines if (m := STATUS.match(l))]
     done = any(l.startswith("# ended: ") and l.endswith(", ok") for l in lines)
     last = status[-1] if status else None
@@ -60,6 +60,8 @@ def run_of(path):
         "commit": header(lines, "commit"),
         "started": header(lines, "started"),
         "machine": header(lines, "machine"),
+        # campaign.sh's command line names the sanitizer when it is not the default.
+        "sanitizer": (m.group(1) if (m := re.search(r" -s (\S+) ", header(lines, "command"))) else "address"),
         "execs": execs,
         "per_sec": per_sec[-1] if per_sec else None,
         "cov": int(last.group(3)) if last else None,
@@ -95,13 +97,13 @@ def table():
         "",
         "Every run:",
         "",
-        "| target | started (UTC) | commit | executions | exec/s | cov | ft | corpus | ended | log |",
-        "|---|---|---|---:|---:|---:|---:|---|---|---|",
+        "| target | started (UTC) | commit | sanitizer | executions | exec/s | cov | ft | corpus | ended | log |",
+        "|---|---|---|---|---:|---:|---:|---:|---|---|---|",
     ]
     for target, _ in TARGETS:
         for r in sorted((run_of(p) for p in (FUZZ / "logs" / target).glob("*.log")), key=lambda r: r["started"]):
             rows.append(
-                f"| `{target}` | {r['started']} | `{r['commit']}` | {r['execs']:,} | {r['per_sec'] or '–'} | "
+                f"| `{target}` | {r['started']} | `{r['commit']}` | {r['sanitizer']} | {r['execs']:,} | {r['per_sec'] or '–'} | "
                 f"{r['cov'] or '–'} | {r['ft'] or '–'} | {r['corp']} | {'crash' if r['crashed'] else 'DONE'} | "
                 f"[log]({pathlib.PurePosixPath(r['log']).relative_to('fuzz')}) |"
             )

@@ -24,22 +24,15 @@ fn root() -> &'static Path {
 /// What drgn reads from `core` with `vmlinux`: tasks, log records and the crashed
 /// thread's frames, one `kind text` line each (see tests/tools/drgn_facts.py).
 fn drgn_facts(python: &Path, core: &Path, vmlinux: &Path) -> Vec<String> {
-    let out = Command::new(python)
-        .arg(root().join("tests/tools/drgn_facts.py"))
-        .arg(core)
-        .arg(vmlinux)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "drgn could not read {}:\n{}",
-        core.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    String::from_utf8_lossy(&linux_guest::drgn_tool(
+        python,
+        "drgn_facts.py",
+        core,
+        vmlinux,
+    ))
+    .lines()
+    .map(str::to_string)
+    .collect()
 }
 
 fn of_kind<'a>(facts: &'a [String], kind: &str) -> Vec<&'a str> {

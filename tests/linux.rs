@@ -499,19 +499,13 @@ fn check_traces(d: &Dump, dbg: bool) {
 /// drgn's traces of `core` read with `vmlinux` (tests/tools/drgn_traces.py), with
 /// drgn's Python.
 fn drgn_traces(python: &Path, core: &Path, vmlinux: &Path) -> Value {
-    let out = Command::new(python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/drgn_traces.py"))
-        .arg(core)
-        .arg(vmlinux)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "drgn could not read {}:\n{}",
-        core.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON from drgn_traces.py")
+    serde_json::from_slice(&linux_guest::drgn_tool(
+        python,
+        "drgn_traces.py",
+        core,
+        vmlinux,
+    ))
+    .expect("JSON from drgn_traces.py")
 }
 
 /// A frame's function as drgn names it: the debug info's name, else the symbol's.
@@ -841,23 +835,7 @@ fn check_other_kernel(d: &Dump, series: &str, kind: &str) -> Value {
     // The failure is what the kernel's own account says it was.
     assert_eq!(report["failure"]["cause"], kind, "{}", report["failure"]);
     // The processes init listed are the report's tasks.
-    let tasks: Vec<(i64, &str)> = k["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["pid"].as_i64().unwrap(), t["comm"].as_str().unwrap()))
-        .collect();
-    // ps names a kworker by its comm and its current work ("kworker/0:0-events"); the
-    // kernel's comm is the first part.
-    for (p, c) in linux_guest::console_processes(&d.console) {
-        if c != "ps" {
-            assert!(
-                tasks.iter().any(|&(pid, comm)| pid == i64::from(p)
-                    && (comm == c || c.starts_with("kworker/") && c.starts_with(comm))),
-                "{p} {c}: {tasks:?}"
-            );
-        }
-    }
+    linux_guest::check_listed_processes(&report, &d.console, &[]);
     for c in k["cpus"].as_array().unwrap() {
         assert_eq!(c["stack"]["complete"], true, "{c}");
     }

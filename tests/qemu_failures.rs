@@ -57,23 +57,8 @@ fn check(a: &Attached, cause: &str, data: Value) {
         "{k}"
     );
     assert_eq!(k["sources"]["vmcoreinfo"], "memory-scan", "{}", a.stderr);
-    let tasks: Vec<(i64, &str)> = k["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["pid"].as_i64().unwrap(), t["comm"].as_str().unwrap()))
-        .collect();
-    // ps names a kworker by its comm and its current work ("kworker/0:0-events"); the
-    // watchdog daemon may be gone by then.
-    for (p, c) in linux_guest::console_processes(&a.console) {
-        if c != "ps" && c != "watchdog" {
-            assert!(
-                tasks.iter().any(|&(pid, comm)| pid == i64::from(p)
-                    && (comm == c || c.starts_with("kworker/") && c.starts_with(comm))),
-                "{p} {c}: {tasks:?}"
-            );
-        }
-    }
+    // The watchdog daemon may be gone by then.
+    linux_guest::check_listed_processes(r, &a.console, &["watchdog"]);
     let log: Vec<&str> = k["dmesg"]
         .as_array()
         .expect("the kernel's log")

@@ -41,6 +41,51 @@ pub fn drgn_python() -> Option<PathBuf> {
         .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
+/// Runs `tests/tools/<script>` with drgn's Python on `core` and `vmlinux`; its standard
+/// output (the test fails with drgn's error when it cannot read the dump).
+pub fn drgn_tool(python: &Path, script: &str, core: &Path, vmlinux: &Path) -> Vec<u8> {
+    let out = Command::new(python)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/tools")
+                .join(script),
+        )
+        .arg(core)
+        .arg(vmlinux)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "drgn ({script}) could not read {}:\n{}",
+        core.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The processes init listed on `console` (`ps`, see [`console_processes`]) are among the
+/// report's `tasks` (pid, comm) — but for the commands in `gone`, which may have exited.
+/// ps names a kworker by its comm and its current work ("kworker/0:0-events"); the
+/// kernel's comm is the first part.
+pub fn check_listed_processes(report: &Value, console: &str, gone: &[&str]) {
+    let tasks: Vec<(i64, &str)> = report["kernel"]["tasks"]
+        .as_array()
+        .expect("kernel.tasks")
+        .iter()
+        .map(|t| (t["pid"].as_i64().unwrap(), t["comm"].as_str().unwrap()))
+        .collect();
+    for (p, c) in console_processes(console) {
+        if c == "ps" || gone.contains(&c.as_str()) {
+            continue;
+        }
+        assert!(
+            tasks.iter().any(|&(pid, comm)| pid == i64::from(p)
+                && (comm == c || c.starts_with("kworker/") && c.starts_with(comm))),
+            "{p} {c}: {tasks:?}"
+        );
+    }
+}
+
 /// A runtime for the async QMP client ([`ambulance_qemu::Qmp`]) in synchronous tests.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -6,8 +6,7 @@
 
 mod linux_guest;
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use ambulance_diagnose::{diagnose, Options, Subject};

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use linux_guest::{connect, drgn_python, fixture, runtime, wait_for_panic, Boot, Guest};
+use linux_guest::{connect, fixture, runtime, wait_for_panic, Boot, Guest};
 use serde_json::json;
 
 /// The repository's root.

@@ -63,27 +63,30 @@ pub fn drgn_tool(python: &Path, script: &str, core: &Path, vmlinux: &Path) -> Ve
     out.stdout
 }
 
-/// The processes init listed on `console` (`ps`, see [`console_processes`]) are among the
-/// report's `tasks` (pid, comm) — but for the commands in `gone`, which may have exited.
-/// ps names a kworker by its comm and its current work ("kworker/0:0-events"); the
-/// kernel's comm is the first part.
+/// Every process init listed on `console` (`ps`, see [`console_processes`]) is among the
+/// report's `kernel.tasks` with its command — except `ps` itself (sometimes listed as
+/// `exe`: busybox runs the applet through /proc/self/exe), which has exited, the commands
+/// in `gone`, and at most one `sleep` (init's 1-second loop may have replaced it). ps
+/// names a kernel worker with its current work after the name ("kworker/0:0-events").
 pub fn check_listed_processes(report: &Value, console: &str, gone: &[&str]) {
-    let tasks: Vec<(i64, &str)> = report["kernel"]["tasks"]
-        .as_array()
-        .expect("kernel.tasks")
-        .iter()
-        .map(|t| (t["pid"].as_i64().unwrap(), t["comm"].as_str().unwrap()))
-        .collect();
-    for (p, c) in console_processes(console) {
-        if c == "ps" || gone.contains(&c.as_str()) {
-            continue;
+    let tasks = report["kernel"]["tasks"].as_array().expect("kernel.tasks");
+    let listed = console_processes(console);
+    assert!(listed.len() > 40, "{listed:?}");
+    let mut missing = Vec::new();
+    for (pid, comm) in &listed {
+        let found = tasks.iter().any(|t| {
+            let c = t["comm"].as_str().unwrap();
+            t["pid"] == *pid && (c == comm || (c.starts_with("kworker/") && comm.starts_with(c)))
+        });
+        if !found {
+            missing.push((*pid, comm.clone()));
         }
-        assert!(
-            tasks.iter().any(|&(pid, comm)| pid == i64::from(p)
-                && (comm == c || c.starts_with("kworker/") && c.starts_with(comm))),
-            "{p} {c}: {tasks:?}"
-        );
     }
+    missing.retain(|(_, c)| c != "ps" && c != "exe" && !gone.contains(&c.as_str()));
+    assert!(
+        missing.len() <= 1 && missing.iter().all(|(_, c)| c == "sleep"),
+        "processes printed by init but not in the report: {missing:?}"
+    );
 }
 
 /// A runtime for the async QMP client ([`ambulance_qemu::Qmp`]) in synchronous tests.
@@ -460,29 +463,8 @@ pub fn check_against_console(report: &Value, console: &str) {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "records in order");
     assert_eq!(k["dmesg_dropped"], 0);
 
-    // Tasks: every process init listed is there with its command — except `ps`, which
-    // listed them and has exited, and the 1-second `sleep` of init's loop, which may
-    // have been replaced. Kernel workers show their workqueue after the name in ps.
+    check_listed_processes(report, console, &[]);
     let tasks = k["tasks"].as_array().expect("kernel.tasks");
-    let listed = console_processes(console);
-    assert!(listed.len() > 40, "{listed:?}");
-    let mut missing = Vec::new();
-    for (pid, comm) in &listed {
-        let found = tasks.iter().any(|t| {
-            let c = t["comm"].as_str().unwrap();
-            t["pid"] == *pid && (c == comm || (c.starts_with("kworker/") && comm.starts_with(c)))
-        });
-        if !found {
-            missing.push((*pid, comm.clone()));
-        }
-    }
-    // `ps` lists itself, sometimes as `exe` (busybox runs the applet through
-    // /proc/self/exe); it has exited by the panic.
-    missing.retain(|(_, c)| c != "ps" && c != "exe");
-    assert!(
-        missing.len() <= 1 && missing.iter().all(|(_, c)| c == "sleep"),
-        "processes printed by init but not in the report: {missing:?}"
-    );
     let init = tasks.iter().find(|t| t["pid"] == 1).expect("pid 1");
     assert_eq!(init["comm"], "init");
     assert!(tasks.iter().all(|t| {

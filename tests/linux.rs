@@ -304,7 +304,13 @@ fn console_panic_context(console: &str) -> ((u64, i64, String), Vec<String>) {
         .skip(1)
         .map(|l| l.trim())
         .take_while(|l| !l.starts_with("RIP:") && *l != "</TASK>")
+        // Only the trace's own entries (`function+0xoff/0xsize`): a line user space
+        // wrote to the same serial port can land in the middle of the kernel's.
         .filter(|l| !l.starts_with('<') && !l.starts_with("? "))
+        .filter(|l| {
+            l.split_once("+0x")
+                .is_some_and(|(f, rest)| !f.contains(' ') && rest.contains("/0x"))
+        })
         .map(str::to_string)
         .collect();
     ((u64::from(cpu), i64::from(pid), comm), trace)

@@ -196,7 +196,10 @@ fn a_modules_broken_link_and_bad_state_are_reported_at_the_module() {
     let (modules, problems) = ambulance_linux::modules::modules(&copy.program).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["watchdog", "pvpanic_mmio", "pvpanic", "qemu_fw_cfg"]);
+    assert_eq!(
+        names,
+        ["watchdog", "pvpanic_mmio", "pvpanic", "qemu_fw_cfg"]
+    );
     let (first, second) = (modules[0].address, modules[1].address);
     let list = off(&copy.program, "module", "list");
     let state = off(&copy.program, "module", "state");

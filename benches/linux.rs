@@ -65,7 +65,11 @@ fn traced(r: &Report) -> Traced {
     Traced {
         tasks: k.tasks.len(),
         traced: stacks.clone().filter(|s| !s.frames.is_empty()).count(),
-        frames: stacks.map(|s| s.frames.len()).sum(),
+        // The unwound frames: with DWARF, the functions inlined at a frame's address come
+        // as frames of their own, which the unwind did not add.
+        frames: stacks
+            .map(|s| s.frames.iter().filter(|f| !f.inlined).count())
+            .sum(),
     }
 }
 

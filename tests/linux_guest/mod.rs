@@ -681,9 +681,22 @@ impl Patched {
     pub fn new(d: &Dump, name: &str) -> Patched {
         let core = Arc::new(ElfCore::open(&d.core).unwrap());
         let info = Vmcoreinfo::parse(core.vmcoreinfo().unwrap()).unwrap();
-        let mut sources = Default::default();
-        let program =
-            ambulance_diagnose::linux::program(core.clone(), &info, None, &mut sources).unwrap();
+        // Generous limits: a debug build on a loaded machine can take longer than a
+        // diagnosis's default second to decode kallsyms, and this reader must see it all.
+        let mut sources = ambulance_report::KernelSources::default();
+        let program = ambulance_diagnose::linux::load(
+            ambulance_linux::program(core.clone(), &info).unwrap(),
+            &info,
+            None,
+            ambulance_introspect::walk::WalkLimits::new(1 << 24, Duration::from_secs(120)),
+            &mut sources,
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            sources.missing,
+            Vec::<String>::new(),
+            "the dump's symbols and types"
+        );
         Patched {
             core,
             program,

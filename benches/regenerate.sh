@@ -35,6 +35,12 @@ done
 
 cargo bench --no-run "${benches[@]/#/--bench=}" >&2
 
+# The DWARF bench's vmlinux half reads the Linux fixture's -dbg vmlinux.
+if [[ -z ${AMBULANCE_VMLINUX:-} ]]; then
+    AMBULANCE_VMLINUX="$(bash fixtures/linux/build.sh --dbg | tail -n 1)/vmlinux"
+    export AMBULANCE_VMLINUX
+fi
+
 for b in "${benches[@]}"; do
     log="benches/runs/$b.log"
     echo "benches/regenerate.sh: $b" >&2

@@ -8,7 +8,10 @@ Nothing in RESULTS.md is typed by hand: each bench's section is its module docum
   figures (medians, percentiles, ratios and goals computed by its code), as tables;
 * criterion's estimates (`time: [low median high]`, `thrpt: [...]`) per benchmark;
 * any other line the bench printed, verbatim;
-* SKIPPED lines and, for a bench that failed, the end of its stderr.
+* SKIPPED lines and, for a bench that failed, the end of its stderr;
+
+and, last, benches/NOTES.md if there is one: why goals were not met, written by hand,
+without figures of its own.
 
 Each log records the commit, machine, load and command it ran with; the file says when
 the logs are not all from one commit.
@@ -184,6 +187,12 @@ def render():
             out.extend(run["stderr"])
             out.append("```")
             out.append("")
+    notes = BENCHES / "NOTES.md"
+    if notes.exists():
+        out.append("## Notes on this run (written by hand; every figure is above)")
+        out.append("")
+        out.append(notes.read_text().strip())
+        out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 

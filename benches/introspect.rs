@@ -204,6 +204,19 @@ fn list_walk(
     });
 }
 
+/// The word at a direct-map address, read straight from the synthetic guest's RAM buffer
+/// (no translation, no checks): what the bare chases follow.
+fn direct_word(prog: &Program) -> impl Fn(u64) -> u64 + '_ {
+    let ram = prog
+        .memory()
+        .slice(0, RAM as usize)
+        .expect("one contiguous buffer");
+    move |va| {
+        let at = (va - DIRECT_MAP_BASE) as usize;
+        u64::from_le_bytes(ram[at..at + 8].try_into().expect("8 bytes"))
+    }
+}
+
 /// The machine's bound: the same list chased directly in the RAM buffer (direct-map
 /// address minus the base, no translation, no checks).
 fn baseline_chase(
@@ -212,14 +225,7 @@ fn baseline_chase(
     prog: &Program,
     head: u64,
 ) {
-    let ram = prog
-        .memory()
-        .slice(0, RAM as usize)
-        .expect("one contiguous buffer");
-    let word = |va: u64| {
-        let at = (va - DIRECT_MAP_BASE) as usize;
-        u64::from_le_bytes(ram[at..at + 8].try_into().expect("8 bytes"))
-    };
+    let word = direct_word(prog);
     let mut n = 0;
     let mut cur = word(head);
     while cur != head {
@@ -257,15 +263,7 @@ fn nodes_per_sec(runs: usize, mut walk: impl FnMut() -> u64) -> f64 {
 /// and interleaved, the bare chase likewise, and the machine's parallel memory limit.
 fn many_lists(s: &Synthetic) {
     const RUNS: usize = 7;
-    let ram = s
-        .prog
-        .memory()
-        .slice(0, RAM as usize)
-        .expect("one contiguous buffer");
-    let word = |va: u64| {
-        let at = (va - DIRECT_MAP_BASE) as usize;
-        u64::from_le_bytes(ram[at..at + 8].try_into().expect("8 bytes"))
-    };
+    let word = direct_word(&s.prog);
     // Bare chases of `heads`, interleaved (one node of each in turn).
     let chase = |heads: &[u64]| -> u64 {
         let mut cur: Vec<u64> = heads.iter().map(|&h| word(h)).collect();

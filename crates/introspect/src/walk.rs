@@ -124,7 +124,10 @@ pub fn walk_lists(prog: &Program, heads: &[(u64, bool)], limits: WalkLimits) -> 
     let mut active: Vec<(usize, ListCursor<'_>)> = Vec::with_capacity(heads.len());
     for (i, &(head, singly)) in heads.iter().enumerate() {
         match ListCursor::start(prog, head, singly, limits) {
-            Ok(c) => active.push((i, c)),
+            Ok(mut c) => {
+                c.prefetch_next(prog);
+                active.push((i, c));
+            }
             Err(walk) => done[i] = Some(walk),
         }
     }
@@ -136,7 +139,10 @@ pub fn walk_lists(prog: &Program, heads: &[(u64, bool)], limits: WalkLimits) -> 
                     let (i, _) = active.swap_remove(k);
                     done[i] = Some(walk);
                 }
-                None => k += 1,
+                None => {
+                    active[k].1.prefetch_next(prog);
+                    k += 1;
+                }
             }
         }
     }
@@ -201,7 +207,7 @@ impl<'p> ListCursor<'p> {
                 })
             }
         };
-        let mut cursor = ListCursor {
+        Ok(ListCursor {
             limits,
             started: Instant::now(),
             links,
@@ -213,9 +219,7 @@ impl<'p> ListCursor<'p> {
             power: 1,
             lam: 0,
             window: None,
-        };
-        cursor.prefetch_next(prog);
-        Ok(cursor)
+        })
     }
 
     fn finish(&mut self, end: WalkEnd) -> Option<ListWalk> {
@@ -231,7 +235,8 @@ impl<'p> ListCursor<'p> {
     }
 
     /// Finds the page of `cand` and starts loading its line, so that the read in the next
-    /// [`step`](Self::step) finds it in cache (when other lists were stepped meanwhile).
+    /// [`step`](Self::step) finds it in cache when other lists were stepped meanwhile
+    /// (only [`walk_lists`] does this: a lone walk would gain nothing from it).
     #[inline]
     fn prefetch_next(&mut self, prog: &'p Program) {
         let cand = self.cand;
@@ -313,7 +318,6 @@ impl<'p> ListCursor<'p> {
         }
         self.holder = cand;
         self.cand = next;
-        self.prefetch_next(prog);
         None
     }
 }
@@ -1258,6 +1262,17 @@ mod tests {
         }
     }
 
+    /// Where a random graph's link `t` (0..1000) points, among `n` nodes: mostly other
+    /// nodes; sometimes the head, NULL, or unmapped memory.
+    fn link_target(t: u32, n: u64) -> u64 {
+        match t {
+            0..=899 => Guest::link(t as u64 % n),
+            900..=939 => HEAD,
+            940..=969 => 0,
+            _ => VMALLOC + 8192 + t as u64,
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -1273,15 +1288,7 @@ mod tests {
             let n = targets.len() as u64;
             let mut g = Guest::new();
             let mut next = HashMap::new();
-            let decode = |t: u32| -> u64 {
-                match t {
-                    // Mostly other nodes; sometimes the head, NULL, or unmapped memory.
-                    0..=899 => Guest::link(t as u64 % n),
-                    900..=939 => HEAD,
-                    940..=969 => 0,
-                    _ => VMALLOC + 8192 + t as u64,
-                }
-            };
+            let decode = |t: u32| link_target(t, n);
             let head_target = decode(first);
             g.put(HEAD, head_target);
             next.insert(HEAD, head_target);
@@ -1338,14 +1345,7 @@ mod tests {
             max in 1u64..300,
         ) {
             let n = targets.len() as u64;
-            let decode = |t: u32| -> u64 {
-                match t {
-                    0..=899 => Guest::link(t as u64 % n),
-                    900..=939 => HEAD,
-                    940..=969 => 0,
-                    _ => VMALLOC + 8192 + t as u64,
-                }
-            };
+            let decode = |t: u32| link_target(t, n);
             let mut g = Guest::new();
             g.put(HEAD, decode(targets[0]));
             for (i, &t) in targets.iter().enumerate() {

@@ -96,9 +96,19 @@ pub fn descriptor(data: &[u8]) {
 /// (`Vmcoreinfo::parse`, `parse_bytes`), and what the host derives from it. Whatever
 /// parses prints as text that parses back equal, without problems.
 pub fn vmcoreinfo(data: &[u8]) {
-    let _ = Vmcoreinfo::parse_bytes(data);
-    let text = String::from_utf8_lossy(data);
-    let Ok(v) = Vmcoreinfo::parse(&text) else {
+    // UTF-8 bytes parse as their text, once; others are refused by `parse_bytes`, and
+    // their lossy text is parsed instead.
+    let parsed = match std::str::from_utf8(data) {
+        Ok(_) => Vmcoreinfo::parse_bytes(data),
+        Err(_) => {
+            assert!(
+                Vmcoreinfo::parse_bytes(data).is_err(),
+                "bytes that are not UTF-8 parsed"
+            );
+            Vmcoreinfo::parse(&String::from_utf8_lossy(data))
+        }
+    };
+    let Ok(v) = parsed else {
         return;
     };
     let _ = (v.osrelease(), v.build_id(), v.page_size(), v.kerneloffset());

@@ -103,5 +103,9 @@ pub fn run(args: DiagnoseArgs) -> Result<(), CliError> {
         Format::Json => println!("{}", report.to_json()),
         Format::Text => print!("{}", ambulance_report::text::render(&report)),
     }
+    // The process ends here: the debug info's tables (a vmlinux's symbols, type index and
+    // line tables, hundreds of thousands of allocations) go back with it, faster than
+    // freed one by one.
+    std::mem::forget(options);
     Ok(())
 }

@@ -206,11 +206,7 @@ impl DebugInfo {
         if let Some((_, s)) = slid.iter().find(|(o, _)| *o == load_offset) {
             return Ok(s.clone());
         }
-        let s = Arc::new(Symbols::from_elf(
-            &self.bytes,
-            &self.path.display().to_string(),
-            load_offset,
-        )?);
+        let s = Arc::new(self.symbols.with_load_offset(load_offset));
         if slid.len() == KEEP {
             slid.remove(0);
         }

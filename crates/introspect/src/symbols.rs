@@ -19,9 +19,10 @@
 //! When several symbols share a name (C `static`s of different files), a global one is
 //! preferred to a local one, then the first in the table.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::hash::BuildHasher as _;
+
+use hashbrown::HashTable;
 
 use goblin::elf::section_header::{SHF_ALLOC, SHN_ABS, SHN_UNDEF};
 use goblin::elf::sym::{STB_GLOBAL, STB_WEAK, STT_FILE, STT_FUNC, STT_OBJECT, STT_SECTION};
@@ -29,20 +30,29 @@ use goblin::elf::Elf;
 
 use crate::{Error, Result};
 
-/// Names to symbols: keys share the table's names, hashed with foldhash (a kernel has
-/// ~100k symbols; SipHash and a copy of every name were most of the indexing time).
-type NameMap<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
-
 /// Largest symbol count accepted (a distribution vmlinux has ~200k).
 const MAX_SYMBOLS: usize = 20_000_000;
+
+/// Where a name lies in the table's string of names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    fn of(self, names: &str) -> &str {
+        &names[self.start as usize..][..self.len as usize]
+    }
+}
 
 /// One symbol.
 #[derive(Clone, Debug)]
 struct Sym {
     /// The name as in the file.
-    raw: Arc<str>,
+    raw: Span,
     /// Demangled path without hash, when the name is a mangled Rust name.
-    demangled: Option<Arc<str>>,
+    demangled: Option<Span>,
     /// Address with the load offset applied.
     addr: u64,
     /// Size in bytes (0 when unknown, e.g. linker-script labels).
@@ -51,11 +61,13 @@ struct Sym {
     global: bool,
     /// STT_FUNC or STT_OBJECT.
     typed: bool,
+    /// `SHN_ABS`: the load offset does not move it.
+    absolute: bool,
 }
 
 impl Sym {
-    fn display(&self) -> &str {
-        self.demangled.as_deref().unwrap_or(&self.raw)
+    fn display<'a>(&self, names: &'a str) -> &'a str {
+        self.demangled.unwrap_or(self.raw).of(names)
     }
 
     /// Preference among symbols sharing a name or an address: higher is better.
@@ -69,14 +81,14 @@ impl Sym {
 pub struct Symbols {
     path: String,
     load_offset: i64,
+    /// Every name (as in the file, and demangled), one after the other: a kernel has
+    /// ~150k symbols, and a string of its own for each, in the table and again as keys
+    /// of the name maps, was most of the time to build a table and to free it.
+    names: String,
     /// Sorted by address, then best first among equal addresses.
     by_addr: Vec<Sym>,
-    /// Raw name → index into `by_addr`.
-    raw: NameMap<usize>,
-    /// Demangled path → index.
-    demangled: NameMap<usize>,
-    /// Last path component → index, or `None` when ambiguous.
-    short: NameMap<Option<usize>>,
+    /// Names to symbols.
+    index: NameIndex,
     /// Address ranges of allocated sections (slid), for bounding `lookup_addr`.
     alloc_ranges: Vec<(u64, u64)>,
     build_id: Option<Vec<u8>>,
@@ -86,11 +98,182 @@ pub struct Symbols {
     entries_of: Option<String>,
 }
 
-/// The name indexes of a table sorted by address.
-struct Indexes {
-    raw: NameMap<usize>,
-    demangled: NameMap<usize>,
-    short: NameMap<Option<usize>>,
+/// Marks a last path component that several addresses have.
+const AMBIGUOUS: u32 = u32::MAX;
+
+/// The name maps of a table sorted by address: indexes into the table, hashed with
+/// foldhash (seeded per process: the names may be a hostile guest's).
+#[derive(Clone, Debug, Default)]
+struct NameIndex {
+    hasher: foldhash::fast::RandomState,
+    /// Raw name → index.
+    raw: HashTable<u32>,
+    /// Demangled path → index.
+    demangled: HashTable<u32>,
+    /// Last path component → index, or [`AMBIGUOUS`].
+    short: HashTable<(Span, u32)>,
+}
+
+/// A table being built: the names' string and the symbols, in any order.
+#[derive(Default)]
+struct Builder {
+    names: String,
+    table: Vec<Sym>,
+}
+
+impl Builder {
+    fn with_capacity(symbols: usize, name_bytes: usize) -> Builder {
+        Builder {
+            names: String::with_capacity(name_bytes),
+            table: Vec::with_capacity(symbols),
+        }
+    }
+
+    fn span(&mut self, name: &str) -> Option<Span> {
+        let start = u32::try_from(self.names.len()).ok()?;
+        let len = u32::try_from(name.len()).ok()?;
+        start.checked_add(len)?;
+        self.names.push_str(name);
+        Some(Span { start, len })
+    }
+
+    /// Adds a symbol; `false` when the names would pass 4 GiB (the symbol is dropped).
+    fn push(&mut self, name: &str, addr: u64, size: u64, global: bool, typed: bool) -> bool {
+        self.push_sym(name, addr, size, global, typed, false)
+    }
+
+    fn push_sym(
+        &mut self,
+        name: &str,
+        addr: u64,
+        size: u64,
+        global: bool,
+        typed: bool,
+        absolute: bool,
+    ) -> bool {
+        let Some(raw) = self.span(name) else {
+            return false;
+        };
+        let demangled = match demangle(name) {
+            Some(path) => match self.span(&path) {
+                Some(span) => Some(span),
+                None => return false,
+            },
+            None => None,
+        };
+        self.table.push(Sym {
+            raw,
+            demangled,
+            addr,
+            size,
+            global,
+            typed,
+            absolute,
+        });
+        true
+    }
+
+    /// Sorts the table by address (among equals, best first) and indexes its names.
+    fn finish(self) -> (String, Vec<Sym>, NameIndex) {
+        let Builder { names, mut table } = self;
+        // By address; among equals, best first (typed, sized, global), then by name for a
+        // stable order.
+        table.sort_by(|a, b| {
+            a.addr
+                .cmp(&b.addr)
+                .then_with(|| b.rank().cmp(&a.rank()))
+                .then_with(|| a.raw.of(&names).cmp(b.raw.of(&names)))
+        });
+        let index = NameIndex::new(&names, &table);
+        (names, table, index)
+    }
+}
+
+impl NameIndex {
+    fn new(names: &str, table: &[Sym]) -> NameIndex {
+        let hasher = foldhash::fast::RandomState::default();
+        let hash = |name: &str| hasher.hash_one(name);
+        let mut raw = HashTable::with_capacity(table.len());
+        let mut demangled = HashTable::new();
+        let mut short: HashTable<(Span, u32)> = HashTable::new();
+        let better = |new: usize, old: u32| table[new].global && !table[old as usize].global;
+        let raw_of = |i: u32| table[i as usize].raw.of(names);
+        let path_of = |i: u32| table[i as usize].demangled.map_or("", |d| d.of(names));
+        for (i, sym) in table.iter().enumerate() {
+            let name = sym.raw.of(names);
+            let h = hash(name);
+            match raw.find_mut(h, |&j| raw_of(j) == name) {
+                Some(old) => {
+                    if better(i, *old) {
+                        *old = i as u32;
+                    }
+                }
+                None => {
+                    raw.insert_unique(h, i as u32, |&j| hash(raw_of(j)));
+                }
+            }
+            let Some(span) = sym.demangled else {
+                continue;
+            };
+            let path = span.of(names);
+            let h = hash(path);
+            match demangled.find_mut(h, |&j| path_of(j) == path) {
+                Some(old) => {
+                    if better(i, *old) {
+                        *old = i as u32;
+                    }
+                }
+                None => {
+                    demangled.insert_unique(h, i as u32, |&j| hash(path_of(j)));
+                }
+            }
+            let last = last_component(path);
+            if last.is_empty() || last.len() == path.len() {
+                continue;
+            }
+            let last_span = Span {
+                start: span.start + (path.len() - last.len()) as u32,
+                len: last.len() as u32,
+            };
+            let h = hash(last);
+            match short.find_mut(h, |(s, _)| s.of(names) == last) {
+                Some((_, slot)) => {
+                    if *slot != AMBIGUOUS && table[*slot as usize].addr != sym.addr {
+                        *slot = AMBIGUOUS;
+                    }
+                }
+                None => {
+                    short.insert_unique(h, (last_span, i as u32), |(s, _)| hash(s.of(names)));
+                }
+            }
+        }
+        NameIndex {
+            hasher,
+            raw,
+            demangled,
+            short,
+        }
+    }
+
+    /// The index of `name` in `table` (see the module documentation for the names
+    /// accepted).
+    fn find(&self, names: &str, table: &[Sym], name: &str) -> Option<usize> {
+        let h = self.hasher.hash_one(name);
+        if let Some(&i) = self
+            .raw
+            .find(h, |&j| table[j as usize].raw.of(names) == name)
+        {
+            return Some(i as usize);
+        }
+        let path_of = |j: u32| table[j as usize].demangled.map_or("", |d| d.of(names));
+        if let Some(&i) = self.demangled.find(h, |&j| path_of(j) == name) {
+            return Some(i as usize);
+        }
+        match self.short.find(h, |(s, _)| s.of(names) == name) {
+            Some(&(_, i)) if i != AMBIGUOUS => Some(i as usize),
+            _ => None,
+        }
+    }
 }
 
 /// Parses an ELF image with goblin, turning a panic inside goblin (it has had some on
@@ -179,70 +362,6 @@ pub(crate) fn last_component(path: &str) -> &str {
     &path[start..]
 }
 
-/// Sorts `table` by address (among equals, best first) and indexes its names.
-fn index(table: &mut [Sym]) -> Indexes {
-    // By address; among equals, best first (typed, sized, global), then by name for a
-    // stable order.
-    table.sort_by(|a, b| {
-        a.addr
-            .cmp(&b.addr)
-            .then_with(|| b.rank().cmp(&a.rank()))
-            .then_with(|| a.raw.cmp(&b.raw))
-    });
-
-    let mut raw: NameMap<usize> =
-        NameMap::with_capacity_and_hasher(table.len(), Default::default());
-    let mut demangled: NameMap<usize> = NameMap::default();
-    let mut short: NameMap<Option<usize>> = NameMap::default();
-    let better = |table: &[Sym], new: usize, old: usize| table[new].global && !table[old].global;
-    for i in 0..table.len() {
-        match raw.get_mut(&*table[i].raw) {
-            Some(old) => {
-                if better(table, i, *old) {
-                    *old = i;
-                }
-            }
-            None => {
-                raw.insert(table[i].raw.clone(), i);
-            }
-        }
-        let Some(path) = table[i].demangled.clone() else {
-            continue;
-        };
-        match demangled.get_mut(&*path) {
-            Some(old) => {
-                if better(table, i, *old) {
-                    *old = i;
-                }
-            }
-            None => {
-                demangled.insert(path.clone(), i);
-            }
-        }
-        let last = last_component(&path);
-        if last.is_empty() || last.len() == path.len() {
-            continue;
-        }
-        match short.get_mut(last) {
-            Some(slot) => {
-                if let Some(old) = *slot {
-                    if table[old].addr != table[i].addr {
-                        *slot = None;
-                    }
-                }
-            }
-            None => {
-                short.insert(last.into(), Some(i));
-            }
-        }
-    }
-    Indexes {
-        raw,
-        demangled,
-        short,
-    }
-}
-
 impl Symbols {
     /// Reads the symbol table of an ELF image; `load_offset` is added to every address.
     pub fn from_elf(bytes: &[u8], path: &str, load_offset: i64) -> Result<Symbols> {
@@ -273,7 +392,7 @@ impl Symbols {
             )));
         }
         let slide = load_offset as u64;
-        let mut table = Vec::with_capacity(syms.len());
+        let mut table = Builder::with_capacity(syms.len(), strtab.len());
         for s in syms.iter() {
             let kind = s.st_type();
             if s.st_shndx == SHN_UNDEF as usize || kind == STT_FILE || kind == STT_SECTION {
@@ -285,26 +404,20 @@ impl Symbols {
             if name.is_empty() {
                 continue;
             }
-            let addr = if s.st_shndx == SHN_ABS as usize {
+            let absolute = s.st_shndx == SHN_ABS as usize;
+            let addr = if absolute {
                 s.st_value
             } else {
                 s.st_value.wrapping_add(slide)
             };
             let bind = s.st_bind();
-            table.push(Sym {
-                raw: name.into(),
-                demangled: demangle(name).map(Into::into),
-                addr,
-                size: s.st_size,
-                global: bind == STB_GLOBAL || bind == STB_WEAK,
-                typed: kind == STT_FUNC || kind == STT_OBJECT,
-            });
+            let global = bind == STB_GLOBAL || bind == STB_WEAK;
+            let typed = kind == STT_FUNC || kind == STT_OBJECT;
+            if !table.push_sym(name, addr, s.st_size, global, typed, absolute) {
+                return Err(bad("symbol names longer than 4 GiB in all".into()));
+            }
         }
-        let Indexes {
-            raw,
-            demangled,
-            short,
-        } = index(&mut table);
+        let (names, by_addr, index) = table.finish();
 
         let alloc_ranges = elf
             .section_headers
@@ -319,10 +432,9 @@ impl Symbols {
         Ok(Symbols {
             path: path.to_string(),
             load_offset,
-            by_addr: table,
-            raw,
-            demangled,
-            short,
+            names,
+            by_addr,
+            index,
             alloc_ranges,
             build_id: elf_build_id(elf, bytes),
             from_dynsym,
@@ -349,47 +461,71 @@ impl Symbols {
             description,
             entries
                 .into_iter()
-                .map(|(name, addr, size)| (Arc::from(name), addr, size, true)),
+                .map(|(name, addr, size)| (name, addr, size, true)),
             load_offset,
         )
     }
 
     /// [`from_entries`](Self::from_entries) with a binding for each entry: `(name,
     /// address, size, global)`. Among symbols sharing a name, a global one is found first.
-    pub fn from_bound_entries(
+    /// Entries with empty names are skipped, as are those past 4 GiB of names in all.
+    pub fn from_bound_entries<S: AsRef<str>>(
         description: &str,
-        entries: impl IntoIterator<Item = (Arc<str>, u64, u64, bool)>,
+        entries: impl IntoIterator<Item = (S, u64, u64, bool)>,
         load_offset: i64,
     ) -> Symbols {
         let slide = load_offset as u64;
-        let mut table: Vec<Sym> = entries
-            .into_iter()
-            .filter(|(name, ..)| !name.is_empty())
-            .map(|(name, addr, size, global)| Sym {
-                demangled: demangle(&name).map(Into::into),
-                raw: name,
-                addr: addr.wrapping_add(slide),
-                size,
-                global,
-                typed: true,
-            })
-            .collect();
-        let Indexes {
-            raw,
-            demangled,
-            short,
-        } = index(&mut table);
+        let entries = entries.into_iter();
+        let mut table = Builder::with_capacity(entries.size_hint().0, 0);
+        for (name, addr, size, global) in entries {
+            let name = name.as_ref();
+            if !name.is_empty() {
+                table.push(name, addr.wrapping_add(slide), size, global, true);
+            }
+        }
+        let (names, by_addr, index) = table.finish();
         Symbols {
             path: String::new(),
             load_offset,
-            by_addr: table,
-            raw,
-            demangled,
-            short,
+            names,
+            by_addr,
+            index,
             alloc_ranges: Vec::new(),
             build_id: None,
             from_dynsym: false,
             entries_of: Some(description.to_string()),
+        }
+    }
+
+    /// The same table with another load offset: every address but the absolute ones
+    /// moves by the difference (cheaper than reading the ELF file again).
+    pub fn with_load_offset(&self, load_offset: i64) -> Symbols {
+        let delta = load_offset.wrapping_sub(self.load_offset) as u64;
+        let mut table = self.by_addr.clone();
+        for s in &mut table {
+            if !s.absolute {
+                s.addr = s.addr.wrapping_add(delta);
+            }
+        }
+        let (names, by_addr, index) = Builder {
+            names: self.names.clone(),
+            table,
+        }
+        .finish();
+        Symbols {
+            path: self.path.clone(),
+            load_offset,
+            names,
+            by_addr,
+            index,
+            alloc_ranges: self
+                .alloc_ranges
+                .iter()
+                .map(|&(lo, hi)| (lo.wrapping_add(delta), hi.wrapping_add(delta)))
+                .collect(),
+            build_id: self.build_id.clone(),
+            from_dynsym: self.from_dynsym,
+            entries_of: self.entries_of.clone(),
         }
     }
 
@@ -405,13 +541,7 @@ impl Symbols {
     }
 
     fn index_of(&self, name: &str) -> Option<usize> {
-        if let Some(&i) = self.raw.get(name) {
-            return Some(i);
-        }
-        if let Some(&i) = self.demangled.get(name) {
-            return Some(i);
-        }
-        self.short.get(name).copied().flatten()
+        self.index.find(&self.names, &self.by_addr, name)
     }
 
     /// The symbol containing (or nearest below) `addr`, with the offset into it. The name
@@ -442,7 +572,7 @@ impl Symbols {
             None if self.entries_of.is_some() && addr != at => return None,
             None => &group[0],
         };
-        Some((sym.display(), addr - sym.addr))
+        Some((sym.display(&self.names), addr - sym.addr))
     }
 
     /// The lowest symbol address above `addr`: where the symbol at `addr` ends when
@@ -474,7 +604,9 @@ impl Symbols {
 
     /// All symbols, by address: (name as in the file, address, size).
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64, u64)> {
-        self.by_addr.iter().map(|s| (&*s.raw, s.addr, s.size))
+        self.by_addr
+            .iter()
+            .map(|s| (s.raw.of(&self.names), s.addr, s.size))
     }
 
     /// What this table is, for error messages.
@@ -543,6 +675,24 @@ mod tests {
             .unwrap();
         assert_eq!(s.get(raw.0), Some(tasks));
         assert!(s.describe().contains("symtab"));
+    }
+
+    /// A table moved to another load offset is the one read at that offset.
+    #[test]
+    fn moving_a_table_is_reading_it_at_the_new_offset() {
+        for (from, to) in [(0, 0x20_0000), (0x1000, -0x3000), (0x4000, 0x4000)] {
+            let moved = kernel(from).with_load_offset(to);
+            let read = kernel(to);
+            assert_eq!(moved.load_offset(), to);
+            assert!(moved.iter().eq(read.iter()), "{from:#x} -> {to:#x}");
+            assert_eq!(moved.describe(), read.describe());
+            for (name, addr, _) in read.iter() {
+                assert_eq!(moved.get(name), read.get(name), "{name}");
+                assert_eq!(moved.lookup_addr(addr + 1), read.lookup_addr(addr + 1));
+            }
+            assert_eq!(moved.get("TASKS"), read.get("TASKS"));
+            assert_eq!(moved.build_id(), read.build_id());
+        }
     }
 
     #[test]
@@ -619,9 +769,9 @@ mod tests {
         let s = Symbols::from_bound_entries(
             "t",
             [
-                ("dup".into(), 0x10, 1, false),
-                ("dup".into(), 0x20, 1, true),
-                ("dup".into(), 0x30, 1, false),
+                ("dup", 0x10, 1, false),
+                ("dup", 0x20, 1, true),
+                ("dup", 0x30, 1, false),
             ],
             0,
         );

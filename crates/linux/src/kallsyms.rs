@@ -82,8 +82,9 @@ pub struct Kallsyms {
     names: String,
     /// By address (stable: the table's order among equal addresses).
     entries: Vec<Entry>,
-    /// Names by hash.
-    index: NameIndex,
+    /// Names by hash, made at the first lookup by name (a table that becomes
+    /// [`Symbols`] at once is indexed there).
+    index: std::sync::OnceLock<NameIndex>,
 }
 
 impl std::fmt::Debug for Kallsyms {
@@ -545,7 +546,7 @@ impl Kallsyms {
                 entries[i].size = entries[i + 1].size;
             }
         }
-        let index = NameIndex::new(&names, &entries);
+        let index = std::sync::OnceLock::new();
         Ok(Kallsyms {
             names,
             entries,
@@ -561,7 +562,10 @@ impl Kallsyms {
     /// else the first (lowest address).
     fn find(&self, name: &str) -> Option<&Entry> {
         let mut best: Option<&Entry> = None;
-        for i in self.index.candidates(name) {
+        let index = self
+            .index
+            .get_or_init(|| NameIndex::new(&self.names, &self.entries));
+        for i in index.candidates(name) {
             let e = &self.entries[i];
             if self.name_of(e) != name {
                 continue;
@@ -620,14 +624,10 @@ impl Kallsyms {
     /// The table as [`Symbols`] ("kallsyms in guest memory (N symbols)"), sizes up to the
     /// next symbol, upper-case types global.
     pub fn into_symbols(self) -> Symbols {
-        let entries = self.entries.iter().map(|e| {
-            (
-                std::sync::Arc::from(self.name_of(e)),
-                e.addr,
-                e.size,
-                e.kind.is_ascii_uppercase(),
-            )
-        });
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| (self.name_of(e), e.addr, e.size, e.kind.is_ascii_uppercase()));
         Symbols::from_bound_entries("kallsyms in guest memory", entries, 0)
     }
 }

@@ -274,36 +274,40 @@ impl OrcTable {
         if n == 0 || n > MAX_ENTRIES {
             return Err(bad(format!("{n} entries (at most {MAX_ENTRIES} accepted)")));
         }
-        let copy = |start: u64, len: u64| -> Result<Vec<u8>> {
-            let mut out = vec![0u8; len as usize];
-            let mut done = 0u64;
-            while done < len {
-                let step = CHUNK.min(len - done);
+        // Read in chunks straight into the tables kept: a kernel has a few hundred
+        // thousand entries, and every copy of them cost more than the reads.
+        let copy = |start: u64, out: &mut [u8]| -> Result<()> {
+            let mut done = 0usize;
+            while done < out.len() {
+                let step = (CHUNK as usize).min(out.len() - done);
                 let va = start
-                    .checked_add(done)
+                    .checked_add(done as u64)
                     .ok_or_else(|| bad(format!("table at {start:#x} overflows")))?;
-                read(va, &mut out[done as usize..(done + step) as usize])?;
+                read(va, &mut out[done..done + step])?;
                 done += step;
             }
-            Ok(out)
+            Ok(())
         };
-        let raw_ips = copy(at.ip.start, ip_bytes)?;
-        let raw_entries = copy(at.entries.start, entry_bytes)?;
-        let mut pairs: Vec<(u64, [u8; 6])> = raw_ips
-            .chunks_exact(4)
-            .zip(raw_entries.chunks_exact(6))
+        let n = n as usize;
+        let mut rel = vec![[0u8; 4]; n];
+        copy(at.ip.start, rel.as_flattened_mut())?;
+        let mut entries = vec![[0u8; 6]; n];
+        copy(at.entries.start, entries.as_flattened_mut())?;
+        // Each IP is relative to its own slot in `.orc_unwind_ip`.
+        let mut ips: Vec<u64> = rel
+            .iter()
             .enumerate()
-            .map(|(i, (ip, e))| {
-                let rel = i64::from(i32::from_le_bytes([ip[0], ip[1], ip[2], ip[3]]));
+            .map(|(i, r)| {
                 let slot = at.ip.start.wrapping_add(4 * i as u64);
-                let e: [u8; 6] = [e[0], e[1], e[2], e[3], e[4], e[5]];
-                (slot.wrapping_add_signed(rel), e)
+                slot.wrapping_add_signed(i64::from(i32::from_le_bytes(*r)))
             })
             .collect();
-        if !pairs.windows(2).all(|w| w[0].0 <= w[1].0) {
+        drop(rel);
+        if !ips.windows(2).all(|w| w[0] <= w[1]) {
+            let mut pairs: Vec<(u64, [u8; 6])> = ips.into_iter().zip(entries).collect();
             pairs.sort_by_key(|p| p.0);
+            (ips, entries) = pairs.into_iter().unzip();
         }
-        let (ips, entries) = pairs.into_iter().unzip();
         Ok(OrcTable {
             version,
             ips,

@@ -567,8 +567,12 @@ fn jailed(s: &UnixStream, mut job: Job) -> Result<Report, String> {
     let core = core_file
         .zip(core_path.as_deref())
         .map(|(file, path)| CoreOutput::Opened { file, path });
-    let mut report =
-        diagnose_ram(&ram, &subject, &options, timeline, core).map_err(|e| e.to_string())?;
+    let report = diagnose_ram(&ram, &subject, &options, timeline, core);
+    // The worker exits after this one diagnosis: the debug info's tables (a vmlinux's
+    // symbols, type index and line tables, hundreds of thousands of allocations) go back
+    // with the process, faster than freed one by one.
+    std::mem::forget(options);
+    let mut report = report.map_err(|e| e.to_string())?;
     report.tool.sandbox = Some(sandbox);
     Ok(report)
 }

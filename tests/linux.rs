@@ -735,7 +735,7 @@ fn the_text_report_shows_the_crashed_tasks_trace_first() {
 /// the same answers as 6.1 gives, from the dump alone.
 #[test]
 fn linux_6_12_with_five_level_paging_panicking_on_cpu_1() {
-    let Some(fx) = ambulance_testkit::other_linux_fixture("6.12", "cloud-amd64") else {
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.12", "cloud-amd64", false) else {
         return;
     };
     let d = panicked_dump_of(
@@ -854,7 +854,7 @@ fn check_other_kernel(d: &Dump, series: &str, kind: &str) -> Value {
 /// cloud kernel's), panicked by sysrq, from its dump alone.
 #[test]
 fn linux_6_1_generic() {
-    let Some(fx) = ambulance_testkit::other_linux_fixture("6.1", "amd64") else {
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.1", "amd64", false) else {
         return;
     };
     let d = panicked_dump_of(&fx, &Boot::default());
@@ -865,7 +865,7 @@ fn linux_6_1_generic() {
 /// init!", from its dump alone.
 #[test]
 fn linux_6_1_rt_with_four_cpus_where_init_exits() {
-    let Some(fx) = ambulance_testkit::other_linux_fixture("6.1", "rt-amd64") else {
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.1", "rt-amd64", false) else {
         return;
     };
     let d = panicked_dump_of(
@@ -889,7 +889,7 @@ fn linux_6_1_rt_with_four_cpus_where_init_exits() {
 /// Debian's generic 6.12 kernel (bookworm-backports), from its dump alone.
 #[test]
 fn linux_6_12_generic() {
-    let Some(fx) = ambulance_testkit::other_linux_fixture("6.12", "amd64") else {
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.12", "amd64", false) else {
         return;
     };
     let d = panicked_dump_of(&fx, &Boot::default());

@@ -63,29 +63,8 @@ fn offline_from_guest_memory_alone() {
 fn offline_with_the_debug_info_package() {
     let d = dump();
     let vmlinux = fixture(true).join("vmlinux");
-    let with = diagnose_core(&d.core, &["--debuginfo", vmlinux.to_str().unwrap()]);
+    let with = check_with_debug_info(d, &vmlinux, &diagnose_core(&d.core, &[]));
     check_against_console(&with, &d.console);
-    let sources = &with["kernel"]["sources"];
-    assert_eq!(sources["symbols"][0], "dwarf");
-    assert_eq!(sources["types"][0], "dwarf");
-    // The same answers as without it; the stacks only gain source lines and the
-    // functions inlined into their frames.
-    let without = diagnose_core(&d.core, &[]);
-    for key in ["release", "panic_message", "panic_cpu", "dmesg"] {
-        assert_eq!(with["kernel"][key], without["kernel"][key], "kernel.{key}");
-    }
-    let mut tasks = with["kernel"]["tasks"].clone();
-    for t in tasks.as_array_mut().unwrap() {
-        let frames = t["stack"]["frames"].as_array_mut().unwrap();
-        frames.retain(|f| f["inlined"] != true);
-        for f in frames {
-            let f = f.as_object_mut().unwrap();
-            for key in ["function", "file", "line", "column"] {
-                f.remove(key);
-            }
-        }
-    }
-    assert_eq!(tasks, without["kernel"]["tasks"]);
     // Found by the build ID VMCOREINFO gives, in a debuginfod-style directory.
     let build_id = with["kernel"]["build_id"].as_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -99,6 +78,52 @@ fn offline_with_the_debug_info_package() {
     let found = diagnose_core(&d.core, &["--debuginfo-dir", dir.path().to_str().unwrap()]);
     assert_eq!(found["kernel"]["sources"], with["kernel"]["sources"]);
     assert_eq!(found["kernel"]["tasks"], with["kernel"]["tasks"]);
+}
+
+/// `d` diagnosed with `vmlinux` (its kernel's `-dbg` vmlinux) against `without`, `d`'s
+/// report from the dump alone: symbols and types from the vmlinux (its ELF symbols and
+/// DWARF), nothing missing, and the same answers — the release, the failure, the crash
+/// (kind, CPU, task, message), the log, every task — the stacks only gaining source lines
+/// and the functions inlined into their frames. The report with it.
+fn check_with_debug_info(d: &Dump, vmlinux: &Path, without: &Value) -> Value {
+    let with = diagnose_core(&d.core, &["--debuginfo", vmlinux.to_str().unwrap()]);
+    let sources = &with["kernel"]["sources"];
+    assert_eq!(sources["symbols"][0], "dwarf", "{sources}");
+    assert_eq!(sources["types"][0], "dwarf", "{sources}");
+    assert_eq!(sources["missing"], serde_json::json!([]), "{sources}");
+    // The failure is the same but for when it was diagnosed.
+    let failure = |r: &Value| {
+        let mut f = r["failure"].clone();
+        f.as_object_mut().unwrap().remove("time");
+        f
+    };
+    assert_eq!(failure(&with), failure(without));
+    for key in ["release", "panic_message", "panic_cpu", "dmesg", "crash"] {
+        assert_eq!(with["kernel"][key], without["kernel"][key], "kernel.{key}");
+    }
+    // Without the inlined frames and the debug info's names and lines, the same stacks.
+    let plain = |stacks: &Value| {
+        let mut stacks = stacks.clone();
+        for x in stacks.as_array_mut().unwrap() {
+            let frames = x["stack"]["frames"].as_array_mut().unwrap();
+            frames.retain(|f| f["inlined"] != true);
+            for f in frames {
+                let f = f.as_object_mut().unwrap();
+                for key in ["function", "file", "line", "column"] {
+                    f.remove(key);
+                }
+            }
+        }
+        stacks
+    };
+    for key in ["tasks", "cpus"] {
+        assert_eq!(
+            plain(&with["kernel"][key]),
+            without["kernel"][key],
+            "kernel.{key}"
+        );
+    }
+    with
 }
 
 #[test]
@@ -378,7 +403,7 @@ fn the_failure_is_the_kernels_own_with_its_cpu_task_and_vcpu() {
 
 #[test]
 fn the_panicking_tasks_trace_matches_the_kernels_call_trace() {
-    check_traces(dump(), true);
+    check_traces(dump(), Some(&fixture(true).join("vmlinux")));
 }
 
 /// A guest whose init is kept off CPU 0 (`isolcpus=0`) panics on CPU 1: the failure,
@@ -401,16 +426,18 @@ fn a_panic_on_another_cpu_is_that_cpus() {
     // QEMU numbers vCPUs as Linux numbers CPUs here; the match is by per-CPU base.
     assert_eq!(report["kernel"]["crash"]["vcpu"], 1);
     assert_eq!(report["failure"]["vcpu"], 1);
-    check_traces(&d, false);
+    check_traces(&d, None);
 }
 
 /// The panicking CPU's trace against the kernel's own `Call Trace`, and every other
-/// stack complete — from the dump alone and (with `dbg`) with the -dbg vmlinux.
-fn check_traces(d: &Dump, dbg: bool) {
-    let vmlinux = fixture(dbg).join("vmlinux");
-    let with_dbg = ["--debuginfo", vmlinux.to_str().unwrap()];
-    let runs: &[&[&str]] = if dbg { &[&[], &with_dbg] } else { &[&[]] };
-    for extra in runs {
+/// stack complete — from the dump alone and (given `vmlinux`, the dumped kernel's -dbg
+/// vmlinux) with it.
+fn check_traces(d: &Dump, vmlinux: Option<&Path>) {
+    let mut runs = vec![vec![]];
+    if let Some(v) = vmlinux {
+        runs.push(vec!["--debuginfo", v.to_str().unwrap()]);
+    }
+    for extra in &runs {
         let report = diagnose_core(&d.core, extra);
         let k = &report["kernel"];
         let ((cpu, pid, _), kernel_trace) = console_panic_context(&d.console);
@@ -617,13 +644,18 @@ fn same_trace(what: &str, stack: &Value, theirs: &Value) -> usize {
 /// drgn's: functions, inlined frames, files and lines.
 #[test]
 fn traces_match_drgns_with_the_debug_info() {
+    traces_match_drgns(dump(), &fixture(true).join("vmlinux"));
+}
+
+/// `d` diagnosed with `vmlinux`, its kernel's -dbg vmlinux, against drgn reading the
+/// same: the crashed thread's trace and every sleeping task's are drgn's (see
+/// [`same_trace`]). Skipped (loudly) where drgn cannot be had.
+fn traces_match_drgns(d: &Dump, vmlinux: &Path) {
     let Some(python) = linux_guest::drgn_python() else {
         return;
     };
-    let d = dump();
-    let vmlinux = fixture(true).join("vmlinux");
     let report = diagnose_core(&d.core, &["--debuginfo", vmlinux.to_str().unwrap()]);
-    let theirs = drgn_traces(&python, &d.core, &vmlinux);
+    let theirs = drgn_traces(&python, &d.core, vmlinux);
     let k = &report["kernel"];
     let cpu = &k["crash"]["cpu"];
     let on_cpu = k["cpus"]
@@ -732,10 +764,10 @@ fn the_text_report_shows_the_crashed_tasks_trace_first() {
 
 /// Linux 6.12 — its `CPU: N UID: U PID: …` line, `pcpu_hot`, ORC's third format,
 /// `module.mem[]` — under 5-level paging (QEMU's `-cpu max` has LA57), panicking on CPU 1:
-/// the same answers as 6.1 gives, from the dump alone.
+/// the same answers as 6.1 gives, from the dump alone and with its -dbg vmlinux.
 #[test]
 fn linux_6_12_with_five_level_paging_panicking_on_cpu_1() {
-    let Some(fx) = ambulance_testkit::other_linux_fixture("6.12", "cloud-amd64") else {
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.12", "cloud-amd64", false) else {
         return;
     };
     let d = panicked_dump_of(
@@ -803,7 +835,23 @@ fn linux_6_12_with_five_level_paging_panicking_on_cpu_1() {
             .contains("not supported on this kernel"),
         "{vmap:#?}"
     );
-    check_traces(&d, false);
+    with_its_debug_info(&d, "6.12", "cloud-amd64", &report);
+}
+
+/// `d`, a dump of Debian's `series` `flavour` kernel, diagnosed again with that kernel's
+/// -dbg vmlinux (fetched once per machine, `build-other-kernel.sh --dbg`; a loud skip
+/// where apt has none): the same answers as `without`, the report from the dump alone
+/// (see [`check_with_debug_info`]); the crashed thread's trace the kernel's own, every
+/// stack complete, source lines on the frames (see [`check_traces`]); and the traces
+/// drgn's (see [`traces_match_drgns`]).
+fn with_its_debug_info(d: &Dump, series: &str, flavour: &str, without: &Value) {
+    let Some(fx) = ambulance_testkit::other_linux_fixture(series, flavour, true) else {
+        return;
+    };
+    let vmlinux = fx.join("vmlinux");
+    check_with_debug_info(d, &vmlinux, without);
+    check_traces(d, Some(&vmlinux));
+    traces_match_drgns(d, &vmlinux);
 }
 
 /// Another Debian kernel's dump, diagnosed from the dump alone: its release, nothing
@@ -851,21 +899,22 @@ fn check_other_kernel(d: &Dump, series: &str, kind: &str) -> Value {
 }
 
 /// Debian's generic 6.1 kernel (`linux-image-amd64`: another configuration than the
-/// cloud kernel's), panicked by sysrq, from its dump alone.
+/// cloud kernel's), panicked by sysrq, from its dump alone and with its -dbg vmlinux.
 #[test]
 fn linux_6_1_generic() {
-    let Some(fx) = ambulance_testkit::other_linux_fixture("6.1", "amd64") else {
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.1", "amd64", false) else {
         return;
     };
     let d = panicked_dump_of(&fx, &Boot::default());
-    check_other_kernel(&d, "6.1", "panic");
+    let report = check_other_kernel(&d, "6.1", "panic");
+    with_its_debug_info(&d, "6.1", "amd64", &report);
 }
 
 /// Debian's PREEMPT_RT 6.1 kernel with four CPUs, where PID 1 exits: "Attempted to kill
-/// init!", from its dump alone.
+/// init!", from its dump alone and with its -dbg vmlinux.
 #[test]
 fn linux_6_1_rt_with_four_cpus_where_init_exits() {
-    let Some(fx) = ambulance_testkit::other_linux_fixture("6.1", "rt-amd64") else {
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.1", "rt-amd64", false) else {
         return;
     };
     let d = panicked_dump_of(
@@ -884,14 +933,17 @@ fn linux_6_1_rt_with_four_cpus_where_init_exits() {
         .as_str()
         .unwrap()
         .starts_with("Attempted to kill init! exitcode=0x00000000"));
+    with_its_debug_info(&d, "6.1", "rt-amd64", &report);
 }
 
-/// Debian's generic 6.12 kernel (bookworm-backports), from its dump alone.
+/// Debian's generic 6.12 kernel (bookworm-backports), from its dump alone and with its
+/// -dbg vmlinux.
 #[test]
 fn linux_6_12_generic() {
-    let Some(fx) = ambulance_testkit::other_linux_fixture("6.12", "amd64") else {
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.12", "amd64", false) else {
         return;
     };
     let d = panicked_dump_of(&fx, &Boot::default());
-    check_other_kernel(&d, "6.12", "panic");
+    let report = check_other_kernel(&d, "6.12", "panic");
+    with_its_debug_info(&d, "6.12", "amd64", &report);
 }

@@ -79,7 +79,7 @@ fn check(a: &Attached, cause: &str, data: Value) {
 /// says WATCHDOG. Debian's generic kernel (the cloud kernel has no i6300esb driver).
 #[test]
 fn a_hung_guest_is_caught_by_its_virtual_watchdog() {
-    let Some(fx) = ambulance_testkit::other_linux_fixture("6.1", "amd64") else {
+    let Some(fx) = ambulance_testkit::other_linux_fixture("6.1", "amd64", false) else {
         return;
     };
     let a = fail(

@@ -67,29 +67,36 @@ pub fn linux_fixture(dbg: bool) -> PathBuf {
 
 /// The fixture for another Debian kernel than [`linux_fixture`]'s — `series` (`6.1`,
 /// `6.12`) and `flavour` (`cloud-amd64`, `amd64`, `rt-amd64`) — built once per machine
-/// by `fixtures/linux/build-other-kernel.sh` (the same init, that kernel's modules); or
-/// `None` after a loud skip (see [`available`]) when apt knows no such kernel. Panics
-/// with the script's output when it fails otherwise.
-pub fn other_linux_fixture(series: &str, flavour: &str) -> Option<PathBuf> {
+/// by `fixtures/linux/build-other-kernel.sh` (the same init, that kernel's modules; with
+/// `dbg` also `vmlinux`, from the kernel's `-dbg` package); or `None` after a loud skip
+/// (see [`available`]) when apt knows no such kernel (or, with `dbg`, no such `-dbg`
+/// package). The directory is the same with and without `dbg`: a dump of a guest booted
+/// from it is diagnosed both ways. Panics with the script's output when it fails
+/// otherwise.
+pub fn other_linux_fixture(series: &str, flavour: &str, dbg: bool) -> Option<PathBuf> {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../fixtures/linux/build-other-kernel.sh"
     );
-    let out = Command::new("bash")
-        .args([script, series, flavour])
-        .output()
-        .expect("bash runs");
+    let mut cmd = Command::new("bash");
+    cmd.arg(script);
+    if dbg {
+        cmd.arg("--dbg");
+    }
+    let out = cmd.args([series, flavour]).output().expect("bash runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let what = if dbg { " -dbg" } else { "" };
     if out.status.code() == Some(2) {
         available(
-            &format!("Debian {series} {flavour} kernel ({})", stderr.trim()),
+            &format!("Debian {series} {flavour}{what} kernel ({})", stderr.trim()),
             false,
         );
         return None;
     }
     assert!(
         out.status.success(),
-        "fixtures/linux/build-other-kernel.sh {series} {flavour} failed:\n{stderr}"
+        "fixtures/linux/build-other-kernel.sh{} {series} {flavour} failed:\n{stderr}",
+        if dbg { " --dbg" } else { "" }
     );
     let dir = String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -220,6 +220,22 @@ impl DwarfTypes {
                             component = Some(name);
                         }
                     }
+                    // A C aggregate's children are its members or enumerators: skip them
+                    // when the producer says where they end (most of a kernel's DIEs).
+                    if u.c
+                        && abbrev.has_children()
+                        && matches!(cat, CAT_STRUCT | CAT_UNION | CAT_ENUM)
+                    {
+                        if let Some(AttributeValue::UnitRef(sib)) =
+                            find_attr(&attrs, constants::DW_AT_sibling)
+                        {
+                            if sib.0 > uoff.0 {
+                                raw = unit.entries_raw(Some(sib)).map_err(|e| gerr(sib.0, e))?;
+                                base = depth;
+                                continue;
+                            }
+                        }
+                    }
                 }
             }
             if abbrev.has_children() {

@@ -19,6 +19,10 @@ pub(super) struct UnitCtx {
     /// `.debug_info` offset of the unit header.
     pub(super) start: u64,
     pub(super) rust: bool,
+    /// A C unit (`DW_LANG_C*`): its structures, unions and enumerations hold no named
+    /// types (C scopes nested definitions to the file, and GCC and Clang put them at the
+    /// unit's level).
+    pub(super) c: bool,
 }
 
 /// The unit headers read so far.
@@ -148,7 +152,7 @@ impl DwarfTypes {
             },
             header,
         };
-        let mut rust = false;
+        let (mut rust, mut c) = (false, false);
         {
             let mut cursor = unit.header.entries(&unit.abbreviations);
             let root = cursor
@@ -165,7 +169,15 @@ impl DwarfTypes {
                         AttributeValue::DebugAddrBase(b),
                     ) => unit.addr_base = b,
                     (constants::DW_AT_language, AttributeValue::Language(l)) => {
-                        rust = l == constants::DW_LANG_Rust
+                        rust = l == constants::DW_LANG_Rust;
+                        c = matches!(
+                            l,
+                            constants::DW_LANG_C
+                                | constants::DW_LANG_C89
+                                | constants::DW_LANG_C99
+                                | constants::DW_LANG_C11
+                                | constants::DW_LANG_C17
+                        );
                     }
                     _ => {}
                 }
@@ -175,6 +187,7 @@ impl DwarfTypes {
             unit,
             start: slot.start,
             rust,
+            c,
         })
     }
 

@@ -190,7 +190,7 @@ impl Builder {
 }
 
 impl NameIndex {
-    fn new(names: &str, table: &[Sym]) -> NameIndex {
+    fn new<'n>(names: &'n str, table: &[Sym]) -> NameIndex {
         let hasher = foldhash::fast::RandomState::default();
         let hash = |name: &str| hasher.hash_one(name);
         let mut raw = HashTable::with_capacity(table.len());
@@ -199,34 +199,29 @@ impl NameIndex {
         let better = |new: usize, old: u32| table[new].global && !table[old as usize].global;
         let raw_of = |i: u32| table[i as usize].raw.of(names);
         let path_of = |i: u32| table[i as usize].demangled.map_or("", |d| d.of(names));
-        for (i, sym) in table.iter().enumerate() {
-            let name = sym.raw.of(names);
-            let h = hash(name);
-            match raw.find_mut(h, |&j| raw_of(j) == name) {
-                Some(old) => {
-                    if better(i, *old) {
-                        *old = i as u32;
+        // Symbol `i` under `name` (as `name_of` names the symbols) in `map`, unless a
+        // better one has that name already.
+        let put =
+            |map: &mut HashTable<u32>, i: usize, name: &str, name_of: &dyn Fn(u32) -> &'n str| {
+                let h = hash(name);
+                match map.find_mut(h, |&j| name_of(j) == name) {
+                    Some(old) => {
+                        if better(i, *old) {
+                            *old = i as u32;
+                        }
+                    }
+                    None => {
+                        map.insert_unique(h, i as u32, |&j| hash(name_of(j)));
                     }
                 }
-                None => {
-                    raw.insert_unique(h, i as u32, |&j| hash(raw_of(j)));
-                }
-            }
+            };
+        for (i, sym) in table.iter().enumerate() {
+            put(&mut raw, i, sym.raw.of(names), &raw_of);
             let Some(span) = sym.demangled else {
                 continue;
             };
             let path = span.of(names);
-            let h = hash(path);
-            match demangled.find_mut(h, |&j| path_of(j) == path) {
-                Some(old) => {
-                    if better(i, *old) {
-                        *old = i as u32;
-                    }
-                }
-                None => {
-                    demangled.insert_unique(h, i as u32, |&j| hash(path_of(j)));
-                }
-            }
+            put(&mut demangled, i, path, &path_of);
             let last = last_component(path);
             if last.is_empty() || last.len() == path.len() {
                 continue;

@@ -174,16 +174,10 @@ impl DwarfTypes {
             match tag {
                 constants::DW_TAG_subprogram => {
                     // Skip the body when the producer says where it ends.
-                    if abbrev.has_children() {
-                        if let Some(AttributeValue::UnitRef(sib)) =
-                            find_attr(&attrs, constants::DW_AT_sibling)
-                        {
-                            if sib.0 > uoff.0 {
-                                raw = unit.entries_raw(Some(sib)).map_err(|e| gerr(sib.0, e))?;
-                                base = depth;
-                                continue;
-                            }
-                        }
+                    if let Some(sib) = later_sibling(abbrev, &attrs, uoff) {
+                        raw = unit.entries_raw(Some(sib)).map_err(|e| gerr(sib.0, e))?;
+                        base = depth;
+                        continue;
                     }
                 }
                 constants::DW_TAG_namespace => {
@@ -222,18 +216,11 @@ impl DwarfTypes {
                     }
                     // A C aggregate's children are its members or enumerators: skip them
                     // when the producer says where they end (most of a kernel's DIEs).
-                    if u.c
-                        && abbrev.has_children()
-                        && matches!(cat, CAT_STRUCT | CAT_UNION | CAT_ENUM)
-                    {
-                        if let Some(AttributeValue::UnitRef(sib)) =
-                            find_attr(&attrs, constants::DW_AT_sibling)
-                        {
-                            if sib.0 > uoff.0 {
-                                raw = unit.entries_raw(Some(sib)).map_err(|e| gerr(sib.0, e))?;
-                                base = depth;
-                                continue;
-                            }
+                    if u.c && matches!(cat, CAT_STRUCT | CAT_UNION | CAT_ENUM) {
+                        if let Some(sib) = later_sibling(abbrev, &attrs, uoff) {
+                            raw = unit.entries_raw(Some(sib)).map_err(|e| gerr(sib.0, e))?;
+                            base = depth;
+                            continue;
                         }
                     }
                 }
@@ -244,6 +231,20 @@ impl DwarfTypes {
                     component,
                     function: tag == constants::DW_TAG_subprogram,
                 });
+            }
+        }
+        /// Where an entry's children end, when it has some and says so (`DW_AT_sibling`,
+        /// forward only: a hostile backward one would loop).
+        fn later_sibling(
+            abbrev: &gimli::Abbreviation,
+            attrs: &[gimli::Attribute<R>],
+            at: gimli::UnitOffset,
+        ) -> Option<gimli::UnitOffset> {
+            match find_attr(attrs, constants::DW_AT_sibling) {
+                Some(AttributeValue::UnitRef(sib)) if abbrev.has_children() && sib.0 > at.0 => {
+                    Some(sib)
+                }
+                _ => None,
             }
         }
         fn scopes_path(scopes: &[Scope]) -> String {

@@ -84,9 +84,10 @@ pub fn roots(program: &Program, limits: WalkLimits, sources: &mut KernelSources)
         Ok(root) => roots.push(root),
         Err(e) => sources.missing.push(format!("module list: {e}")),
     }
-    // Linux 6.9 and later keep vmap areas per node, with no global list: nothing missing.
-    if let Ok(root) = vmap::vmap_list_root(program, limits.max_nodes) {
-        roots.push(root);
+    // The busy vmap areas: one global list, or (Linux 6.9 and later) one per node.
+    match vmap::vmap_list_roots(program, limits.max_nodes) {
+        Ok(lists) => roots.extend(lists),
+        Err(e) => sources.missing.push(format!("vmap area lists: {e}")),
     }
     roots
 }

@@ -55,7 +55,7 @@ impl KernelStructures {
         KernelStructures {
             name: "linux-vmap",
             applies_to: "Linux: the vmap-area red-black tree",
-            check: |ctx, budget| vec![vmap::check(ctx.program, budget)],
+            check: |ctx, budget| vmap::check(ctx.program, budget),
         }
     }
 }

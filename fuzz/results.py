@@ -62,6 +62,7 @@ def run_of(path):
         "machine": header(lines, "machine"),
         # campaign.sh's command line names the sanitizer when it is not the default.
         "sanitizer": (m.group(1) if (m := re.search(r" -s (\S+) ", header(lines, "command"))) else "address"),
+        "max_len": (f"{int(m.group(1)):,}" if (m := re.search(r"-max_len=(\d+)", header(lines, "command"))) else "–"),
         "execs": execs,
         "per_sec": per_sec[-1] if per_sec else None,
         "cov": int(last.group(3)) if last else None,
@@ -97,13 +98,13 @@ def table():
         "",
         "Every run:",
         "",
-        "| target | started (UTC) | commit | sanitizer | executions | exec/s | cov | ft | corpus | ended | log |",
-        "|---|---|---|---|---:|---:|---:|---:|---|---|---|",
+        "| target | started (UTC) | commit | sanitizer | max_len | executions | exec/s | cov | ft | corpus | ended | log |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for target, _ in TARGETS:
         for r in sorted((run_of(p) for p in (FUZZ / "logs" / target).glob("*.log")), key=lambda r: r["started"]):
             rows.append(
-                f"| `{target}` | {r['started']} | `{r['commit']}` | {r['sanitizer']} | {r['execs']:,} | {r['per_sec'] or '–'} | "
+                f"| `{target}` | {r['started']} | `{r['commit']}` | {r['sanitizer']} | {r['max_len']} | {r['execs']:,} | {r['per_sec'] or '–'} | "
                 f"{r['cov'] or '–'} | {r['ft'] or '–'} | {r['corp']} | {'crash' if r['crashed'] else 'DONE'} | "
                 f"[log]({pathlib.PurePosixPath(r['log']).relative_to('fuzz')}) |"
             )

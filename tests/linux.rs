@@ -86,7 +86,17 @@ fn offline_with_the_debug_info_package() {
 /// (kind, CPU, task, message), the log, every task — the stacks only gaining source lines
 /// and the functions inlined into their frames. The report with it.
 fn check_with_debug_info(d: &Dump, vmlinux: &Path, without: &Value) -> Value {
-    let with = diagnose_core(&d.core, &["--debuginfo", vmlinux.to_str().unwrap()]);
+    // A debug build under the suite's load can take longer than the default budget to
+    // read the source lines of 60-90 tasks' stacks (a release build takes a tenth of it).
+    let with = diagnose_core(
+        &d.core,
+        &[
+            "--debuginfo",
+            vmlinux.to_str().unwrap(),
+            "--load-budget-ms",
+            "60000",
+        ],
+    );
     let sources = &with["kernel"]["sources"];
     assert_eq!(sources["symbols"][0], "dwarf", "{sources}");
     assert_eq!(sources["types"][0], "dwarf", "{sources}");
@@ -435,7 +445,13 @@ fn a_panic_on_another_cpu_is_that_cpus() {
 fn check_traces(d: &Dump, vmlinux: Option<&Path>) {
     let mut runs = vec![vec![]];
     if let Some(v) = vmlinux {
-        runs.push(vec!["--debuginfo", v.to_str().unwrap()]);
+        // See check_with_debug_info for the budget.
+        runs.push(vec![
+            "--debuginfo",
+            v.to_str().unwrap(),
+            "--load-budget-ms",
+            "60000",
+        ]);
     }
     for extra in &runs {
         let report = diagnose_core(&d.core, extra);
@@ -654,7 +670,16 @@ fn traces_match_drgns(d: &Dump, vmlinux: &Path) {
     let Some(python) = linux_guest::drgn_python() else {
         return;
     };
-    let report = diagnose_core(&d.core, &["--debuginfo", vmlinux.to_str().unwrap()]);
+    // See check_with_debug_info for the budget.
+    let report = diagnose_core(
+        &d.core,
+        &[
+            "--debuginfo",
+            vmlinux.to_str().unwrap(),
+            "--load-budget-ms",
+            "60000",
+        ],
+    );
     let theirs = drgn_traces(&python, &d.core, vmlinux);
     let k = &report["kernel"];
     let cpu = &k["crash"]["cpu"];

@@ -42,6 +42,11 @@ pub struct DiagnoseArgs {
     /// Declarative validation rules (TOML).
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
+    /// Time budget, in milliseconds, of reading what the kernel keeps about itself and
+    /// of its dmesg, tasks and stacks (default 5000): past it the report says what was
+    /// not read. A slow machine or a huge dump may need more.
+    #[arg(long, value_name = "MS", conflicts_with = "guest")]
+    pub load_budget_ms: Option<u64>,
     /// With --guest: where the daemon is.
     #[command(flatten)]
     pub client: crate::client::ClientArgs,
@@ -97,6 +102,10 @@ pub fn run(args: DiagnoseArgs) -> Result<(), CliError> {
             .map(|d| (d, guest_build_id.as_deref())),
         args.rules.as_deref(),
     )?;
+    let mut options = options;
+    if let Some(ms) = args.load_budget_ms {
+        options.config.load_budget_ms = ms;
+    }
     let report = diagnose(Arc::new(core), &subject, &options, vec![map])
         .map_err(|e| CliError::Failed(format!("cannot diagnose {}: {e}", path.display())))?;
     match args.format {

@@ -14,7 +14,7 @@ use ambulance_introspect::memory::ElfCore;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use linux_guest::{
     ambulance, check_against_console, diagnose_core, findings, fixture, panicked_dump,
-    panicked_dump_of, Boot, Dump, Patched,
+    panicked_dump_of, walked, Boot, Dump, Patched,
 };
 use serde_json::Value;
 
@@ -80,23 +80,25 @@ fn offline_with_the_debug_info_package() {
     assert_eq!(found["kernel"]["tasks"], with["kernel"]["tasks"]);
 }
 
+/// `diagnose --core` arguments that read `vmlinux` too. A debug build under the suite's
+/// load can take longer than the default budget to read the source lines of 60-90
+/// tasks' stacks (a release build takes a tenth of it): the budget is raised.
+fn with_vmlinux(vmlinux: &Path) -> [&str; 4] {
+    [
+        "--debuginfo",
+        vmlinux.to_str().unwrap(),
+        "--load-budget-ms",
+        "60000",
+    ]
+}
+
 /// `d` diagnosed with `vmlinux` (its kernel's `-dbg` vmlinux) against `without`, `d`'s
 /// report from the dump alone: symbols and types from the vmlinux (its ELF symbols and
 /// DWARF), nothing missing, and the same answers — the release, the failure, the crash
 /// (kind, CPU, task, message), the log, every task — the stacks only gaining source lines
 /// and the functions inlined into their frames. The report with it.
 fn check_with_debug_info(d: &Dump, vmlinux: &Path, without: &Value) -> Value {
-    // A debug build under the suite's load can take longer than the default budget to
-    // read the source lines of 60-90 tasks' stacks (a release build takes a tenth of it).
-    let with = diagnose_core(
-        &d.core,
-        &[
-            "--debuginfo",
-            vmlinux.to_str().unwrap(),
-            "--load-budget-ms",
-            "60000",
-        ],
-    );
+    let with = diagnose_core(&d.core, &with_vmlinux(vmlinux));
     let sources = &with["kernel"]["sources"];
     assert_eq!(sources["symbols"][0], "dwarf", "{sources}");
     assert_eq!(sources["types"][0], "dwarf", "{sources}");
@@ -445,13 +447,7 @@ fn a_panic_on_another_cpu_is_that_cpus() {
 fn check_traces(d: &Dump, vmlinux: Option<&Path>) {
     let mut runs = vec![vec![]];
     if let Some(v) = vmlinux {
-        // See check_with_debug_info for the budget.
-        runs.push(vec![
-            "--debuginfo",
-            v.to_str().unwrap(),
-            "--load-budget-ms",
-            "60000",
-        ]);
+        runs.push(with_vmlinux(v).to_vec());
     }
     for extra in &runs {
         let report = diagnose_core(&d.core, extra);
@@ -670,16 +666,7 @@ fn traces_match_drgns(d: &Dump, vmlinux: &Path) {
     let Some(python) = linux_guest::drgn_python() else {
         return;
     };
-    // See check_with_debug_info for the budget.
-    let report = diagnose_core(
-        &d.core,
-        &[
-            "--debuginfo",
-            vmlinux.to_str().unwrap(),
-            "--load-budget-ms",
-            "60000",
-        ],
-    );
+    let report = diagnose_core(&d.core, &with_vmlinux(vmlinux));
     let theirs = drgn_traces(&python, &d.core, vmlinux);
     let k = &report["kernel"];
     let cpu = &k["crash"]["cpu"];
@@ -852,18 +839,11 @@ fn linux_6_12_with_five_level_paging_panicking_on_cpu_1() {
             findings(&report, v)
         );
     }
-    let walked = |name: &str| {
-        report["structures"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["structure"] == name)
-            .unwrap_or_else(|| panic!("{name} is not among {:#}", report["structures"]))
-            .clone()
-    };
-    let areas = walked("vmap_nodes[0].busy")["count"].as_u64().unwrap();
+    let areas = walked(&report, "vmap_nodes[0].busy")["count"]
+        .as_u64()
+        .unwrap();
     assert!(areas > 10, "{areas} vmap areas on node 0");
-    assert_eq!(walked("vmap_nodes[0].busy.head")["count"], areas);
+    assert_eq!(walked(&report, "vmap_nodes[0].busy.head")["count"], areas);
     vmap_area_corrupted_on_a_node(&d);
     with_its_debug_info(&d, "6.12", "cloud-amd64", &report);
 }

@@ -10,7 +10,7 @@ mod linux_guest;
 use std::sync::OnceLock;
 
 use ambulance_introspect::program::Program;
-use linux_guest::{diagnose_core, findings, fixture, panicked_dump, Dump, Patched};
+use linux_guest::{diagnose_core, findings, fixture, panicked_dump, walked, Dump, Patched};
 use serde_json::Value;
 
 /// One panicked guest's dump, shared by the tests of this file.
@@ -28,16 +28,6 @@ const VALIDATORS: [&str; 4] = [
 
 fn hex(v: &Value) -> u64 {
     u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-}
-
-/// The report's "structures walked" entry for `name`.
-fn walked<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["structures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["structure"] == name)
-        .unwrap_or_else(|| panic!("{name} is not among {:#}", report["structures"]))
 }
 
 /// Findings of `validator` at guest-virtual `va`.

@@ -725,6 +725,16 @@ impl Drop for Patched {
     }
 }
 
+/// The report's "structures walked" entry for `name`.
+pub fn walked<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["structures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["structure"] == name)
+        .unwrap_or_else(|| panic!("{name} is not among {:#}", report["structures"]))
+}
+
 /// A report's findings from one validator.
 pub fn findings<'a>(report: &'a Value, validator: &str) -> Vec<&'a Value> {
     report["findings"]

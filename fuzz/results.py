@@ -6,7 +6,8 @@ Every number comes from libFuzzer's own lines in those logs: executions are the 
 corpus (units/bytes) are those of its last run's last status line (`DONE` when the run
 ended by time, the last `NEW`/`REDUCE`/`pulse` line when it ended by -runs); a run that
 did not end cleanly (campaign.sh's `# ended: …, ok`) is counted as a crash (its log holds
-libFuzzer's report). The table replaces what lies between the
+libFuzzer's report), unless its log says it was interrupted (killed from outside, with
+no final stats): then its executions are those of its last status line. The table replaces what lies between the
 `<!-- campaign table -->` markers of RESULTS.md.
 
     fuzz/results.py          # rewrite the table
@@ -54,7 +55,14 @@ def run_of(path):
     per_sec = [int(m.group(1)) for l in lines if (m := re.match(r"^stat::average_exec_per_sec:\s+(\d+)", l))]
     status = [m for l in lines if (m := STATUS.match(l))]
     done = any(l.startswith("# ended: ") and l.endswith(", ok") for l in lines)
+    # A run whose process was killed from outside (campaign.sh's log says "interrupted")
+    # printed no final stats: its executions are its last status line's count.
+    interrupted = any(l.startswith("# ended: ") and ", interrupted" in l for l in lines)
     last = status[-1] if status else None
+    if interrupted and not execs and last:
+        execs = int(last.group(1))
+        if not per_sec and (m := re.search(r"exec/s: (\d+)", last.string)):
+            per_sec = [int(m.group(1))]
     return {
         "log": path.relative_to(FUZZ.parent),
         "commit": header(lines, "commit"),
@@ -68,7 +76,8 @@ def run_of(path):
         "cov": int(last.group(3)) if last else None,
         "ft": int(last.group(4)) if last else None,
         "corp": f"{last.group(5)}/{last.group(6)}" if last else "?",
-        "crashed": not done,
+        "crashed": not done and not interrupted,
+        "interrupted": interrupted,
     }
 
 
@@ -105,7 +114,7 @@ def table():
         for r in sorted((run_of(p) for p in (FUZZ / "logs" / target).glob("*.log")), key=lambda r: r["started"]):
             rows.append(
                 f"| `{target}` | {r['started']} | `{r['commit']}` | {r['sanitizer']} | {r['max_len']} | {r['execs']:,} | {r['per_sec'] or '–'} | "
-                f"{r['cov'] or '–'} | {r['ft'] or '–'} | {r['corp']} | {'crash' if r['crashed'] else 'DONE'} | "
+                f"{r['cov'] or '–'} | {r['ft'] or '–'} | {r['corp']} | {'crash' if r['crashed'] else 'interrupted' if r['interrupted'] else 'DONE'} | "
                 f"[log]({pathlib.PurePosixPath(r['log']).relative_to('fuzz')}) |"
             )
     return "\n".join(rows)

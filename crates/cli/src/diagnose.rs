@@ -92,7 +92,7 @@ pub fn run(args: DiagnoseArgs) -> Result<(), CliError> {
             let info = ambulance_introspect::vmcoreinfo::Vmcoreinfo::parse(text).ok()?;
             info.build_id().map(<[u8]>::to_vec)
         });
-    let options = crate::diagnose_options(
+    let mut options = crate::diagnose_options(
         None,
         args.debuginfo
             .as_deref()
@@ -102,7 +102,6 @@ pub fn run(args: DiagnoseArgs) -> Result<(), CliError> {
             .map(|d| (d, guest_build_id.as_deref())),
         args.rules.as_deref(),
     )?;
-    let mut options = options;
     if let Some(ms) = args.load_budget_ms {
         options.config.load_budget_ms = ms;
     }

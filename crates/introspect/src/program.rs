@@ -303,6 +303,13 @@ impl Program {
     pub fn offset_of(&self, type_name: &str, member_path: &str) -> Result<u64> {
         Ok(self.member_layout(type_name, member_path)?.offset())
     }
+
+    /// The size in bytes of the type called `type_name` ([`find_type`](Self::find_type));
+    /// `None` when no type source has it, or has it without a size (a declaration).
+    pub fn size_of(&self, type_name: &str) -> Option<u64> {
+        let (types, id) = self.find_type(type_name).ok()?;
+        types.get(id).ok()?.size
+    }
 }
 
 /// One mapped page of guest-virtual memory, readable without translation.

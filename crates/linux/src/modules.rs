@@ -282,11 +282,7 @@ fn read_symbols(
 pub fn module_list_root(program: &Program, max_count: u64) -> Result<Root> {
     let head = program.symbol("modules")?;
     let list = program.offset_of("module", "list")?;
-    let size = program
-        .find_type("module")
-        .ok()
-        .and_then(|(types, id)| types.get(id).ok()?.size)
-        .unwrap_or(0);
+    let size = program.size_of("module").unwrap_or(0);
     Ok(Root {
         name: MODULES_ROOT.into(),
         type_name: "module".into(),

@@ -32,11 +32,7 @@ pub const MAX_VMAP_NODES: u64 = 4096;
 /// (under that node's `busy.lock`). Empty when the kernel has neither.
 pub fn vmap_list_roots(program: &Program, max_count: u64) -> Result<Vec<Root>> {
     let list = program.offset_of("vmap_area", "list")?;
-    let size = program
-        .find_type("vmap_area")
-        .ok()
-        .and_then(|(types, id)| types.get(id).ok()?.size)
-        .unwrap_or(0);
+    let size = program.size_of("vmap_area").unwrap_or(0);
     let root = |name: String, address: u64, lock: u64| Root {
         name,
         type_name: "vmap_area".into(),
@@ -108,9 +104,7 @@ fn busy_lists(program: &Program) -> std::result::Result<Vec<u64>, String> {
     }
     let layout = (|| -> Result<_> {
         let size = program
-            .find_type("vmap_node")
-            .ok()
-            .and_then(|(types, id)| types.get(id).ok()?.size)
+            .size_of("vmap_node")
             .filter(|&s| s > 0)
             .ok_or_else(|| ambulance_introspect::Error::NoType {
                 name: "vmap_node".into(),

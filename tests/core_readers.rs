@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use linux_guest::{connect, fixture, runtime, wait_for_panic, Boot, Guest};
+use linux_guest::{boot_until_panicked, connect, fixture, runtime, Boot};
 use serde_json::json;
 
 /// The repository's root.
@@ -83,7 +83,7 @@ fn drgn_and_crash_read_our_core_as_they_read_qemus() {
         return;
     };
 
-    let guest = Guest::boot(
+    let guest = boot_until_panicked(
         &fixture,
         &Boot {
             panic_after: Some(1),
@@ -93,10 +93,6 @@ fn drgn_and_crash_read_our_core_as_they_read_qemus() {
     let dir = tempfile::tempdir().unwrap();
     let qemu_core = dir.path().join("qemu.vmcore");
     let rt = runtime();
-    rt.block_on(async {
-        let (qmp, mut events) = connect(&guest.qmp).await;
-        wait_for_panic(&qmp, &mut events, &guest, Duration::from_secs(180)).await;
-    });
     // Our core: attach to the panicked guest now (QMP takes one client at a time, and
     // the one above is gone).
     let reports = dir.path().join("reports");

@@ -192,3 +192,51 @@ fn a_panic_into_a_crash_kernel_is_caught() {
     assert_eq!(crash["kind"], "panic", "{crash}");
     assert_eq!(a.report["kernel"]["panic_message"], "sysrq triggered crash");
 }
+
+/// The tests' guard against QEMU's TCG stalling a kernel's boot on this loaded machine
+/// (`Guest::stalled_at_boot`, on which the helpers boot a guest again): a guest held
+/// before its first instruction (`-S`) counts as stalled once its console has been silent
+/// for the boot's limit, and waiting for its panic returns then rather than at its
+/// timeout; let run, the same guest reaches init and does not count as stalled.
+#[test]
+fn a_kernel_boot_that_stalls_is_told_apart() {
+    use linux_guest::{connect, runtime, wait_for_panic, Guest};
+    use std::time::{Duration, Instant};
+
+    let guest = Guest::boot(
+        &fixture(false),
+        &Boot {
+            panic_after: None,
+            boot_stall: Duration::from_secs(2),
+            qemu_args: vec!["-S".into()],
+            ..Boot::default()
+        },
+    );
+    runtime().block_on(async {
+        let (qmp, mut events) = connect(&guest.qmp).await;
+        let waited = Instant::now();
+        let panicked = wait_for_panic(&qmp, &mut events, &guest, Duration::from_secs(120)).await;
+        assert!(!panicked, "a guest that never ran cannot have panicked");
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the stall was seen after {:?}, not within a few seconds",
+            waited.elapsed()
+        );
+        assert!(guest.stalled_at_boot());
+
+        qmp.cont().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !guest.console_text().contains(" as init process") {
+            assert!(
+                Instant::now() < deadline,
+                "the guest did not reach init once let run:\n{}",
+                guest.console_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            !guest.stalled_at_boot(),
+            "a kernel that started init has not stalled"
+        );
+    });
+}

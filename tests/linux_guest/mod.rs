@@ -110,15 +110,60 @@ pub async fn connect(qmp: &Path) -> (Qmp, QmpEvents) {
 }
 
 /// Waits until QEMU says the guest panicked (`GUEST_PANICKED`, or a `guest-panicked`
-/// run state when the event came before this connection).
-pub async fn wait_for_panic(qmp: &Qmp, events: &mut QmpEvents, guest: &Guest, timeout: Duration) {
+/// run state when the event came before this connection): `true`; or `false` when the
+/// guest's boot stalled before init ran (see [`Guest::stalled_at_boot`]).
+#[must_use]
+pub async fn wait_for_panic(
+    qmp: &Qmp,
+    events: &mut QmpEvents,
+    guest: &Guest,
+    timeout: Duration,
+) -> bool {
     if qmp.query_status().await.unwrap().status == "guest-panicked" {
-        return;
+        return true;
     }
-    if let Err(e) = events.wait_for(&["GUEST_PANICKED"], timeout).await {
-        panic!("{e}; the console says:\n{}", guest.console_text());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let slice = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(5));
+        match events.wait_for(&["GUEST_PANICKED"], slice).await {
+            Ok(_) => return true,
+            Err(_) if guest.stalled_at_boot() => return false,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("{e}; the console says:\n{}", guest.console_text())
+            }
+            Err(ambulance_qemu::Error::Timeout { .. }) => {}
+            Err(e) => panic!("{e}; the console says:\n{}", guest.console_text()),
+        }
     }
 }
+
+/// Boots the fixture as `boot` says and waits for its panic; a boot that stalls under
+/// TCG before init runs ([`Guest::stalled_at_boot`]) is booted once more, loudly.
+pub fn boot_until_panicked(fixture_dir: &Path, boot: &Boot) -> Guest {
+    for attempt in 1..=BOOT_ATTEMPTS {
+        let guest = Guest::boot(fixture_dir, boot);
+        let panicked = runtime().block_on(async {
+            let (qmp, mut events) = connect(&guest.qmp).await;
+            wait_for_panic(&qmp, &mut events, &guest, Duration::from_secs(180)).await
+        });
+        if panicked {
+            return guest;
+        }
+        guest.report_stall(attempt);
+    }
+    unreachable!("report_stall panics on the last attempt")
+}
+
+/// How long a booting kernel's console may stay silent, before it has started init, for
+/// its boot to count as stalled ([`Guest::stalled_at_boot`]), unless [`Boot::boot_stall`]
+/// says otherwise; a healthy TCG boot here prints every second or so and reaches init in
+/// 5–15 s.
+pub const BOOT_STALL: Duration = Duration::from_secs(60);
+
+/// How many times the helpers boot a guest whose boot stalls.
+pub const BOOT_ATTEMPTS: u32 = 2;
 
 /// How to boot the guest.
 #[derive(Clone, Debug)]
@@ -142,6 +187,8 @@ pub struct Boot {
     /// The fixture's initramfs to boot (`initramfs.cpio.gz`; `initramfs-kdump.img` also
     /// holds a crash kernel).
     pub initrd: &'static str,
+    /// How long the console may stay silent before init for the boot to count as stalled.
+    pub boot_stall: Duration,
 }
 
 impl Default for Boot {
@@ -155,6 +202,7 @@ impl Default for Boot {
             qemu_args: Vec::new(),
             no_reboot: true,
             initrd: "initramfs.cpio.gz",
+            boot_stall: BOOT_STALL,
         }
     }
 }
@@ -208,6 +256,8 @@ pub struct Guest {
     pub ram: PathBuf,
     /// The serial console's log.
     pub console: PathBuf,
+    /// See [`Boot::boot_stall`].
+    boot_stall: Duration,
 }
 
 impl Guest {
@@ -284,6 +334,7 @@ impl Guest {
             qmp: paths.qmp.clone(),
             ram: paths.ram.clone(),
             console: paths.console.clone(),
+            boot_stall: boot.boot_stall,
             paths,
         }
     }
@@ -291,6 +342,44 @@ impl Guest {
     /// The console so far.
     pub fn console_text(&self) -> String {
         std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// Whether the guest kernel's boot stalled: it has not started init (the console lacks
+    /// its "Run /init as init process") and the console has been silent for
+    /// [`Boot::boot_stall`] ([`BOOT_STALL`]). On this loaded 2-core machine, QEMU's TCG once stopped a guest's
+    /// kernel for good early in its boot (right after "Switched to clocksource hpet"),
+    /// before init ran and before anything of ours touched the guest; that is QEMU's
+    /// failure, not a test's, and the helpers boot such a guest again (once, loudly).
+    /// Anything that stops after init started (the agent's registration, a failure
+    /// being injected) is not a stall, and fails the test as before.
+    pub fn stalled_at_boot(&self) -> bool {
+        let Ok(meta) = std::fs::metadata(&self.console) else {
+            return false;
+        };
+        let silent = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|quiet| quiet >= self.boot_stall);
+        silent && !self.console_text().contains(" as init process")
+    }
+
+    /// Says loudly that this guest's boot stalled (attempt `attempt` of
+    /// [`BOOT_ATTEMPTS`]); panics with its console when that was the last attempt.
+    pub fn report_stall(&self, attempt: u32) {
+        let console = self.console_text();
+        let lines: Vec<&str> = console.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(5)..];
+        assert!(
+            attempt < BOOT_ATTEMPTS,
+            "the guest's boot stalled under TCG before init ran, {attempt} times; console:\n{console}"
+        );
+        eprintln!(
+            "RETRY: the guest's boot stalled under TCG before init ran (console silent for {:?}; \
+             attempt {attempt} of {BOOT_ATTEMPTS}); booting it again. Its console ended with:\n{}",
+            self.boot_stall,
+            tail.join("\n")
+        );
     }
 
     /// Stops QEMU.
@@ -331,12 +420,11 @@ pub fn panicked_dump(fixture_dir: &Path, memory_mib: u64) -> Dump {
 
 /// [`panicked_dump`] of a guest booted as `boot` says.
 pub fn panicked_dump_of(fixture_dir: &Path, boot: &Boot) -> Dump {
-    let guest = Guest::boot(fixture_dir, boot);
+    let guest = boot_until_panicked(fixture_dir, boot);
     let dir = tempfile::tempdir().unwrap();
     let core = dir.path().join("vmcore");
     runtime().block_on(async {
-        let (qmp, mut events) = connect(&guest.qmp).await;
-        wait_for_panic(&qmp, &mut events, &guest, Duration::from_secs(180)).await;
+        let (qmp, _events) = connect(&guest.qmp).await;
         qmp.execute_with_timeout(
             "dump-guest-memory",
             json!({"paging": false, "protocol": format!("file:{}", core.display())}),
@@ -547,6 +635,16 @@ impl Attached {
 /// yet, boots the fixture in `fixture` as `boot` says (with the Linux agent when
 /// `register`), and returns what attach printed once the guest failed.
 pub fn attach(fixture: &Path, boot: Boot, register: bool) -> Attached {
+    for attempt in 1..=BOOT_ATTEMPTS {
+        if let Some(attached) = attach_once(fixture, &boot, register, attempt) {
+            return attached;
+        }
+    }
+    unreachable!("report_stall panics on the last attempt")
+}
+
+/// One attempt of [`attach`]: `None` when the guest's boot stalled (attach is stopped).
+fn attach_once(fixture: &Path, boot: &Boot, register: bool, attempt: u32) -> Option<Attached> {
     let paths = GuestPaths::new();
     let report_dir = tempfile::tempdir().unwrap();
     let registration = paths.dir.path().join("reg.sock");
@@ -587,10 +685,14 @@ pub fn attach(fixture: &Path, boot: Boot, register: bool) -> Attached {
         fixture,
         &Boot {
             registration: register.then(|| registration.clone()),
-            ..boot
+            ..boot.clone()
         },
     );
-    let (stdout, stderr) = wait_with_output(&mut child, Duration::from_secs(240), &guest);
+    let Some((stdout, stderr)) = wait_with_output(&mut child, Duration::from_secs(240), &guest)
+    else {
+        guest.report_stall(attempt);
+        return None;
+    };
     let console = guest.console_text();
     let status = child.wait().unwrap();
     let ram_allocated = allocated(&guest.paths.ram);
@@ -602,23 +704,24 @@ pub fn attach(fixture: &Path, boot: Boot, register: bool) -> Attached {
     let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!("stdout is not a JSON report ({e}):\n{stdout}\nstderr:\n{stderr}")
     });
-    Attached {
+    Some(Attached {
         report,
         stderr,
         console,
         report_dir,
         ram_allocated,
         ram_size,
-    }
+    })
 }
 
 /// Reads the child's output until it exits, at most `timeout` (then kills it and fails
-/// with what it and the guest said).
+/// with what it and the guest said); `None` (the child killed) when the guest's boot
+/// stalled ([`Guest::stalled_at_boot`]).
 pub fn wait_with_output(
     child: &mut std::process::Child,
     timeout: Duration,
     guest: &Guest,
-) -> (String, String) {
+) -> Option<(String, String)> {
     fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
         std::thread::spawn(move || {
             let mut s = String::new();
@@ -630,6 +733,11 @@ pub fn wait_with_output(
     let err = reader(child.stderr.take().unwrap());
     let deadline = Instant::now() + timeout;
     while child.try_wait().unwrap().is_none() {
+        if guest.stalled_at_boot() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
@@ -641,7 +749,7 @@ pub fn wait_with_output(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    (out.join().unwrap(), err.join().unwrap())
+    Some((out.join().unwrap(), err.join().unwrap()))
 }
 
 /// Runs the `ambulance` binary.

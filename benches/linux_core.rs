@@ -49,15 +49,11 @@ struct Run {
 
 /// Waits until init has listed its processes (the system is up).
 fn wait_up(guest: &Guest) {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while !guest.console_text().contains("AMBULANCE-PS-END") {
-        assert!(
-            Instant::now() < deadline,
-            "the guest did not come up:\n{}",
-            guest.console_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    guest.wait_for_console(
+        "AMBULANCE-PS-END",
+        "the guest did not come up",
+        Duration::from_secs(240),
+    );
 }
 
 /// Measures `core` and removes it (a 4 GiB core per round would fill the disk).

@@ -225,15 +225,11 @@ fn a_kernel_boot_that_stalls_is_told_apart() {
         assert!(guest.stalled_at_boot());
 
         qmp.cont().await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !guest.console_text().contains(" as init process") {
-            assert!(
-                Instant::now() < deadline,
-                "the guest did not reach init once let run:\n{}",
-                guest.console_text()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        guest.wait_for_console(
+            " as init process",
+            "the guest did not reach init once let run",
+            Duration::from_secs(120),
+        );
         assert!(
             !guest.stalled_at_boot(),
             "a kernel that started init has not stalled"

@@ -344,6 +344,20 @@ impl Guest {
         std::fs::read_to_string(&self.console).unwrap_or_default()
     }
 
+    /// Waits until the console shows `marker`, at most `timeout` (then fails with the
+    /// console, saying what was awaited: `what`).
+    pub fn wait_for_console(&self, marker: &str, what: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.console_text().contains(marker) {
+            assert!(
+                Instant::now() < deadline,
+                "{what} within {timeout:?}; the console says:\n{}",
+                self.console_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Whether the guest kernel's boot stalled: it has not started init (the console lacks
     /// its "Run /init as init process") and the console has been silent for
     /// [`Boot::boot_stall`] ([`BOOT_STALL`]). On this loaded 2-core machine, QEMU's TCG once stopped a guest's

@@ -200,7 +200,7 @@ fn a_panic_into_a_crash_kernel_is_caught() {
 /// timeout; let run, the same guest reaches init and does not count as stalled.
 #[test]
 fn a_kernel_boot_that_stalls_is_told_apart() {
-    use linux_guest::{connect, runtime, wait_for_panic, Guest};
+    use linux_guest::{connect, runtime, wait_for_panic, Guest, INIT_STARTED};
     use std::time::{Duration, Instant};
 
     let guest = Guest::boot(
@@ -226,7 +226,7 @@ fn a_kernel_boot_that_stalls_is_told_apart() {
 
         qmp.cont().await.unwrap();
         guest.wait_for_console(
-            " as init process",
+            INIT_STARTED,
             "the guest did not reach init once let run",
             Duration::from_secs(120),
         );

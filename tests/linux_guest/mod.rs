@@ -129,11 +129,8 @@ pub async fn wait_for_panic(
             .min(Duration::from_secs(5));
         match events.wait_for(&["GUEST_PANICKED"], slice).await {
             Ok(_) => return true,
-            Err(_) if guest.stalled_at_boot() => return false,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{e}; the console says:\n{}", guest.console_text())
-            }
-            Err(ambulance_qemu::Error::Timeout { .. }) => {}
+            Err(ambulance_qemu::Error::Timeout { .. }) if guest.stalled_at_boot() => return false,
+            Err(ambulance_qemu::Error::Timeout { .. }) if Instant::now() < deadline => {}
             Err(e) => panic!("{e}; the console says:\n{}", guest.console_text()),
         }
     }
@@ -164,6 +161,10 @@ pub const BOOT_STALL: Duration = Duration::from_secs(60);
 
 /// How many times the helpers boot a guest whose boot stalls.
 pub const BOOT_ATTEMPTS: u32 = 2;
+
+/// The end of the line the kernel prints as it starts init ("Run /init as init process"):
+/// its boot is over.
+pub const INIT_STARTED: &str = " as init process";
 
 /// How to boot the guest.
 #[derive(Clone, Debug)]
@@ -359,13 +360,13 @@ impl Guest {
     }
 
     /// Whether the guest kernel's boot stalled: it has not started init (the console lacks
-    /// its "Run /init as init process") and the console has been silent for
-    /// [`Boot::boot_stall`] ([`BOOT_STALL`]). On this loaded 2-core machine, QEMU's TCG once stopped a guest's
-    /// kernel for good early in its boot (right after "Switched to clocksource hpet"),
-    /// before init ran and before anything of ours touched the guest; that is QEMU's
-    /// failure, not a test's, and the helpers boot such a guest again (once, loudly).
-    /// Anything that stops after init started (the agent's registration, a failure
-    /// being injected) is not a stall, and fails the test as before.
+    /// [`INIT_STARTED`]) and the console has been silent for [`Boot::boot_stall`]. On
+    /// this loaded 2-core machine, QEMU's TCG once stopped a guest's kernel for good early
+    /// in its boot (right after "Switched to clocksource hpet"), before init ran and
+    /// before anything of ours touched the guest; that is QEMU's failure, not a test's,
+    /// and the helpers boot such a guest again (once, loudly). Anything that stops after
+    /// init started (the agent's registration, a failure being injected) is not a stall,
+    /// and fails the test as before.
     pub fn stalled_at_boot(&self) -> bool {
         let Ok(meta) = std::fs::metadata(&self.console) else {
             return false;
@@ -375,7 +376,7 @@ impl Guest {
             .ok()
             .and_then(|m| m.elapsed().ok())
             .is_some_and(|quiet| quiet >= self.boot_stall);
-        silent && !self.console_text().contains(" as init process")
+        silent && !self.console_text().contains(INIT_STARTED)
     }
 
     /// Says loudly that this guest's boot stalled (attempt `attempt` of

@@ -6,8 +6,9 @@ Every number comes from libFuzzer's own lines in those logs: executions are the 
 corpus (units/bytes) are those of its last run's last status line (`DONE` when the run
 ended by time, the last `NEW`/`REDUCE`/`pulse` line when it ended by -runs); a run that
 did not end cleanly (campaign.sh's `# ended: …, ok`) is counted as a crash (its log holds
-libFuzzer's report), unless its log says it was interrupted (killed from outside, with
-no final stats): then its executions are those of its last status line. The table replaces what lies between the
+libFuzzer's report), unless its log says it was interrupted (stopped or killed from
+outside): then its executions are those of libFuzzer's final stats when it printed them,
+else of its last status line. The table replaces what lies between the
 `<!-- campaign table -->` markers of RESULTS.md.
 
     fuzz/results.py          # rewrite the table
@@ -55,8 +56,8 @@ def run_of(path):
     per_sec = [int(m.group(1)) for l in lines if (m := re.match(r"^stat::average_exec_per_sec:\s+(\d+)", l))]
     status = [m for l in lines if (m := STATUS.match(l))]
     done = any(l.startswith("# ended: ") and l.endswith(", ok") for l in lines)
-    # A run whose process was killed from outside (campaign.sh's log says "interrupted")
-    # printed no final stats: its executions are its last status line's count.
+    # A run stopped from outside (its log says "interrupted"): a SIGINT still prints
+    # libFuzzer's final stats; a kill does not, and its last status line's count is used.
     interrupted = any(l.startswith("# ended: ") and ", interrupted" in l for l in lines)
     last = status[-1] if status else None
     if interrupted and not execs and last:

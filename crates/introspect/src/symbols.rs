@@ -138,11 +138,7 @@ impl Builder {
     }
 
     /// Adds a symbol; `false` when the names would pass 4 GiB (the symbol is dropped).
-    fn push(&mut self, name: &str, addr: u64, size: u64, global: bool, typed: bool) -> bool {
-        self.push_sym(name, addr, size, global, typed, false)
-    }
-
-    fn push_sym(
+    fn push(
         &mut self,
         name: &str,
         addr: u64,
@@ -408,7 +404,7 @@ impl Symbols {
             let bind = s.st_bind();
             let global = bind == STB_GLOBAL || bind == STB_WEAK;
             let typed = kind == STT_FUNC || kind == STT_OBJECT;
-            if !table.push_sym(name, addr, s.st_size, global, typed, absolute) {
+            if !table.push(name, addr, s.st_size, global, typed, absolute) {
                 return Err(bad("symbol names longer than 4 GiB in all".into()));
             }
         }
@@ -475,7 +471,7 @@ impl Symbols {
         for (name, addr, size, global) in entries {
             let name = name.as_ref();
             if !name.is_empty() {
-                table.push(name, addr.wrapping_add(slide), size, global, true);
+                table.push(name, addr.wrapping_add(slide), size, global, true, false);
             }
         }
         let (names, by_addr, index) = table.finish();

@@ -90,11 +90,11 @@ pub fn check(program: &Program, budget: &mut Budget) -> Vec<Checked> {
 /// The address of each vmap node's `busy` areas (a `struct rb_list`: tree, list and
 /// lock), Linux 6.9 and later.
 fn busy_lists(program: &Program) -> std::result::Result<Vec<u64>, String> {
-    let read_at = |name: &str| -> Result<u64> { Ok(program.symbol(name)?) };
-    let nodes = read_at("vmap_nodes")
+    let address_of = |name: &str| -> Result<u64> { Ok(program.symbol(name)?) };
+    let nodes = address_of("vmap_nodes")
         .and_then(|at| Ok(program.read_u64(at)?))
         .map_err(|e| format!("vmap_nodes: {e}"))?;
-    let count = read_at("nr_vmap_nodes")
+    let count = address_of("nr_vmap_nodes")
         .and_then(|at| Ok(program.read_u32(at)?))
         .map_err(|e| format!("nr_vmap_nodes: {e}"))? as u64;
     if count == 0 || count > MAX_VMAP_NODES {

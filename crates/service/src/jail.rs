@@ -353,7 +353,9 @@ fn end_by_signal(sig: nix::sys::signal::Signal) -> ! {
 ///   shared file), `fallocate`, `ftruncate` not at all;
 /// * `lseek` only to find holes (`SEEK_DATA`, `SEEK_HOLE`);
 /// * `write` only to standard output and error, the daemon's socket and the core;
-///   `sendto` (how the standard library writes a socket) only to the socket.
+///   `sendto` (how the standard library writes a socket) only to the socket;
+/// * `recvfrom` (how it reads one) only from the socket: after answering, the worker
+///   waits there until the daemon, having read its peak memory, closes it.
 pub fn filter(outputs: &Outputs, pid: i32) -> Result<BpfProgram, seccompiler::Error> {
     use libc::*;
     use seccompiler::BackendError;
@@ -381,6 +383,8 @@ pub fn filter(outputs: &Outputs, pid: i32) -> Result<BpfProgram, seccompiler::Er
         (SYS_write, to_writers.clone()),
         (SYS_writev, to_writers),
         (SYS_sendto, is(0, outputs.socket as u64)?),
+        // The daemon's closing of the socket, awaited after the answer.
+        (SYS_recvfrom, is(0, outputs.socket as u64)?),
         (SYS_fsync, vec![]),
         (SYS_close, vec![]),
         // Debug builds of the standard library check a descriptor is open before closing
@@ -526,6 +530,9 @@ mod tests {
                 if libc::write(2, [0u8].as_ptr().cast(), 0) != 0 {
                     return 3;
                 }
+                // Waiting on the daemon's socket (here standard error, not a socket:
+                // the call fails, but is made).
+                libc::recv(2, std::ptr::null_mut(), 0, libc::MSG_DONTWAIT);
             }
             0
         });
@@ -575,6 +582,18 @@ mod tests {
                 "write elsewhere",
                 // SAFETY: a zero-length write.
                 Box::new(move || unsafe { libc::write(fd, [0u8].as_ptr().cast(), 0) as i32 }),
+            ),
+            (
+                "read elsewhere",
+                // SAFETY: a zero-length read.
+                Box::new(move || unsafe { libc::read(fd, std::ptr::null_mut(), 0) as i32 }),
+            ),
+            (
+                "receive elsewhere",
+                // SAFETY: a zero-length receive.
+                Box::new(move || unsafe {
+                    libc::recv(fd, std::ptr::null_mut(), 0, libc::MSG_DONTWAIT) as i32
+                }),
             ),
             (
                 "socket",

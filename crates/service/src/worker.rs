@@ -187,8 +187,17 @@ fn spawn_and_talk(
     drop(ours);
     match result {
         Ok(mut report) => {
+            let reaped = reap(&child);
+            if let Some((status, _)) = reaped.as_ref().filter(|(s, _)| !s.success()) {
+                // The answer stands; what it did after is the jail's or the worker's bug.
+                tracing::warn!(
+                    report = %report.id,
+                    "the worker ended badly after answering ({status}){}",
+                    if peak.is_none() { "; its peak memory could not be read" } else { "" }
+                );
+            }
             // Ours to say, whatever the worker wrote there.
-            report.tool.cost = reap(&child).map(|(_, usage)| cost(&usage, peak, started.elapsed()));
+            report.tool.cost = reaped.map(|(_, usage)| cost(&usage, peak, started.elapsed()));
             Ok(report)
         }
         Err(Talk::TimedOut) => {

@@ -37,22 +37,20 @@ fn park(cpu: u32) -> ! {
     }
 }
 
-/// Marks the start of a panic on `cpu`: from here on the other CPUs stop at their next
-/// safe point. A CPU that loses the race to another panicking CPU stops instead.
+/// Starts a panic on `cpu` and returns once the other CPUs have stopped at their next
+/// safe point (a wait of at most half a second). A CPU that loses the race to another
+/// panicking CPU stops instead.
+///
+/// A caller that found a structure corrupt while holding its lock calls this before it
+/// releases the lock: a CPU spinning on that lock stops in its spin, so none can enter
+/// the structure between the release and its stop and change what the panic is about
+/// (take the smashed object out of its table, say) before the diagnosis reads it.
 pub fn panic_begin(cpu: u32) {
     match PANIC_CPU.compare_exchange(u32::MAX, cpu, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => PANIC_STOP.store(true, Ordering::Release),
         Err(owner) if owner == cpu => {}
         Err(_) => park(cpu),
     }
-}
-
-/// Panics the kernel: stops the other CPUs (bounded wait), logs
-/// `Kernel panic - not syncing: <message>` to the console and the log ring, and rings the
-/// panic doorbell with `reason`.
-pub fn kernel_panic(reason: u32, args: fmt::Arguments<'_>) -> ! {
-    let cpu = this_cpu();
-    panic_begin(cpu);
     let deadline = arch::now_ns() + 500_000_000;
     for other in 0..crate::cpu_count() {
         if other == cpu {
@@ -66,6 +64,14 @@ pub fn kernel_panic(reason: u32, args: fmt::Arguments<'_>) -> ! {
             core::hint::spin_loop();
         }
     }
+}
+
+/// Panics the kernel: stops the other CPUs ([`panic_begin`]), logs
+/// `Kernel panic - not syncing: <message>` to the console and the log ring, and rings the
+/// panic doorbell with `reason`.
+pub fn kernel_panic(reason: u32, args: fmt::Arguments<'_>) -> ! {
+    let cpu = this_cpu();
+    panic_begin(cpu);
     let mut text = FixedBuf::<LOG_TEXT>::new();
     let _ = write!(text, "Kernel panic - not syncing: {args}");
     let _ = Console.write_fmt(format_args!("Kernel panic - not syncing: {args}\n"));

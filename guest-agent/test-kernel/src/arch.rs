@@ -184,9 +184,9 @@ static mut IDT: Idt = Idt([IdtEntry {
 
 /// Fills the IDT with the exception stubs (boot CPU, once).
 pub fn init_idt() {
-    for v in 0..32 {
-        // SAFETY: the stub table is immutable data emitted above.
-        let handler = unsafe { EXCEPTION_STUBS[v] };
+    // SAFETY: the stub table is immutable data emitted above.
+    let stubs = unsafe { EXCEPTION_STUBS };
+    for (v, handler) in stubs.into_iter().enumerate() {
         let e = IdtEntry {
             offset_low: handler as u16,
             selector: 8,

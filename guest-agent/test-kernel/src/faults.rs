@@ -29,6 +29,8 @@ use crate::{arch, kprint, HEARTBEAT};
 
 /// The faults the kernel can inject.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+// `TripleFault` is the failure's name, not a repeat of the enum's.
+#[allow(clippy::enum_variant_names)]
 pub enum Fault {
     None,
     Panic,

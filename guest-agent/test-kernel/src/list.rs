@@ -166,5 +166,5 @@ pub unsafe fn del(entry: *mut ListHead) -> Result<(), ListError> {
 /// `head` must be readable.
 pub unsafe fn is_empty(head: *const ListHead) -> bool {
     // SAFETY: forwarded.
-    unsafe { (*head).next as *const ListHead == head }
+    unsafe { core::ptr::eq((*head).next, head) }
 }

@@ -378,7 +378,7 @@ fn work_step(t: *mut Task) {
             // SAFETY: a fresh buffer, ours until freed.
             unsafe {
                 (*b).magic = slab::BUFFER_MAGIC;
-                (*b).len = (r % 232) as u64;
+                (*b).len = r % 232;
                 for (i, byte) in (*b).data.iter_mut().enumerate() {
                     *byte = (r as u8).wrapping_add(i as u8);
                 }

@@ -175,7 +175,7 @@ impl fmt::Display for SlabError {
 
 impl SlabCache {
     fn contains(&self, p: u64) -> bool {
-        p >= self.base && p < self.end && (p - self.base) % self.object_size as u64 == 0
+        p >= self.base && p < self.end && (p - self.base).is_multiple_of(self.object_size as u64)
     }
 
     fn check_entry(&self, p: *mut FreeObject) -> Result<(), SlabError> {

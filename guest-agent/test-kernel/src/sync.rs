@@ -155,23 +155,23 @@ pub struct PerCpu {
     pub rng: u64,
 }
 
-const PERCPU_INIT: PerCpu = PerCpu {
-    magic: 0,
-    cpu: 0,
-    online: AtomicU32::new(0),
-    current: AtomicU64::new(0),
-    waiting_on: AtomicU64::new(0),
-    sched_rsp: 0,
-    stopped: AtomicU32::new(0),
-    locks_held: AtomicU32::new(0),
-    ticks: AtomicU64::new(0),
-    switches: AtomicU64::new(0),
-    last_switch_ns: AtomicU64::new(0),
-    rng: 0,
-};
-
 /// Per-CPU data of every possible CPU.
-pub static mut PERCPU: [PerCpu; MAX_CPUS] = [PERCPU_INIT; MAX_CPUS];
+pub static mut PERCPU: [PerCpu; MAX_CPUS] = [const {
+    PerCpu {
+        magic: 0,
+        cpu: 0,
+        online: AtomicU32::new(0),
+        current: AtomicU64::new(0),
+        waiting_on: AtomicU64::new(0),
+        sched_rsp: 0,
+        stopped: AtomicU32::new(0),
+        locks_held: AtomicU32::new(0),
+        ticks: AtomicU64::new(0),
+        switches: AtomicU64::new(0),
+        last_switch_ns: AtomicU64::new(0),
+        rng: 0,
+    }
+}; MAX_CPUS];
 
 /// The per-CPU data of `cpu`. Fields other CPUs read are atomics; the plain fields are
 /// only touched by their own CPU.

@@ -29,6 +29,34 @@ fn task_address(task: &Value) -> u64 {
     u64::from_str_radix(&task["address"].as_str().unwrap()[2..], 16).unwrap()
 }
 
+/// The processes init printed are read whole when the kernel logged a message in the
+/// middle of `ps`'s output: the serial port interleaves the two byte by byte (a run of
+/// the 6.1 RT guest printed `    2 kthreadd[    9.81...] ...`).
+#[test]
+fn processes_on_the_console_survive_kernel_messages_among_them() {
+    let console = "AMBULANCE-PS-BEGIN\r\n\
+                   PID   COMMAND\r\n\
+                   \x20   1 init\r\n\
+                   \x20   2 kthreadd[    9.812345] random: crng init done\r\n\
+                   \r\n\
+                   \x20   3 rcu_gp\r\n\
+                   [   10.000001] watchdog: a line of its own\r\n\
+                   \x20  14 kwor[  123.456789] cut mid-word\r\nker/0:1-events\r\n\
+                   \x20  99 [x]\r\n\
+                   AMBULANCE-PS-END\r\n";
+    let listed = linux_guest::console_processes(console);
+    let expected: Vec<(i32, String)> = [
+        (1, "init"),
+        (2, "kthreadd"),
+        (3, "rcu_gp"),
+        (14, "kworker/0:1-events"),
+        (99, "[x]"),
+    ]
+    .map(|(pid, comm)| (pid, comm.to_string()))
+    .into();
+    assert_eq!(listed, expected);
+}
+
 #[test]
 fn offline_from_guest_memory_alone() {
     let d = dump();

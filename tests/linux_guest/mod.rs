@@ -481,7 +481,8 @@ pub fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().blocks() * 512
 }
 
-/// The PIDs and commands init printed (`ps -o pid,comm` between its markers).
+/// The PIDs and commands init printed (`ps -o pid,comm` between its markers), read past
+/// the kernel's messages the serial port put among them (see [`without_kernel_messages`]).
 pub fn console_processes(console: &str) -> Vec<(i32, String)> {
     let Some(start) = console.find("AMBULANCE-PS-BEGIN") else {
         return Vec::new();
@@ -489,7 +490,7 @@ pub fn console_processes(console: &str) -> Vec<(i32, String)> {
     let Some(len) = console[start..].find("AMBULANCE-PS-END") else {
         return Vec::new();
     };
-    console[start..start + len]
+    without_kernel_messages(&console[start..start + len])
         .lines()
         .skip(1)
         .filter_map(|l| {
@@ -498,6 +499,41 @@ pub fn console_processes(console: &str) -> Vec<(i32, String)> {
             Some((pid, words.next()?.to_string()))
         })
         .collect()
+}
+
+/// `console` without the kernel's own messages. Each is a whole line that begins with
+/// printk's time stamp (`[   12.345678] `), but the kernel writes it to the serial port
+/// whenever it is logged, so it may land in the middle of a line a process was writing
+/// (`    2 kthreadd[    3.141592] random: crng init done`). Taking it out, up to and with
+/// its line end, joins the process's line up again.
+fn without_kernel_messages(console: &str) -> String {
+    let mut out = String::with_capacity(console.len());
+    let mut rest = console;
+    while let Some(at) = rest.find('[') {
+        out.push_str(&rest[..at]);
+        let from = &rest[at..];
+        rest = if starts_with_printk_stamp(from) {
+            from.find('\n').map_or("", |end| &from[end + 1..])
+        } else {
+            out.push('[');
+            &from[1..]
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `text` begins with printk's time stamp: seconds, right-aligned in brackets,
+/// and six digits of microseconds.
+fn starts_with_printk_stamp(text: &str) -> bool {
+    let Some((inside, _)) = text.strip_prefix('[').and_then(|t| t.split_once(']')) else {
+        return false;
+    };
+    let Some((secs, micros)) = inside.trim_start().split_once('.') else {
+        return false;
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    !secs.is_empty() && digits(secs) && micros.len() == 6 && digits(micros)
 }
 
 /// Everything a report of this fixture's sysrq panic must say in its `kernel` section,

@@ -461,14 +461,8 @@ pub fn console_printk_lines(console: &str) -> Vec<(String, String)> {
         .filter_map(|l| {
             let l = l.trim_end_matches('\r');
             l.match_indices('[').find_map(|(i, _)| {
-                let (stamp, text) = l[i + 1..].split_once("] ")?;
-                let stamp = stamp.trim_start();
-                let (s, us) = stamp.split_once('.')?;
-                (!s.is_empty()
-                    && s.bytes().all(|b| b.is_ascii_digit())
-                    && us.len() == 6
-                    && us.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| (stamp.to_string(), text.to_string()))
+                let (stamp, text) = printk_stamp(&l[i..])?;
+                Some((stamp.to_string(), text.to_string()))
             })
         })
         .collect()
@@ -512,7 +506,7 @@ fn without_kernel_messages(console: &str) -> String {
     while let Some(at) = rest.find('[') {
         out.push_str(&rest[..at]);
         let from = &rest[at..];
-        rest = if starts_with_printk_stamp(from) {
+        rest = if printk_stamp(from).is_some() {
             from.find('\n').map_or("", |end| &from[end + 1..])
         } else {
             out.push('[');
@@ -523,17 +517,16 @@ fn without_kernel_messages(console: &str) -> String {
     out
 }
 
-/// Whether `text` begins with printk's time stamp: seconds, right-aligned in brackets,
-/// and six digits of microseconds.
-fn starts_with_printk_stamp(text: &str) -> bool {
-    let Some((inside, _)) = text.strip_prefix('[').and_then(|t| t.split_once(']')) else {
-        return false;
-    };
-    let Some((secs, micros)) = inside.trim_start().split_once('.') else {
-        return false;
-    };
+/// printk's time stamp at the start of `text` (`[   12.345678] `: seconds, right-aligned
+/// in brackets, and six digits of microseconds): the stamp (`12.345678`) and the text
+/// after it; `None` when `text` does not begin with one.
+fn printk_stamp(text: &str) -> Option<(&str, &str)> {
+    let (stamp, after) = text.strip_prefix('[')?.split_once("] ")?;
+    let stamp = stamp.trim_start();
+    let (secs, micros) = stamp.split_once('.')?;
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    !secs.is_empty() && digits(secs) && micros.len() == 6 && digits(micros)
+    (!secs.is_empty() && digits(secs) && micros.len() == 6 && digits(micros))
+        .then_some((stamp, after))
 }
 
 /// Everything a report of this fixture's sysrq panic must say in its `kernel` section,

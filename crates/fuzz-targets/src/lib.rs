@@ -34,7 +34,7 @@ use ambulance_introspect::types::{TypeId, TypeKind, TypeSource};
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use ambulance_introspect::walk::{check_prev, walk_array, walk_list, WalkLimits};
 use ambulance_report::Report;
-use ambulance_service::worker::{Reply, Request};
+use ambulance_worker_protocol::{Reply, Request};
 
 use image::GuestImage;
 
@@ -454,12 +454,18 @@ fn ram_file() -> File {
     .expect("a duplicate descriptor")
 }
 
-/// The worker protocol's messages (`service::worker`'s `Request` and `Reply`, JSON): the
-/// worker's reading of a request and what it checks before diagnosing (the RAM regions
-/// against its descriptor, the registration descriptor, VMCOREINFO, then the diagnosis
-/// itself over a small RAM file), and the daemon's reading of a reply. Paths in a request
+/// The worker protocol (`ambulance_worker_protocol`): the reading of a frame, the worker's
+/// reading of a request and what it checks before diagnosing (the RAM regions against its
+/// descriptor, the registration descriptor, VMCOREINFO, then the diagnosis itself over a
+/// small RAM file), and the daemon's reading of a reply. Paths in a request
 /// (debug info, rules, core) are not followed: they name the host's files.
 pub fn worker_protocol(data: &[u8]) {
+    if let Ok(frame) = ambulance_worker_protocol::read_frame(&mut &data[..]) {
+        assert!(
+            frame.len() + 4 <= data.len(),
+            "a frame longer than its input"
+        );
+    }
     if let Ok(mut request) = serde_json::from_slice::<Request>(data) {
         let json = serde_json::to_vec(&request).expect("a request serializes");
         serde_json::from_slice::<Request>(&json).expect("a serialized request parses");

@@ -2,14 +2,11 @@
 //! re-executed) that gets the frozen guest's RAM as an `O_RDONLY` descriptor over
 //! `SCM_RIGHTS`, maps it read-only, diagnoses and answers with the report.
 //!
-//! Protocol, on a Unix stream socket that is the worker's standard input:
-//!
-//! 1. daemon → worker: one byte with the RAM descriptor attached (`SCM_RIGHTS`), which the
-//!    worker refuses unless it is `O_RDONLY`;
-//! 2. daemon → worker: a [`Request`] as JSON, framed by a little-endian `u32` length;
-//! 3. worker → daemon: a [`Reply`], framed the same way; then the worker waits for the
-//!    daemon to close the socket (meanwhile the daemon reads its peak memory, see
-//!    [`peak_rss`]) and exits.
+//! The messages and their framing are `ambulance_worker_protocol`'s. On the Unix stream
+//! socket that is the worker's standard input, the daemon sends the RAM descriptor (which
+//! the worker refuses unless it is `O_RDONLY`) and then a [`Request`]; the worker answers
+//! with a [`Reply`] and then waits for the daemon to close the socket (meanwhile the
+//! daemon reads its peak memory, see [`peak_rss`]) and exits.
 //!
 //! The worker limits itself before reading anything (`RLIMIT_AS`: the guest RAM plus a
 //! budget; `RLIMIT_CPU`), and the daemon enforces a wall-clock timeout, killing the worker
@@ -22,7 +19,7 @@
 //! `open` and kills on anything unexpected). Only then does it map and read guest memory.
 
 use std::fs::File;
-use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::io::{IoSlice, IoSliceMut, Read};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
@@ -34,44 +31,16 @@ use std::time::{Duration, Instant};
 use ambulance_diagnose::core::CoreOutput;
 use ambulance_diagnose::{diagnose_ram, Options, Subject};
 use ambulance_introspect::debuginfo::DebugInfo;
-use ambulance_ram::{GuestRam, RamRegion};
+use ambulance_ram::GuestRam;
 use ambulance_report::{Phase, Report};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-use serde::{Deserialize, Serialize};
+
+use ambulance_worker_protocol::{read_frame, write_frame};
+pub use ambulance_worker_protocol::{Reply, Request};
 
 /// Test hook: the worker sleeps this many milliseconds after receiving its request and
 /// before diagnosing (so a test can kill it mid-diagnosis).
 pub const DELAY_ENV: &str = "AMBULANCE_WORKER_TEST_DELAY_MS";
-
-/// Largest message either side accepts.
-const MAX_MESSAGE: usize = 256 << 20;
-
-/// What the worker is asked to do.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Request {
-    /// The guest, its failure, registers and registration, and the report's id.
-    pub subject: Subject,
-    /// Where guest RAM lies in the descriptor's file.
-    pub regions: Vec<RamRegion>,
-    /// The kernel ELF to read symbols and types from.
-    pub debuginfo: Option<PathBuf>,
-    /// Declarative rules.
-    pub rules: Option<PathBuf>,
-    /// Write an ELF core here (the daemon renames it into the store).
-    pub core_path: Option<PathBuf>,
-    /// Phases before the worker (freeze, worker start).
-    pub timeline: Vec<Phase>,
-}
-
-/// The worker's answer.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reply {
-    /// The report.
-    Report(Box<Report>),
-    /// Why there is none.
-    Error(String),
-}
 
 /// The limits a worker runs under.
 #[derive(Clone, Debug)]
@@ -82,28 +51,6 @@ pub struct Limits {
     pub cpu_seconds: u64,
     /// Wall clock.
     pub timeout: Duration,
-}
-
-fn send_frame(s: &mut UnixStream, bytes: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(bytes.len())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "message too large"))?;
-    s.write_all(&len.to_le_bytes())?;
-    s.write_all(bytes)
-}
-
-fn recv_frame(s: &mut UnixStream) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_MESSAGE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("message of {len} bytes is larger than the {MAX_MESSAGE} accepted"),
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    s.read_exact(&mut buf)?;
-    Ok(buf)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -273,9 +220,9 @@ fn talk(
     });
     let body = serde_json::to_vec(&request)
         .map_err(|e| Talk::Worker(format!("cannot encode the request: {e}")))?;
-    send_frame(s, &body).map_err(Talk::Io)?;
+    write_frame(s, &body).map_err(Talk::Io)?;
     s.set_read_timeout(Some(left()?)).map_err(Talk::Io)?;
-    let reply = match recv_frame(s) {
+    let reply = match read_frame(s) {
         Ok(r) => r,
         Err(e)
             if matches!(
@@ -437,7 +384,7 @@ fn worker(address_space: u64, cpu_seconds: u64, deadline: Option<Instant>) -> Re
         .map_err(|e| format!("cannot use standard input: {e}"))?;
     let mut s = UnixStream::from(stdin);
     let memory = receive_fd(&s)?;
-    let request = recv_frame(&mut s).map_err(|e| format!("cannot read the request: {e}"))?;
+    let request = read_frame(&mut s).map_err(|e| format!("cannot read the request: {e}"))?;
     let reply = match serde_json::from_slice::<Request>(&request) {
         Ok(request) => match set_up(request, memory, deadline).and_then(|job| jailed(&s, job)) {
             Ok(r) => Reply::Report(Box::new(r)),
@@ -446,7 +393,7 @@ fn worker(address_space: u64, cpu_seconds: u64, deadline: Option<Instant>) -> Re
         Err(e) => Reply::Error(format!("the request is not valid: {e}")),
     };
     let body = serde_json::to_vec(&reply).map_err(|e| format!("cannot encode the reply: {e}"))?;
-    send_frame(&mut s, &body).map_err(|e| format!("cannot send the reply: {e}"))?;
+    write_frame(&mut s, &body).map_err(|e| format!("cannot send the reply: {e}"))?;
     // Live on until the daemon closes the socket: it reads this process's peak memory
     // meanwhile, which it cannot once the process is gone (see `peak_rss`).
     let _ = s.read(&mut [0u8; 1]);

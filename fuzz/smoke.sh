@@ -19,6 +19,8 @@ runs="${FUZZ_SMOKE_RUNS:-2000}"
 # kallsyms targets take seconds an input. FUZZ_SMOKE_RELEASE=1 builds as the campaigns do.
 profile=(--dev)
 export CARGO_PROFILE_DEV_OPT_LEVEL=1 CARGO_PROFILE_DEV_DEBUG=line-tables-only
+# CI builds this once from nothing: incremental state would only add gigabytes to the disk.
+export CARGO_INCREMENTAL=0
 [[ ${FUZZ_SMOKE_RELEASE:-0} != 0 ]] && profile=()
 timeout="${FUZZ_SMOKE_TIMEOUT:-10}"
 

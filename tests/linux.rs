@@ -13,15 +13,15 @@ use ambulance_diagnose::{diagnose, Options, Subject};
 use ambulance_introspect::memory::ElfCore;
 use ambulance_introspect::vmcoreinfo::Vmcoreinfo;
 use linux_guest::{
-    ambulance, check_against_console, diagnose_core, findings, fixture, panicked_dump,
-    panicked_dump_of, walked, Boot, Dump, Patched,
+    ambulance, check_against_console, diagnose_core, findings, fixture, panicked_dump_of,
+    shared_panicked_dump, walked, Boot, Dump, Patched,
 };
 use serde_json::Value;
 
 /// One panicked guest's dump, shared by the tests of this file.
 fn dump() -> &'static Dump {
     static DUMP: OnceLock<Dump> = OnceLock::new();
-    DUMP.get_or_init(|| panicked_dump(&fixture(false), 256))
+    shared_panicked_dump(&DUMP, &fixture(false))
 }
 
 /// A `kernel.tasks[]` entry's `task_struct` address.

@@ -10,13 +10,13 @@ mod linux_guest;
 use std::sync::OnceLock;
 
 use ambulance_introspect::program::Program;
-use linux_guest::{diagnose_core, findings, fixture, panicked_dump, walked, Dump, Patched};
+use linux_guest::{diagnose_core, findings, fixture, shared_panicked_dump, walked, Dump, Patched};
 use serde_json::Value;
 
 /// One panicked guest's dump, shared by the tests of this file.
 fn dump() -> &'static Dump {
     static DUMP: OnceLock<Dump> = OnceLock::new();
-    DUMP.get_or_init(|| panicked_dump(&fixture(false), 256))
+    shared_panicked_dump(&DUMP, &fixture(false))
 }
 
 const VALIDATORS: [&str; 4] = [

@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ambulance_introspect::memory::ElfCore;
@@ -435,8 +435,44 @@ pub fn panicked_dump(fixture_dir: &Path, memory_mib: u64) -> Dump {
 
 /// [`panicked_dump`] of a guest booted as `boot` says.
 pub fn panicked_dump_of(fixture_dir: &Path, boot: &Boot) -> Dump {
+    panicked_dump_in(fixture_dir, boot, tempfile::tempdir().unwrap())
+}
+
+/// The panicked dump that every test of one test binary shares, made on its first use.
+///
+/// A dump in a `static` is never dropped, so its `TempDir` would leave the ~270 MB core
+/// behind at every run. This one lives in `target/tmp/shared-dumps/<pid>-…/` instead, and
+/// each run first removes the directories of runs whose process has ended.
+pub fn shared_panicked_dump(cell: &'static OnceLock<Dump>, fixture_dir: &Path) -> &'static Dump {
+    cell.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shared-dumps");
+        std::fs::create_dir_all(&root).unwrap();
+        remove_dumps_of_ended_runs(&root);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-", std::process::id()))
+            .tempdir_in(&root)
+            .unwrap();
+        panicked_dump_in(fixture_dir, &Boot::default(), dir)
+    })
+}
+
+/// Removes the directories under `root` whose name starts with the PID of a process that
+/// no longer runs (a PID reused since only postpones the removal to a later run).
+fn remove_dumps_of_ended_runs(root: &Path) {
+    for entry in std::fs::read_dir(root).unwrap().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.split('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Boots the fixture as `boot` says until it panics, and dumps it into `dir`.
+fn panicked_dump_in(fixture_dir: &Path, boot: &Boot, dir: tempfile::TempDir) -> Dump {
     let guest = boot_until_panicked(fixture_dir, boot);
-    let dir = tempfile::tempdir().unwrap();
     let core = dir.path().join("vmcore");
     runtime().block_on(async {
         let (qmp, _events) = connect(&guest.qmp).await;

@@ -63,6 +63,29 @@ pub struct QmpEvent {
     pub time: SystemTime,
 }
 
+impl QmpEvent {
+    /// The event `msg` is (`{"event": …, "data": …, "timestamp": …}`), or `None` when it
+    /// is not an event.
+    fn from_message(msg: &Value) -> Option<QmpEvent> {
+        let name = msg.get("event")?.as_str()?;
+        let time = msg
+            .get("timestamp")
+            .and_then(|t| {
+                let s = u64::try_from(t.get("seconds")?.as_i64()?).ok()?;
+                let us = u64::try_from(t.get("microseconds")?.as_i64()?).ok()?;
+                SystemTime::UNIX_EPOCH
+                    .checked_add(Duration::from_secs(s))?
+                    .checked_add(Duration::from_micros(us))
+            })
+            .unwrap_or_else(SystemTime::now);
+        Some(QmpEvent {
+            name: name.to_string(),
+            data: msg.get("data").cloned().unwrap_or_else(|| json!({})),
+            time,
+        })
+    }
+}
+
 /// The guest's run state (`query-status`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunStatus {
@@ -210,6 +233,53 @@ pub(crate) fn line_too_long(max: usize) -> std::io::Error {
 
 /// Routes QEMU's lines: replies to the command waiting for their id, events to `events`.
 /// When the connection ends every waiting command gets `Closed`.
+/// Events QEMU may send ahead of the greeting before [`read_greeting`] gives up. QEMU
+/// writes an event it could not deliver to the client that just left (a `STOP` as the
+/// guest panicked, say) to the next one, before that client's greeting; a few are normal,
+/// an endless stream is not QMP.
+const MAX_EVENTS_BEFORE_GREETING: usize = 64;
+
+/// Reads the connection's first message that is not an event: QMP's greeting, which the
+/// caller checks. Events before it are QEMU's, sent late (see
+/// [`MAX_EVENTS_BEFORE_GREETING`]); they are returned, in order, to be delivered first.
+async fn read_greeting(
+    reader: &mut BufReader<OwnedReadHalf>,
+    socket: &Path,
+) -> Result<(Value, Vec<QmpEvent>)> {
+    let mut line = Vec::new();
+    let mut events = Vec::new();
+    loop {
+        let got = read_line_bounded(reader, &mut line, MAX_LINE)
+            .await
+            .map_err(|source| Error::Io {
+                socket: socket.to_path_buf(),
+                source,
+            })?;
+        if !got {
+            return Err(Error::Closed {
+                socket: socket.to_path_buf(),
+                command: None,
+            });
+        }
+        let message: Value = serde_json::from_slice(&line).map_err(|e| Error::Protocol {
+            socket: socket.to_path_buf(),
+            reason: format!("the greeting is not JSON ({e}): is this a QMP socket?"),
+        })?;
+        match QmpEvent::from_message(&message) {
+            Some(event) if events.len() < MAX_EVENTS_BEFORE_GREETING => events.push(event),
+            Some(_) => {
+                return Err(Error::Protocol {
+                    socket: socket.to_path_buf(),
+                    reason: format!(
+                        "more than {MAX_EVENTS_BEFORE_GREETING} events and no greeting: is this a QMP socket?"
+                    ),
+                })
+            }
+            None => return Ok((message, events)),
+        }
+    }
+}
+
 async fn read_loop(
     mut reader: BufReader<OwnedReadHalf>,
     socket: PathBuf,
@@ -238,24 +308,8 @@ async fn read_loop(
                 continue;
             }
         };
-        if let Some(name) = msg.get("event").and_then(Value::as_str) {
-            let time = msg
-                .get("timestamp")
-                .and_then(|t| {
-                    let s = t.get("seconds")?.as_i64()?;
-                    let us = t.get("microseconds")?.as_i64()?;
-                    let s = u64::try_from(s).ok()?;
-                    let us = u64::try_from(us).ok()?;
-                    Some(
-                        SystemTime::UNIX_EPOCH + Duration::from_secs(s) + Duration::from_micros(us),
-                    )
-                })
-                .unwrap_or_else(SystemTime::now);
-            let _ = events.send(QmpEvent {
-                name: name.to_string(),
-                data: msg.get("data").cloned().unwrap_or_else(|| json!({})),
-                time,
-            });
+        if let Some(event) = QmpEvent::from_message(&msg) {
+            let _ = events.send(event);
             continue;
         }
         let reply: Reply = if let Some(r) = msg.get("return") {
@@ -326,30 +380,16 @@ impl Qmp {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(1));
-        let mut line = Vec::new();
-        let got = tokio::time::timeout(left, read_line_bounded(&mut reader, &mut line, MAX_LINE))
-            .await
-            .map_err(|_| Error::Protocol {
-                socket: socket.clone(),
-                reason: format!(
-                    "no QMP greeting within {} ms (QEMU serves one QMP client per socket: is another one connected?)",
-                    left.as_millis()
-                ),
-            })?
-            .map_err(|source| Error::Io {
-                socket: socket.clone(),
-                source,
-            })?;
-        if !got {
-            return Err(Error::Closed {
-                socket,
-                command: None,
-            });
-        }
-        let greeting: Value = serde_json::from_slice(&line).map_err(|e| Error::Protocol {
-            socket: socket.clone(),
-            reason: format!("the greeting is not JSON ({e}): is this a QMP socket?"),
-        })?;
+        let (greeting, early_events) =
+            tokio::time::timeout(left, read_greeting(&mut reader, &socket))
+                .await
+                .map_err(|_| Error::Protocol {
+                    socket: socket.clone(),
+                    reason: format!(
+                        "no QMP greeting within {} ms (QEMU serves one QMP client per socket: is another one connected?)",
+                        left.as_millis()
+                    ),
+                })??;
         let version = greeting
             .pointer("/QMP/version/qemu")
             .map(|v| {
@@ -368,6 +408,9 @@ impl Qmp {
                 ),
             })?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        for event in early_events {
+            let _ = events_tx.send(event);
+        }
         let shared = Arc::new(Shared::default());
         let task = tokio::spawn(read_loop(reader, socket.clone(), shared.clone(), events_tx));
         let qmp = Qmp {
@@ -714,6 +757,81 @@ mod tests {
         let e = qmp.query_status().await.unwrap_err();
         assert!(matches!(e, Error::Closed { .. }), "{e}");
         assert!(qmp.is_closed());
+    }
+
+    /// A peer that writes `before` (events, one per line) ahead of the greeting, then
+    /// answers `qmp_capabilities`.
+    async fn late_events_then_greeting(listener: UnixListener, before: Vec<Value>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (s, _) = listener.accept().await.unwrap();
+        let (r, mut w) = s.into_split();
+        for event in before {
+            w.write_all(format!("{event}\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        w.write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 2, \"minor\": 0, \"major\": 10}, \"package\": \"\"}, \"capabilities\": []}}\r\n")
+            .await
+            .unwrap();
+        let mut lines = BufReader::new(r).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            let cmd: Value = serde_json::from_str(&l).unwrap();
+            let reply = json!({"return": {}, "id": cmd["id"]});
+            w.write_all(format!("{reply}\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+    }
+
+    fn event(name: &str, seconds: u64) -> Value {
+        json!({"timestamp": {"seconds": seconds, "microseconds": 0}, "event": name})
+    }
+
+    /// QEMU writes an event it could not deliver to the client that left to the next
+    /// one, ahead of that client's greeting (seen: a `STOP` after a guest panicked, on the
+    /// second connection). The connection is made, and those events come first, in order.
+    #[tokio::test]
+    async fn events_ahead_of_the_greeting_are_delivered_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let before = vec![event("GUEST_PANICKED", 10), event("STOP", 11)];
+        let server = tokio::spawn(late_events_then_greeting(listener, before));
+        let (qmp, mut events) = Qmp::connect(&path, options()).await.unwrap();
+        assert_eq!(qmp.version(), "10.0.2");
+        let first = events.next().await.unwrap();
+        let second = events.next().await.unwrap();
+        assert_eq!(
+            (first.name.as_str(), second.name.as_str()),
+            ("GUEST_PANICKED", "STOP")
+        );
+        assert_eq!(
+            second.time,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(11)
+        );
+        server.abort();
+    }
+
+    /// Events without end and no greeting are not QMP: a clear error, not a wait for the
+    /// connect timeout.
+    #[tokio::test]
+    async fn a_peer_that_sends_only_events_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let before = (0..=MAX_EVENTS_BEFORE_GREETING as u64)
+            .map(|i| event("RTC_CHANGE", i))
+            .collect();
+        let server = tokio::spawn(late_events_then_greeting(listener, before));
+        let e = Qmp::connect(&path, options())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("qmp.sock") && e.contains("events and no greeting"),
+            "{e}"
+        );
+        server.abort();
     }
 
     #[tokio::test]

@@ -1,9 +1,9 @@
 //! CI's smoke run of the fuzz targets (`fuzz/smoke.sh`), so that none can rot: every
-//! libFuzzer target builds (nightly, AddressSanitizer) and survives its seeds, its
+//! libFuzzer target builds (nightly, debug assertions) and survives its seeds, its
 //! regression inputs and a few thousand mutations. The script installs the pinned
 //! cargo-fuzz on first use (`fuzz/setup.sh`).
 //!
-//! Building twelve sanitized fuzzers takes minutes, so on a developer's machine this runs
+//! Building fourteen fuzzers takes minutes, so on a developer's machine this runs
 //! only when asked (`AMBULANCE_FUZZ_SMOKE=1`) and otherwise says loudly that it was
 //! skipped; CI (`AMBULANCE_REQUIRE_ALL`, set by `.ci/run`) always runs it. The seeds and
 //! regression inputs themselves are replayed on stable by `cargo test -p

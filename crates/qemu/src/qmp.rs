@@ -664,8 +664,23 @@ pub(crate) mod fake {
         listener: UnixListener,
         answer: impl Fn(&Value) -> Option<Value> + Send + 'static,
     ) {
+        fake_qemu_late(listener, Vec::new(), answer).await
+    }
+
+    /// [`fake_qemu`] that first sends `events` ahead of its greeting, as QEMU does with
+    /// events it could not deliver to the client before.
+    pub async fn fake_qemu_late(
+        listener: UnixListener,
+        events: Vec<Value>,
+        answer: impl Fn(&Value) -> Option<Value> + Send + 'static,
+    ) {
         let (s, _) = listener.accept().await.unwrap();
         let (r, mut w) = s.into_split();
+        for event in events {
+            w.write_all(format!("{event}\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
         w.write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n")
             .await
             .unwrap();
@@ -687,7 +702,7 @@ pub(crate) mod fake {
 
 #[cfg(test)]
 mod tests {
-    use super::fake::fake_qemu;
+    use super::fake::{fake_qemu, fake_qemu_late};
     use super::*;
     use tokio::net::UnixListener;
 
@@ -759,28 +774,8 @@ mod tests {
         assert!(qmp.is_closed());
     }
 
-    /// A peer that writes `before` (events, one per line) ahead of the greeting, then
-    /// answers `qmp_capabilities`.
-    async fn late_events_then_greeting(listener: UnixListener, before: Vec<Value>) {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        let (s, _) = listener.accept().await.unwrap();
-        let (r, mut w) = s.into_split();
-        for event in before {
-            w.write_all(format!("{event}\r\n").as_bytes())
-                .await
-                .unwrap();
-        }
-        w.write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 2, \"minor\": 0, \"major\": 10}, \"package\": \"\"}, \"capabilities\": []}}\r\n")
-            .await
-            .unwrap();
-        let mut lines = BufReader::new(r).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            let cmd: Value = serde_json::from_str(&l).unwrap();
-            let reply = json!({"return": {}, "id": cmd["id"]});
-            w.write_all(format!("{reply}\r\n").as_bytes())
-                .await
-                .unwrap();
-        }
+    fn capabilities_only(c: &Value) -> Option<Value> {
+        (c["execute"] == "qmp_capabilities").then(|| json!({"return": {}}))
     }
 
     fn event(name: &str, seconds: u64) -> Value {
@@ -796,9 +791,8 @@ mod tests {
         let path = dir.path().join("qmp.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let before = vec![event("GUEST_PANICKED", 10), event("STOP", 11)];
-        let server = tokio::spawn(late_events_then_greeting(listener, before));
-        let (qmp, mut events) = Qmp::connect(&path, options()).await.unwrap();
-        assert_eq!(qmp.version(), "10.0.2");
+        let server = tokio::spawn(fake_qemu_late(listener, before, capabilities_only));
+        let (_qmp, mut events) = Qmp::connect(&path, options()).await.unwrap();
         let first = events.next().await.unwrap();
         let second = events.next().await.unwrap();
         assert_eq!(
@@ -822,7 +816,7 @@ mod tests {
         let before = (0..=MAX_EVENTS_BEFORE_GREETING as u64)
             .map(|i| event("RTC_CHANGE", i))
             .collect();
-        let server = tokio::spawn(late_events_then_greeting(listener, before));
+        let server = tokio::spawn(fake_qemu_late(listener, before, capabilities_only));
         let e = Qmp::connect(&path, options())
             .await
             .unwrap_err()

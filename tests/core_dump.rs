@@ -68,9 +68,10 @@ fn gdb_reads_a_global_and_our_reader_reads_the_ram_back() {
     let value = program.read_u64(heartbeat).unwrap();
     assert!(value > 0);
 
-    // gdb, with the kernel's ELF and the core.
+    // gdb, with the kernel's ELF and the core. gdb takes its language from the frame a
+    // vCPU stopped in, which is C when that is assembly (`switch_context`): say Rust.
     let out = Command::new("gdb")
-        .args(["-batch", "-nx", "-ex"])
+        .args(["-batch", "-nx", "-ex", "set language rust", "-ex"])
         .arg(format!("x/1gx {heartbeat:#x}"))
         .args(["-ex", "print test_kernel::HEARTBEAT"])
         .args(["-ex", "print test_kernel::sched::TASKS[0].pid"])

@@ -231,8 +231,6 @@ pub(crate) fn line_too_long(max: usize) -> std::io::Error {
     )
 }
 
-/// Routes QEMU's lines: replies to the command waiting for their id, events to `events`.
-/// When the connection ends every waiting command gets `Closed`.
 /// Events QEMU may send ahead of the greeting before [`read_greeting`] gives up. QEMU
 /// writes an event it could not deliver to the client that just left (a `STOP` as the
 /// guest panicked, say) to the next one, before that client's greeting; a few are normal,
@@ -280,6 +278,8 @@ async fn read_greeting(
     }
 }
 
+/// Routes QEMU's lines: replies to the command waiting for their id, events to `events`.
+/// When the connection ends every waiting command gets `Closed`.
 async fn read_loop(
     mut reader: BufReader<OwnedReadHalf>,
     socket: PathBuf,
